@@ -1,0 +1,57 @@
+"""The one family of errors a user can cause.
+
+Every front end shows these as they are: the console in a notification, the command line on stderr
+with exit code 2, the REST API as a 4xx JSON body. Anything else escaping ``core`` is a bug.
+"""
+
+from __future__ import annotations
+
+
+class TaskmanError(Exception):
+    """An error a person can act on; ``message`` says what went wrong and how to fix it."""
+
+    title = "Error"
+    status = 400
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_dict(self) -> dict:
+        return {"error": type(self).__name__, "message": self.message}
+
+
+class InvalidSpec(TaskmanError):
+    """A task spec (or another input) was refused; ``field`` names the offending field."""
+
+    title = "Invalid input"
+    status = 422
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+        self.reason = message
+
+    def to_dict(self) -> dict:
+        return {"error": "InvalidSpec", "field": self.field, "message": self.message}
+
+
+class NotFound(TaskmanError):
+    """The task or run named does not exist (or no longer does)."""
+
+    title = "Not found"
+    status = 404
+
+
+class Conflict(TaskmanError):
+    """The request is valid but the object's current state does not allow it."""
+
+    title = "Not possible now"
+    status = 409
+
+
+class NoRedis(TaskmanError):
+    """No Redis could be reached; the message says how to start or configure one."""
+
+    title = "Redis unavailable"
+    status = 503
