@@ -1,0 +1,55 @@
+#!/usr/bin/env python3
+"""Bootstrap: make ./.venv with taskman installed (dev extras included), then run a command in it.
+
+    python3 boot.py taskman up      # run the product
+    python3 boot.py pytest          # run the tests
+
+Needs only Python 3.11+. The environment is rebuilt when pyproject.toml changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+STAMP = VENV / ".taskman-installed"
+
+
+def _bin(name: str) -> Path:
+    return VENV / ("Scripts" if os.name == "nt" else "bin") / name
+
+
+def ensure_environment() -> None:
+    """Create the venv and install the project into it unless it is already up to date."""
+    if sys.version_info < (3, 11):
+        sys.exit(f"taskman needs Python 3.11 or newer; this is {sys.version.split()[0]}")
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if STAMP.exists() and STAMP.read_text() == wanted and _bin("python").exists():
+        return
+    if not _bin("python").exists():
+        print("boot: creating .venv …", file=sys.stderr)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    print("boot: installing taskman and its dependencies into .venv …", file=sys.stderr)
+    subprocess.run([str(_bin("python")), "-m", "pip", "install", "--quiet", "--upgrade", "pip"], check=True)
+    subprocess.run([str(_bin("python")), "-m", "pip", "install", "--quiet", "-e", f"{ROOT}[dev]"], check=True)
+    STAMP.write_text(wanted)
+
+
+def main() -> None:
+    ensure_environment()
+    command = sys.argv[1:] or ["taskman", "up"]
+    executable = _bin(command[0])
+    if not executable.exists():
+        executable = Path(command[0])
+    os.chdir(ROOT)
+    os.execv(str(executable), [str(executable), *command[1:]])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""The Celery side of taskman: the app's configuration and the sending of run messages.
+
+Front ends and the scheduler send runs by task *name* (``send_task``), so they need the broker
+configuration but none of the worker's code. The run id is the Celery task id, which lets every
+Celery signal and ``celery inspect`` answer name the run directly. Only JSON crosses the broker.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from core.config import Settings
+from core.models import Kind, Run, Task
+from core.store import Keys
+
+CODE_QUEUE = "code"
+HTTP_QUEUE = "http"
+REGISTERED_QUEUE = "registered"
+CODE_TASK = "taskman.code"
+HTTP_TASK = "taskman.http"
+OWN_TASKS = frozenset({CODE_TASK, HTTP_TASK})
+
+
+def make_celery(settings: Settings, redis_url: str) -> Celery:
+    """A Celery app configured the way every taskman process must agree on."""
+    app = Celery("taskman", broker=redis_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        event_serializer="json",
+        task_ignore_result=True,
+        result_backend=None,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        task_default_queue=REGISTERED_QUEUE,
+        task_routes={CODE_TASK: {"queue": CODE_QUEUE}, HTTP_TASK: {"queue": HTTP_QUEUE}},
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={
+            "global_keyprefix": Keys(settings.namespace).celery_prefix,
+            "visibility_timeout": int(settings.max_timeout + settings.kill_grace + 300),
+        },
+        imports=list(settings.imports),
+        beat_scheduler="beat:TaskmanScheduler",
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+class Dispatcher:
+    """Sends run messages and termination requests to the workers."""
+
+    def __init__(self, app: Celery, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+
+    def timeout_for(self, task: Task) -> float:
+        return min(task.spec.timeout or self.settings.default_timeout, self.settings.max_timeout)
+
+    def send(self, task: Task, run: Run) -> None:
+        """Queue ``run`` of ``task`` on the queue that serves its kind."""
+        timeout = self.timeout_for(task)
+        limits = {"soft_time_limit": timeout, "time_limit": timeout + self.settings.kill_grace}
+        spec = task.spec
+        if task.kind is Kind.CODE:
+            self.app.send_task(CODE_TASK, args=[run.id, task.id], task_id=run.id, queue=CODE_QUEUE, **limits)
+        elif task.kind is Kind.API:
+            self.app.send_task(HTTP_TASK, args=[run.id, task.id], task_id=run.id, queue=HTTP_QUEUE)
+        else:
+            self.app.send_task(spec.task_name, args=list(spec.args), kwargs=dict(spec.kwargs), task_id=run.id,
+                               queue=spec.queue or REGISTERED_QUEUE, **limits)
+
+    def revoke(self, run_id: str, *, terminate: bool) -> None:
+        """Tell every worker to drop ``run_id``; with ``terminate``, kill the process running it."""
+        self.app.control.revoke(run_id, terminate=terminate, signal="SIGKILL")

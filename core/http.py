@@ -1,0 +1,708 @@
+"""What an API task does: send one HTTP request with httpx, safely, and describe the answer.
+
+Why it is shaped this way:
+
+* **The SSRF guard sits at connect time, not at spec time.** ``check_url`` only refuses what is
+  wrong on its face (scheme, credentials in the URL, length). Whether a host may be contacted is
+  decided by :class:`Guard` inside the network backend of the client's transport: it resolves the
+  name itself, checks *every* address, and then connects to one of the addresses it checked, by
+  number. The name is never resolved a second time, so DNS rebinding between check and connect is
+  impossible, and the URL, ``Host`` header and TLS SNI / certificate check keep the original
+  hostname because only the TCP connect is redirected. Every hop of a redirect chain opens its
+  connections through the same backend, so it is checked too.
+* **Redirects are followed by hand** in :func:`execute`: httpx would read each redirect's body
+  whole into memory, and we also want to drop secret headers when a redirect changes origin and to
+  count hops against the client's ``max_redirects``.
+* **Bodies are streamed and cut at ``body_cap``**; gzip/deflate are inflated here with a bounded
+  output size, so neither a huge body nor a decompression bomb is ever held in memory.
+* **One client per worker process** (:func:`make_client`): building a client (TLS context,
+  connection pool) per request costs far more than the request itself. The client therefore keeps
+  no cookies (tasks must not see each other's sessions) and ignores proxy environment variables
+  (a proxy would connect on our behalf, past the guard).
+* Errors come out as :class:`HttpTaskError` carrying ``retryable`` so the worker can decide
+  whether to retry without knowing httpx.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ipaddress
+import json as jsonlib
+import re
+import socket
+import ssl
+import time
+import typing
+import zlib
+from collections.abc import Iterable, Iterator, Mapping
+from http.cookiejar import CookieJar, CookiePolicy
+
+import httpcore
+import httpx
+
+from core.errors import InvalidSpec
+
+__all__ = [
+    "METHODS",
+    "SECRET_HEADER_PATTERN",
+    "BlockedAddress",
+    "Guard",
+    "HttpTaskError",
+    "check_url",
+    "execute",
+    "make_client",
+    "mask_headers",
+]
+
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
+
+MAX_URL_LENGTH = 4096
+
+SECRET_HEADER_PATTERN = re.compile(
+    r"^.*(?:authorization|cookie|token|key|secret|password|auth).*$", re.IGNORECASE
+)
+"""Header names whose values are secrets; works with ``match``, ``search`` and ``fullmatch``."""
+
+_MASK = "***"
+_REDIRECT_STATUSES = (301, 302, 303, 307, 308)
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+# --------------------------------------------------------------------------------------------
+# Headers and URLs
+
+
+def mask_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """Copy ``headers`` with secret values replaced by ``***`` (``Bearer ***`` keeps the scheme)."""
+    masked: dict[str, str] = {}
+    for name, value in (headers or {}).items():
+        name, value = str(name), str(value)
+        if not SECRET_HEADER_PATTERN.match(name):
+            masked[name] = value
+        elif "authorization" in name.lower() and " " in value.strip():
+            masked[name] = f"{value.strip().split(None, 1)[0]} {_MASK}"
+        else:
+            masked[name] = _MASK
+    return masked
+
+
+def check_url(url: str) -> None:
+    """Refuse a URL that can never be a valid API target (no DNS lookup; the guard runs later)."""
+    if not isinstance(url, str) or not url.strip():
+        raise InvalidSpec("api_url", "is empty; give an http:// or https:// URL")
+    if len(url) > MAX_URL_LENGTH:
+        raise InvalidSpec("api_url", f"is {len(url)} characters long; at most {MAX_URL_LENGTH} are allowed")
+    if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in url):
+        raise InvalidSpec("api_url", "must not contain spaces or control characters (percent-encode them)")
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, ValueError, TypeError) as exc:
+        raise InvalidSpec("api_url", f"is not a valid URL: {exc}") from None
+    if parsed.scheme not in ("http", "https"):
+        got = f" (got {parsed.scheme}://)" if parsed.scheme else ""
+        raise InvalidSpec("api_url", f"must start with http:// or https://{got}")
+    if parsed.userinfo:
+        raise InvalidSpec(
+            "api_url",
+            "must not contain credentials (user:password@); send them in a header instead, "
+            "e.g. Authorization",
+        )
+    if not parsed.host:
+        raise InvalidSpec("api_url", "has no host name, e.g. https://api.example.com/path")
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise InvalidSpec("api_url", f"has an invalid port {parsed.port} (1-65535)")
+
+
+# --------------------------------------------------------------------------------------------
+# The SSRF guard
+
+
+class BlockedAddress(Exception):
+    """The guard refused an address; ``host``, ``address`` and ``reason`` say which and why."""
+
+    def __init__(self, message: str, host: str = "", address: str = "", reason: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.host = host
+        self.address = address
+        self.reason = reason
+
+    def __reduce__(self):  # keep the attributes across pickling (Celery results)
+        return (type(self), (self.message, self.host, self.address, self.reason))
+
+
+def _nets(*specs: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(spec) for spec in specs)
+
+
+_METADATA = frozenset(
+    ipaddress.ip_address(a)
+    for a in (
+        "169.254.169.254",  # AWS, GCP, Azure, OpenStack, ...
+        "169.254.170.2",  # AWS ECS task credentials
+        "169.254.170.23",  # AWS EKS pod identity
+        "100.100.100.200",  # Alibaba Cloud
+        "fd00:ec2::254",  # AWS IMDS over IPv6
+        "fd00:ec2::23",  # AWS EKS pod identity over IPv6
+    )
+)
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# Explicit ranges, checked in order before the ipaddress flags (which differ between Pythons).
+_RULES: tuple[tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...], str], ...] = (
+    (_nets("0.0.0.0/8", "::/128"), "unspecified"),
+    (_nets("127.0.0.0/8", "::1/128"), "loopback"),
+    (_nets("169.254.0.0/16", "fe80::/10"), "link-local"),
+    (_nets("100.64.0.0/10"), "shared address space"),
+    (_nets("224.0.0.0/4", "ff00::/8"), "multicast"),
+    (_nets("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"), "private"),
+    (
+        _nets(
+            "240.0.0.0/4",  # class E and broadcast
+            "192.0.0.0/24",  # IETF protocol assignments
+            "198.18.0.0/15",  # benchmarking
+            "::/96",  # IPv4-compatible (deprecated)
+            "100::/64",  # discard-only
+            "2001::/32",  # Teredo: tunnels to an address we cannot see
+            "2001:db8::/32",  # documentation
+            "64:ff9b:1::/48",  # local-use NAT64
+            "fec0::/10",  # site-local (deprecated)
+        ),
+        "reserved",
+    ),
+)
+
+
+def _embedded_v4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv4-mapped, NAT64 (64:ff9b::/96) or 6to4 address leads to."""
+    if addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    if addr in _NAT64:
+        return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+    return addr.sixtofour
+
+
+def _reason(addr: IPAddress) -> str | None:
+    """Why ``addr`` may not be contacted, or None if it is a public address."""
+    if addr in _METADATA:
+        return "metadata"
+    for networks, reason in _RULES:
+        if any(addr.version == net.version and addr in net for net in networks):
+            return reason
+    if addr.is_unspecified:
+        return "unspecified"
+    if addr.is_loopback:
+        return "loopback"
+    if addr.is_link_local:
+        return "link-local"
+    if addr.is_multicast:
+        return "multicast"
+    if addr.is_private or addr.is_reserved or not addr.is_global:
+        return "reserved"
+    return None
+
+
+class Guard:
+    """SSRF guard: decides whether an IP address may be contacted."""
+
+    def __init__(self, allow: Iterable[str] = ()) -> None:
+        """``allow``: hostnames (exact, case-insensitive), IP addresses or CIDRs, v4 or v6."""
+        self._hosts: set[str] = set()
+        self._networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        for entry in allow:
+            entry = str(entry).strip()
+            if not entry:
+                continue
+            bare = entry[1:-1] if entry.startswith("[") and entry.endswith("]") else entry
+            try:
+                self._networks.append(ipaddress.ip_network(bare, strict=False))
+            except ValueError:
+                self._hosts.add(_normal_host(entry))
+
+    def _allowed(self, addr: IPAddress) -> bool:
+        candidates: list[IPAddress] = [addr]
+        if isinstance(addr, ipaddress.IPv6Address):
+            embedded = _embedded_v4(addr)
+            if embedded is not None:
+                candidates.append(embedded)
+        return any(c.version == net.version and c in net for c in candidates for net in self._networks)
+
+    def check_host(self, host: str, port: int) -> list[str]:
+        """Resolve ``host`` and return the addresses to connect to.
+
+        Raises :class:`BlockedAddress` if any address it resolves to is not public and not
+        allow-listed, and ``socket.gaierror`` (an ``OSError``) if it does not resolve.
+        """
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        host_allowed = _normal_host(host) in self._hosts
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+        result: list[str] = []
+        for _family, _type, _proto, _canon, sockaddr in infos:
+            ip = str(sockaddr[0])
+            if ip in result:
+                continue
+            if not host_allowed:
+                addr = ipaddress.ip_address(ip)
+                reason = self._blocked(addr)
+                if reason is not None:
+                    shown = ip if ip == host else f"{host!r} resolves to {ip}, which is"
+                    raise BlockedAddress(
+                        f"refused to connect: {shown} a {reason} address (SSRF guard); if this "
+                        "is intended, add the host or address to http_allow (TASKMAN_HTTP_ALLOW)",
+                        host=host,
+                        address=ip,
+                        reason=reason,
+                    )
+            result.append(ip)
+        if not result:
+            raise socket.gaierror(socket.EAI_NONAME, f"{host} has no address")
+        return result
+
+    def _blocked(self, addr: IPAddress) -> str | None:
+        if self._allowed(addr):
+            return None
+        if isinstance(addr, ipaddress.IPv6Address):
+            embedded = _embedded_v4(addr)
+            if embedded is not None:
+                reason = _reason(embedded)
+                return None if reason is None else f"{reason} (embedded IPv4 {embedded})"
+        return _reason(addr)
+
+
+def _normal_host(host: str) -> str:
+    return host.strip().lower().rstrip(".")
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+
+
+class HttpTaskError(Exception):
+    """The request failed: .message, .response: dict | None (same shape as execute()'s return when a
+    response was received, e.g. non-2xx), .retryable: bool (True for connection errors, timeouts,
+    5xx and 429; False for blocked addresses, other 4xx)."""
+
+    def __init__(self, message: str, response: dict | None = None, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.response = response
+        self.retryable = retryable
+
+    def __reduce__(self):  # keep response and retryable across pickling (Celery results)
+        return (type(self), (self.message, self.response, self.retryable))
+
+
+# --------------------------------------------------------------------------------------------
+# The client: a transport whose network backend runs the guard
+
+
+class _GuardedBackend(httpcore.NetworkBackend):
+    """Resolves and checks the host with the guard, then connects to a checked address by number."""
+
+    def __init__(self, guard: Guard) -> None:
+        self._guard = guard
+        self._inner = httpcore.SyncBackend()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: typing.Iterable[typing.Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        try:
+            addresses = self._guard.check_host(host, port)
+        except OSError as exc:  # BlockedAddress is not an OSError and passes through
+            raise httpcore.ConnectError(f"could not resolve {host}: {exc}") from exc
+        error: Exception | None = None
+        for address in addresses:
+            try:
+                return self._inner.connect_tcp(
+                    address, port, timeout=timeout, local_address=local_address, socket_options=socket_options
+                )
+            except httpcore.ConnectError as exc:  # try the next address; timeouts end the attempt
+                error = exc
+        assert error is not None
+        raise error
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None, socket_options=None):
+        raise httpcore.ConnectError("unix sockets are not allowed for API tasks")
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+# Most specific first: the first match wins.
+_EXCEPTIONS: tuple[tuple[type[Exception], type[httpx.HTTPError]], ...] = (
+    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
+    (httpcore.ReadTimeout, httpx.ReadTimeout),
+    (httpcore.WriteTimeout, httpx.WriteTimeout),
+    (httpcore.PoolTimeout, httpx.PoolTimeout),
+    (httpcore.TimeoutException, httpx.TimeoutException),
+    (httpcore.ConnectError, httpx.ConnectError),
+    (httpcore.ReadError, httpx.ReadError),
+    (httpcore.WriteError, httpx.WriteError),
+    (httpcore.NetworkError, httpx.NetworkError),
+    (httpcore.ProxyError, httpx.ProxyError),
+    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
+    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
+    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
+    (httpcore.ProtocolError, httpx.ProtocolError),
+)
+
+
+def _to_httpx(exc: Exception) -> Exception:
+    for core_type, httpx_type in _EXCEPTIONS:
+        if isinstance(exc, core_type):
+            return httpx_type(str(exc) or type(exc).__name__)
+    return exc
+
+
+class _ResponseStream(httpx.SyncByteStream):
+    def __init__(self, stream: typing.Iterable[bytes]) -> None:
+        self._stream = stream
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            yield from self._stream
+        except Exception as exc:
+            mapped = _to_httpx(exc)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+
+    def close(self) -> None:
+        close = getattr(self._stream, "close", None)
+        if close is not None:
+            close()
+
+
+class _GuardedTransport(httpx.BaseTransport):
+    """httpx transport over an httpcore pool whose every TCP connection goes through the guard."""
+
+    def __init__(self, guard: Guard, limits: httpx.Limits = httpx.Limits()) -> None:
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=httpx.create_ssl_context(),
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=_GuardedBackend(guard),
+        )
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` through the guarded pool and return the (streaming) response."""
+        assert isinstance(request.stream, httpx.SyncByteStream)
+        core_request = httpcore.Request(
+            method=request.method,
+            url=httpcore.URL(
+                scheme=request.url.raw_scheme,
+                host=request.url.raw_host,
+                port=request.url.port,
+                target=request.url.raw_path,
+            ),
+            headers=request.headers.raw,
+            content=request.stream,
+            extensions=request.extensions,
+        )
+        try:
+            core_response = self._pool.handle_request(core_request)
+        except Exception as exc:
+            mapped = _to_httpx(exc)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+        assert isinstance(core_response.stream, typing.Iterable)
+        return httpx.Response(
+            status_code=core_response.status,
+            headers=core_response.headers,
+            stream=_ResponseStream(core_response.stream),
+            extensions=core_response.extensions,
+        )
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+class _NoCookies(CookiePolicy):
+    """Never store or send cookies: one client serves many unrelated tasks."""
+
+    netscape = True
+    rfc2965 = False
+    hide_cookie2 = True
+
+    def set_ok(self, cookie, request) -> bool:
+        return False
+
+    def return_ok(self, cookie, request) -> bool:
+        return False
+
+    def domain_return_ok(self, domain, request) -> bool:
+        return False
+
+    def path_return_ok(self, path, request) -> bool:
+        return False
+
+
+def make_client(allow: Iterable[str] = (), max_redirects: int = 5) -> httpx.Client:
+    """One client per worker process (reused: a new client per request is ~78x slower). Uses a custom
+    transport that resolves the host itself, checks every address with Guard, and connects to the
+    checked address (so DNS rebinding between check and connect cannot happen), keeping the Host
+    header / SNI as the original hostname. Redirects are followed by :func:`execute`, up to
+    ``max_redirects`` (kept as ``client.max_redirects``); every hop connects through the guard."""
+    return httpx.Client(
+        transport=_GuardedTransport(Guard(allow)),
+        follow_redirects=False,
+        max_redirects=max_redirects,
+        trust_env=False,
+        cookies=CookieJar(policy=_NoCookies()),
+        headers={"User-Agent": "taskman", "Accept-Encoding": "gzip, deflate"},
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Executing a request
+
+
+class _Deadline(Exception):
+    pass
+
+
+class _BadEncoding(Exception):
+    pass
+
+
+class _Inflater:
+    """gzip / deflate decoding that never produces more than it is asked for."""
+
+    def __init__(self, encoding: str) -> None:
+        self._maybe_raw = encoding == "deflate"  # "deflate" is zlib-wrapped or, wrongly, raw
+        self._obj = zlib.decompressobj(zlib.MAX_WBITS if self._maybe_raw else zlib.MAX_WBITS | 16)
+
+    def feed(self, data: bytes, room: int) -> bytes:
+        try:
+            out = self._obj.decompress(data, room)
+        except zlib.error as exc:
+            if not self._maybe_raw:
+                raise _BadEncoding(str(exc)) from exc
+            self._obj = zlib.decompressobj(-zlib.MAX_WBITS)
+            try:
+                out = self._obj.decompress(data, room)
+            except zlib.error as exc2:
+                raise _BadEncoding(str(exc2)) from exc2
+        self._maybe_raw = False
+        return out
+
+
+def _read_capped(response: httpx.Response, cap: int, deadline: float) -> tuple[bytes, bool]:
+    """Read at most ``cap`` bytes of decoded body; return them and whether there was more."""
+    limit = max(cap, 0) + 1  # one byte more than kept tells us the body was cut
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    inflater: _Inflater | None = None
+    if encoding in ("", "identity"):
+        chunks: Iterable[bytes] = response.iter_raw()
+    elif encoding in ("gzip", "x-gzip", "deflate"):
+        inflater = _Inflater(encoding)
+        chunks = response.iter_raw()
+    else:  # br, zstd or a chain: httpx decodes; one network read may expand beyond the cap once
+        chunks = response.iter_bytes()
+    body = bytearray()
+    for chunk in chunks:
+        room = limit - len(body)
+        body += inflater.feed(chunk, room) if inflater is not None else chunk[:room]
+        if len(body) >= limit:
+            break
+        if time.monotonic() > deadline:
+            raise _Deadline()
+    truncated = len(body) > cap
+    return bytes(body[: max(cap, 0)]), truncated
+
+
+def _is_json(content_type: str) -> bool:
+    mime = content_type.split(";", 1)[0].strip().lower()
+    return mime == "application/json" or mime.endswith("+json")
+
+
+def _body_value(response: httpx.Response, raw: bytes, truncated: bool, cap: int) -> typing.Any:
+    if not truncated and raw.strip() and _is_json(response.headers.get("content-type", "")):
+        try:
+            return jsonlib.loads(raw)
+        except (ValueError, RecursionError):
+            pass
+    try:
+        decoder = codecs.getincrementaldecoder(response.charset_encoding or "utf-8")(errors="replace")
+    except LookupError:
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    text = decoder.decode(raw, final=not truncated)
+    if truncated:
+        text += f"\n[... truncated: the response body is larger than {cap} bytes]"
+    return text
+
+
+def _describe(response: httpx.Response, started: float, cap: int, deadline: float) -> dict:
+    if response.request.method == "HEAD":
+        raw, truncated = b"", False
+    else:
+        raw, truncated = _read_capped(response, cap, deadline)
+    return {
+        "status_code": response.status_code,
+        "url": str(response.request.url),
+        "headers": mask_headers(dict(response.headers.items())),
+        "body": _body_value(response, raw, truncated, cap),
+        "body_truncated": truncated,
+        "elapsed_ms": round((time.monotonic() - started) * 1000, 1),
+    }
+
+
+def _body_kwargs(json: object, data: object) -> dict:
+    if json is not None and data is not None:
+        raise HttpTaskError("give the request body as json or as data, not both")
+    if json is not None:
+        return {"json": json}
+    if data is None:
+        return {}
+    if isinstance(data, str | bytes | bytearray):
+        return {"content": bytes(data) if not isinstance(data, str) else data}
+    return {"json": data}  # the seed's format puts the JSON body in "data"
+
+
+def _redirect_method(method: str, status: int) -> str:
+    if status == 303 and method != "HEAD":
+        return "GET"
+    if status in (301, 302) and method == "POST":
+        return "GET"
+    return method
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return (url.scheme, url.host, url.port)
+
+
+def execute(
+    client: httpx.Client,
+    *,
+    method: str,
+    url: str,
+    headers: dict | None = None,
+    params: dict | None = None,
+    json: object = None,
+    data: object = None,
+    timeout: float = 30.0,
+    body_cap: int = 256 * 1024,
+) -> dict:
+    """Send the request and describe the response.
+
+    Returns ``{"status_code", "url" (final), "headers" (masked), "body" (parsed JSON if the
+    response is JSON and fits, else text cut at ``body_cap`` bytes with a marker),
+    "body_truncated", "elapsed_ms"}``. ``timeout`` bounds the whole call, redirects included.
+    Raises :class:`HttpTaskError` for a non-2xx answer (``response`` filled in), connection errors
+    and timeouts (retryable), blocked addresses, bad URLs and too many redirects (not retryable).
+    """
+    started = time.monotonic()
+    deadline = started + timeout
+    method = str(method).upper()
+    if method not in METHODS:
+        raise HttpTaskError(f"method {method!r} is not one of {', '.join(METHODS)}")
+    if not timeout > 0:
+        raise HttpTaskError("timeout must be a positive number of seconds")
+    try:
+        check_url(url)
+    except InvalidSpec as exc:
+        raise HttpTaskError(exc.message) from None
+    body = _body_kwargs(json, data)
+    hop_headers = dict(headers or {})
+    current = httpx.URL(url).copy_merge_params(params) if params else httpx.URL(url)
+    max_redirects = client.max_redirects
+
+    for hop in range(max_redirects + 1):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise HttpTaskError(f"timed out after {timeout:g}s calling {current}", retryable=True)
+        try:
+            request = client.build_request(
+                method, current, headers=hop_headers, timeout=remaining, **body
+            )
+            response = client.send(request, stream=True)
+        except BlockedAddress as exc:
+            raise HttpTaskError(exc.message) from exc
+        except (TypeError, ValueError) as exc:  # e.g. a body that is not JSON-serialisable
+            raise HttpTaskError(f"could not build the request: {exc}") from exc
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise _transport_error(exc, current, timeout) from exc
+
+        try:
+            location = response.headers.get("location")
+            if response.status_code in _REDIRECT_STATUSES and location:
+                try:
+                    target = current.join(location)
+                    check_url(str(target))
+                except (httpx.InvalidURL, InvalidSpec) as exc:
+                    message = exc.message if isinstance(exc, InvalidSpec) else str(exc)
+                    raise HttpTaskError(
+                        f"refused redirect from {current} to {location!r}: {message}"
+                    ) from None
+                new_method = _redirect_method(method, response.status_code)
+                if new_method != method:
+                    body = {}
+                    hop_headers = {
+                        k: v
+                        for k, v in hop_headers.items()
+                        if k.lower() not in ("content-type", "content-length", "transfer-encoding")
+                    }
+                if _origin(target) != _origin(current):
+                    hop_headers = {k: v for k, v in hop_headers.items() if not SECRET_HEADER_PATTERN.match(k)}
+                hop_headers = {k: v for k, v in hop_headers.items() if k.lower() != "host"}
+                method, current = new_method, target
+                continue
+            result = _describe(response, started, body_cap, deadline)
+        except _Deadline:
+            raise HttpTaskError(
+                f"timed out after {timeout:g}s reading the response from {current}", retryable=True
+            ) from None
+        except _BadEncoding as exc:
+            raise HttpTaskError(f"could not decode the response body from {current}: {exc}") from None
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise _transport_error(exc, current, timeout) from exc
+        finally:
+            response.close()
+
+        status = result["status_code"]
+        if not 200 <= status < 300:
+            raise HttpTaskError(
+                f"{method} {result['url']} answered {status} {response.reason_phrase}".rstrip(),
+                response=result,
+                retryable=status >= 500 or status == 429,
+            )
+        return result
+
+    raise HttpTaskError(f"too many redirects: more than {max_redirects} starting from {url}")
+
+
+def _transport_error(exc: Exception, url: httpx.URL, timeout: float) -> HttpTaskError:
+    """Turn an httpx failure into an HttpTaskError with the right ``retryable``."""
+    if isinstance(exc, httpx.TimeoutException):
+        kind = {
+            httpx.ConnectTimeout: "connecting to",
+            httpx.ReadTimeout: "waiting for",
+            httpx.WriteTimeout: "sending to",
+            httpx.PoolTimeout: "waiting for a free connection to",
+        }.get(type(exc), "calling")
+        return HttpTaskError(f"timed out after {timeout:g}s {kind} {url}", retryable=True)
+    if isinstance(
+        exc, httpx.InvalidURL | httpx.UnsupportedProtocol | httpx.LocalProtocolError | httpx.DecodingError
+    ):
+        return HttpTaskError(f"could not send the request to {url}: {exc}")
+    if _caused_by(exc, ssl.SSLCertVerificationError):
+        return HttpTaskError(f"the TLS certificate of {url.host} could not be verified: {exc}")
+    if isinstance(exc, httpx.TransportError):
+        return HttpTaskError(f"connection to {url} failed: {exc}", retryable=True)
+    return HttpTaskError(f"request to {url} failed: {exc}")
+
+
+def _caused_by(exc: BaseException | None, kind: type[BaseException]) -> bool:
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, kind):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False

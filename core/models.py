@@ -1,0 +1,348 @@
+"""Task specs, run records and the states they move through.
+
+A spec is what a user writes (the seed's JSON format, accepted as is); it is validated here, once,
+before anything is stored, and every refusal names the field at fault. ``Task`` and ``Run`` are the
+stored records as front ends see them; their ``to_dict`` is the JSON shape of ``--json`` and the API.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from core import cron, http, sandbox
+from core.errors import InvalidSpec
+
+MAX_NAME = 200
+MAX_CODE = 100_000
+MAX_HEADERS = 50
+MAX_HEADER_VALUE = 8_192
+MAX_BODY = 1_000_000
+MAX_DELAY = 366 * 24 * 3600
+TASK_NAME_PATTERN = re.compile(r"^[A-Za-z_][\w.:-]{0,199}$")
+
+
+class Kind(StrEnum):
+    """What a task runs."""
+
+    CODE = "code"
+    API = "api"
+    REGISTERED = "registered"
+
+
+class Mode(StrEnum):
+    """When a task runs; the seed calls this ``task_type``."""
+
+    IMMEDIATE = "immediate"
+    DELAYED = "delayed"
+    SCHEDULED = "scheduled"
+
+
+class TaskState(StrEnum):
+    """A task definition's state: active (will fire), paused (will not), done (a one-shot that ran)."""
+
+    ACTIVE = "active"
+    PAUSED = "paused"
+    DONE = "done"
+
+
+class RunState(StrEnum):
+    """A run's state. ``retrying`` marks an attempt that failed and was followed by another."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    STOPPED = "stopped"
+    RETRYING = "retrying"
+
+    @property
+    def final(self) -> bool:
+        return self not in (RunState.QUEUED, RunState.RUNNING)
+
+
+class TaskSpec(BaseModel):
+    """A task definition as a user writes it; the seed's JSON format plus taskman's additions."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, str_strip_whitespace=False)
+
+    name: str = Field(min_length=1, max_length=MAX_NAME)
+    description: str = Field(default="", max_length=2000)
+    task_type: Mode = Mode.IMMEDIATE
+    kind: Kind | None = None
+
+    function_code: str | None = Field(default=None, max_length=MAX_CODE)
+    function_name: str | None = None
+
+    api_url: str | None = None
+    method: str = "GET"
+    headers: dict[str, str] = {}
+    params: dict[str, str | int | float | bool] = {}
+    data: Any = None
+    json_body: Any = Field(default=None, alias="json")
+
+    task_name: str | None = None
+    queue: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,100}$")
+
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+
+    delay_seconds: float | None = Field(default=None, ge=0, le=MAX_DELAY)
+    cron_expression: str | None = None
+    timezone: str = "UTC"
+
+    timeout: float | None = Field(default=None, gt=0)
+    max_retries: int = Field(default=0, ge=0)
+    retry_backoff: float = Field(default=1.0, ge=0, le=86_400)
+
+    @field_validator("name")
+    @classmethod
+    def _name_has_text(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("must not be blank")
+        if any(ord(c) < 32 for c in value):
+            raise ValueError("must not contain control characters")
+        return value
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        upper = value.upper()
+        if upper not in http.METHODS:
+            raise ValueError(f"must be one of {', '.join(http.METHODS)}, not {value!r}")
+        return upper
+
+    @field_validator("headers")
+    @classmethod
+    def _bounded_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > MAX_HEADERS:
+            raise ValueError(f"at most {MAX_HEADERS} headers are allowed, got {len(value)}")
+        for key, item in value.items():
+            if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}", key):
+                raise ValueError(f"{key!r} is not a valid header name")
+            if len(item) > MAX_HEADER_VALUE or "\n" in item or "\r" in item:
+                raise ValueError(f"header {key!r}: value must be one line of at most {MAX_HEADER_VALUE} characters")
+        return value
+
+    @field_validator("timeout", "delay_seconds", "retry_backoff")
+    @classmethod
+    def _finite(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _infer_mode(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "task_type" not in data and "mode" not in data:
+            if data.get("cron_expression") is not None:
+                data = {**data, "task_type": "scheduled"}
+            elif data.get("delay_seconds") is not None:
+                data = {**data, "task_type": "delayed"}
+        if isinstance(data, dict) and "mode" in data:
+            data = dict(data)
+            mode = data.pop("mode")
+            data.setdefault("task_type", mode)
+        return data
+
+    @model_validator(mode="after")
+    def _coherent(self) -> TaskSpec:
+        self.kind = self._infer_kind()
+        if self.kind is Kind.CODE:
+            if not self.function_name:
+                raise InvalidSpec("function_name", "a code task needs the name of the function to call")
+            sandbox.check_source(self.function_code or "", self.function_name)
+        elif self.kind is Kind.API:
+            http.check_url(self.api_url or "")
+            if self.data is not None and self.json_body is not None:
+                raise InvalidSpec("data", "give the body as 'data' or as 'json', not both")
+        else:
+            if not self.task_name or not TASK_NAME_PATTERN.match(self.task_name):
+                raise InvalidSpec("task_name", "must be a Celery task name such as 'myapp.tasks.report'")
+        if self.task_type is Mode.DELAYED and self.delay_seconds is None:
+            raise InvalidSpec("delay_seconds", "a delayed task needs delay_seconds (seconds from now)")
+        if self.task_type is not Mode.DELAYED and self.delay_seconds is not None:
+            raise InvalidSpec("delay_seconds", f"only a 'delayed' task takes delay_seconds, this one is {self.task_type.value!r}")
+        if self.task_type is Mode.SCHEDULED:
+            if not self.cron_expression:
+                raise InvalidSpec("cron_expression", "a scheduled task needs a cron expression, e.g. '*/5 * * * *'")
+            cron.check_timezone(self.timezone)
+            cron.check_expression(self.cron_expression, self.timezone)
+        elif self.cron_expression is not None:
+            raise InvalidSpec("cron_expression", f"only a 'scheduled' task takes a cron expression, this one is {self.task_type.value!r}")
+        else:
+            cron.check_timezone(self.timezone)
+        return self
+
+    def _infer_kind(self) -> Kind:
+        present = {
+            Kind.CODE: self.function_code is not None,
+            Kind.API: self.api_url is not None,
+            Kind.REGISTERED: self.task_name is not None,
+        }
+        given = [kind for kind, here in present.items() if here]
+        if self.kind is not None:
+            needs = {Kind.CODE: "function_code", Kind.API: "api_url", Kind.REGISTERED: "task_name"}[self.kind]
+            if not present[self.kind]:
+                raise InvalidSpec(needs, f"a {self.kind.value} task needs {needs}")
+            others = [k for k in given if k is not self.kind]
+            if others:
+                extra = {Kind.CODE: "function_code", Kind.API: "api_url", Kind.REGISTERED: "task_name"}[others[0]]
+                raise InvalidSpec(extra, f"a {self.kind.value} task does not take {extra}")
+            return self.kind
+        if not given:
+            raise InvalidSpec(
+                "function_code",
+                "say what to run: function_code + function_name (code task), api_url (API task) "
+                "or task_name (registered Celery task)",
+            )
+        if len(given) > 1:
+            raise InvalidSpec("kind", "give only one of function_code, api_url and task_name")
+        return given[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as JSON, in the seed's format, without unset optional fields (round-trips)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_defaults=True) | {
+            "name": self.name,
+            "kind": self.kind.value,
+            "task_type": self.task_type.value,
+        }
+
+
+def parse_spec(data: Any, *, max_timeout: float | None = None, max_retries: int | None = None) -> TaskSpec:
+    """Validate ``data`` into a ``TaskSpec`` or raise ``InvalidSpec`` naming the first bad field."""
+    if not isinstance(data, dict):
+        raise InvalidSpec("", f"a task spec must be a JSON object, not {type(data).__name__}")
+    try:
+        spec = TaskSpec.model_validate(data)
+    except InvalidSpec:
+        raise
+    except ValidationError as exc:
+        raise _first_error(exc) from None
+    if max_timeout is not None and spec.timeout is not None and spec.timeout > max_timeout:
+        raise InvalidSpec("timeout", f"must be at most {max_timeout:g} seconds (the configured max_timeout)")
+    if max_retries is not None and spec.max_retries > max_retries:
+        raise InvalidSpec("max_retries", f"must be at most {max_retries}")
+    return spec
+
+
+def _first_error(exc: ValidationError) -> InvalidSpec:
+    error = exc.errors(include_url=False)[0]
+    cause = (error.get("ctx") or {}).get("error")
+    if isinstance(cause, InvalidSpec):
+        return cause
+    location = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        return InvalidSpec(location, "unknown field (check its spelling)")
+    if error["type"] == "missing":
+        return InvalidSpec(location, "is required")
+    message = error["msg"].removeprefix("Value error, ")
+    return InvalidSpec(location, message)
+
+
+@dataclass
+class Run:
+    """One attempt at running a task, as stored."""
+
+    id: str
+    task_id: str
+    state: RunState
+    attempt: int = 1
+    max_attempts: int = 1
+    trigger: str = "now"
+    queued_at: float | None = None
+    scheduled_for: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    duration_ms: float | None = None
+    result: Any = None
+    error: str | None = None
+    traceback: str | None = None
+    output: str = ""
+    worker: str | None = None
+    series: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "task_id": self.task_id,
+            "state": self.state.value,
+            "attempt": self.attempt,
+            "max_attempts": self.max_attempts,
+            "trigger": self.trigger,
+            "queued_at": iso(self.queued_at),
+            "scheduled_for": iso(self.scheduled_for),
+            "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at),
+            "duration_ms": self.duration_ms,
+            "result": self.result,
+            "error": self.error,
+            "traceback": self.traceback,
+            "output": self.output,
+            "worker": self.worker,
+            "series": self.series,
+        }
+
+
+@dataclass
+class Task:
+    """A stored task definition with its runtime state and (when asked for) its recent runs."""
+
+    id: str
+    spec: TaskSpec
+    state: TaskState
+    created_at: float
+    updated_at: float
+    next_run_at: float | None = None
+    last_run_id: str | None = None
+    last_run_state: str | None = None
+    last_duration_ms: float | None = None
+    runs: list[Run] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def kind(self) -> Kind:
+        assert self.spec.kind is not None
+        return self.spec.kind
+
+    @property
+    def mode(self) -> Mode:
+        return self.spec.task_type
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "kind": self.kind.value,
+            "mode": self.mode.value,
+            "state": self.state.value,
+            "next_run_at": iso(self.next_run_at),
+            "created_at": iso(self.created_at),
+            "updated_at": iso(self.updated_at),
+            "last_run": (
+                {"id": self.last_run_id, "state": self.last_run_state, "duration_ms": self.last_duration_ms}
+                if self.last_run_id
+                else None
+            ),
+            "spec": self.spec.to_dict(),
+            "runs": [run.to_dict() for run in self.runs],
+        }
+
+
+def iso(timestamp: float | None) -> str | None:
+    """A Unix timestamp as ISO 8601 in UTC with its offset, or None."""
+    if timestamp is None:
+        return None
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat(timespec="milliseconds")

@@ -1,0 +1,250 @@
+"""Executing one run inside a worker process: begin, execute, record — in few round trips.
+
+A run's bookkeeping is two pipelined round trips: ``begin`` (a guarded transition to running plus
+the read of the task's definition) and ``finish`` (a guarded transition to the final state, the
+task's summary, the log lines and the event). The guards make a stop issued meanwhile win: a run
+that was stopped never starts, and a run stopped while running is not overwritten by its result.
+A failed attempt with retries left becomes ``retrying`` and its successor waits in the due set for
+its backoff, never as a Celery countdown message.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback as tb
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from core import http, sandbox
+from core.config import Settings
+from core.models import Kind, Run, RunState, Task
+from core.store import Store, due_member_for_run
+
+MAX_DELIVERIES = 3
+LOG_FLUSH_SECONDS = 0.2
+LOG_FLUSH_LINES = 100
+
+
+def new_id() -> str:
+    """A short, unique, URL-safe id for tasks and runs."""
+    return uuid.uuid4().hex[:16]
+
+
+def run_event(kind: str, run: Run, **extra: Any) -> dict:
+    """The events-stream entry for something that happened to a run."""
+    return {"type": kind, "task_id": run.task_id, "run_id": run.id, "ts": time.time(), **extra}
+
+
+def log_entry(task_id: str, run_id: str, level: str, message: str) -> dict[str, str]:
+    """One log-stream entry."""
+    return {"ts": repr(time.time()), "task": task_id, "run": run_id, "level": level, "msg": message}
+
+
+def json_safe(value: Any) -> Any:
+    """A value as JSON can carry it; anything else becomes its repr."""
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+class LogBuffer:
+    """Collects a run's log lines and ships them in batches, so a print loop costs few round trips."""
+
+    def __init__(self, store: Store, task_id: str, run_id: str) -> None:
+        self.store = store
+        self.task_id = task_id
+        self.run_id = run_id
+        self.pending: list[dict[str, str]] = []
+        self.last_flush = time.monotonic()
+
+    def add(self, level: str, message: str) -> None:
+        self.pending.append(log_entry(self.task_id, self.run_id, level, message))
+        if len(self.pending) >= LOG_FLUSH_LINES or time.monotonic() - self.last_flush > LOG_FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self, pipe=None) -> None:
+        if self.pending:
+            self.store.add_logs(self.pending, pipe)
+            self.pending = []
+        self.last_flush = time.monotonic()
+
+
+@dataclass
+class Started:
+    """A run that ``begin`` moved to running, with its task's current definition."""
+
+    run: Run
+    task: Task | None
+    logs: LogBuffer
+
+
+class Runner:
+    """Carries out runs for one worker process and records what happened."""
+
+    def __init__(self, store: Store, settings: Settings, worker_name: str) -> None:
+        self.store = store
+        self.settings = settings
+        self.worker_name = worker_name
+        self._http_client = None
+
+    @property
+    def http_client(self):
+        if self._http_client is None:
+            self._http_client = http.make_client(self.settings.http_allow)
+        return self._http_client
+
+    def begin(self, run_id: str, task_id: str | None = None) -> Started | None:
+        """Move the run to running; None if it was stopped, already finished or is not ours."""
+        now = time.time()
+        pipe = self.store.redis.pipeline(transaction=True)
+        self.store.transition(run_id, (RunState.QUEUED, RunState.RUNNING), RunState.RUNNING,
+                              fields={"started_at": now, "worker": self.worker_name}, pipe=pipe)
+        pipe.hgetall(self.store.keys.run(run_id))
+        if task_id:
+            pipe.hgetall(self.store.keys.task(task_id))
+        answers = pipe.execute()
+        previous = answers[0]
+        if previous is None:
+            return None
+        run = self.store._run_from(answers[1])
+        task = self.store._task_from(answers[2]) if task_id else None
+        logs = LogBuffer(self.store, run.task_id, run.id)
+        if previous == RunState.RUNNING.value:
+            deliveries = self.store.redis.hincrby(self.store.keys.run(run_id), "deliveries", 1) + 1
+            if deliveries > MAX_DELIVERIES:
+                self.finish(Started(run, task, logs), RunState.FAILED,
+                            error=f"worker lost {MAX_DELIVERIES} times while running this run; giving up")
+                return None
+            logs.add("warning", f"run {run.id} redelivered after its worker was lost (delivery {deliveries})")
+        logs.add("info", f"run {run.id} started on {self.worker_name} (attempt {run.attempt}/{run.max_attempts})")
+        self.store.add_event(run_event("run.started", run, worker=self.worker_name))
+        return Started(run, task, logs)
+
+    def run_code(self, run_id: str, task_id: str) -> None:
+        """Execute a code task's function in the sandbox and record the outcome."""
+        started = self.begin(run_id, task_id)
+        if started is None:
+            return
+        if started.task is None:
+            self.finish(started, RunState.FAILED, error="the task was deleted before this run started")
+            return
+        spec = started.task.spec
+        limits = sandbox.Limits(output_cap=self.settings.output_cap, result_cap=self.settings.result_cap,
+                                memory_limit_mb=self.settings.memory_limit_mb)
+        try:
+            execution = sandbox.execute(spec.function_code or "", spec.function_name or "", list(spec.args),
+                                        dict(spec.kwargs), limits, on_output=lambda line: started.logs.add("print", line))
+        except sandbox.SandboxError as exc:
+            self.finish(started, RunState.FAILED, error=exc.message, traceback=exc.traceback, output=exc.output,
+                        retryable=exc.reason == "error")
+        except Exception as exc:
+            if type(exc).__name__ == "SoftTimeLimitExceeded":
+                self.finish(started, RunState.TIMED_OUT, retryable=True,
+                            error=f"timed out: the run exceeded its timeout of {self._timeout(started.task):g} s")
+                return
+            raise
+        else:
+            self.finish(started, RunState.SUCCEEDED, result=execution.result, output=execution.output)
+
+    def run_http(self, run_id: str, task_id: str) -> None:
+        """Send an API task's request and record the response."""
+        started = self.begin(run_id, task_id)
+        if started is None:
+            return
+        if started.task is None:
+            self.finish(started, RunState.FAILED, error="the task was deleted before this run started")
+            return
+        spec = started.task.spec
+        try:
+            response = http.execute(
+                self.http_client, method=spec.method, url=spec.api_url or "", headers=dict(spec.headers),
+                params=dict(spec.params), json=spec.json_body, data=spec.data, timeout=self._timeout(started.task),
+                body_cap=self.settings.http_body_cap,
+            )
+        except http.HttpTaskError as exc:
+            state = RunState.TIMED_OUT if "timed out" in exc.message.lower() else RunState.FAILED
+            self.finish(started, state, error=exc.message, result=exc.response, retryable=exc.retryable)
+        else:
+            started.logs.add("info", f"{spec.method} {response['url']} → {response['status_code']} "
+                                     f"in {response['elapsed_ms']:.0f} ms")
+            self.finish(started, RunState.SUCCEEDED, result=response)
+
+    def _timeout(self, task: Task | None) -> float:
+        timeout = (task.spec.timeout if task else None) or self.settings.default_timeout
+        return min(timeout, self.settings.max_timeout)
+
+    def finish(self, started: Started, state: RunState, *, result: Any = None, error: str | None = None,
+               traceback: str | None = None, output: str = "", retryable: bool = False) -> RunState | None:
+        """Record the end of an attempt; a retryable failure with attempts left becomes ``retrying``."""
+        run = started.run
+        now = time.time()
+        if state is not RunState.SUCCEEDED and retryable and run.attempt < run.max_attempts:
+            state = RunState.RETRYING
+        duration_ms = round((now - run.started_at) * 1000, 3) if run.started_at else None
+        if run.started_at is None:
+            run.started_at = now
+            duration_ms = 0.0
+        result = json_safe(result)
+        summary = self._summary(run, state, duration_ms, result, error)
+        started.logs.add("error" if state is not RunState.SUCCEEDED else "info", summary)
+        pipe = self.store.redis.pipeline(transaction=True)
+        self.store.transition(
+            run.id, (RunState.RUNNING, RunState.QUEUED), state,
+            event=run_event(f"run.{state.value}", run, state=state.value, duration_ms=duration_ms),
+            fields={"finished_at": now, "duration_ms": duration_ms, "result": result, "error": error or "",
+                    "traceback": traceback or "", "output": output},
+            pipe=pipe,
+        )
+        self.store.set_last_run(run.task_id, run.id, state, duration_ms, pipe)
+        self.store.expire_run(run.id, pipe)
+        started.logs.flush(pipe)
+        previous = pipe.execute()[0]
+        if previous is None:
+            return None
+        if state is RunState.RETRYING:
+            self._schedule_retry(run, now)
+        return state
+
+    @staticmethod
+    def _summary(run: Run, state: RunState, duration_ms: float | None, result: Any, error: str | None) -> str:
+        took = f"{duration_ms:.0f} ms" if duration_ms is not None else "?"
+        if state is RunState.SUCCEEDED:
+            shown = json.dumps(result, ensure_ascii=False)
+            return f"run {run.id} succeeded in {took} → {shown[:200]}"
+        if state is RunState.RETRYING:
+            return f"run {run.id} attempt {run.attempt} failed in {took}: {error}; retrying"
+        return f"run {run.id} {state.value.replace('_', ' ')} after {took}: {error}"
+
+    def _schedule_retry(self, run: Run, now: float) -> None:
+        task = self.store.get_task(run.task_id)
+        backoff = (task.spec.retry_backoff if task else 1.0) * (2 ** (run.attempt - 1))
+        retry = Run(id=new_id(), task_id=run.task_id, state=RunState.QUEUED, attempt=run.attempt + 1,
+                    max_attempts=run.max_attempts, trigger="retry", queued_at=now, scheduled_for=now + backoff,
+                    series=run.series or run.id)
+        pipe = self.store.pipeline()
+        self.store.add_run(retry, pipe)
+        self.store.set_due(due_member_for_run(retry.id), now + backoff, pipe)
+        self.store.add_event(run_event("run.queued", retry, attempt=retry.attempt, due_at=now + backoff), pipe)
+        pipe.execute()
+
+    # -- registered tasks, observed through Celery's signals -------------------------------------
+
+    def registered_started(self, run_id: str) -> Started | None:
+        return self.begin(run_id)
+
+    def registered_finished(self, run_id: str, state: RunState, *, result: Any = None,
+                            error: str | None = None, traceback: str | None = None) -> None:
+        """Record the end of a registered task's run (or a run a hard time limit killed)."""
+        run = self.store.get_run(run_id)
+        if run is None or run.state.final:
+            return
+        task = self.store.get_task(run.task_id)
+        self.finish(Started(run, task, LogBuffer(self.store, run.task_id, run.id)), state, result=result,
+                    error=error, traceback=traceback, retryable=state is not RunState.SUCCEEDED)
+
+
+def format_exception(exc: BaseException) -> str:
+    return "".join(tb.format_exception(type(exc), exc, exc.__traceback__))

@@ -1,0 +1,117 @@
+"""The scheduler: turns due-set entries into runs, one claim at a time, under a lock.
+
+Each tick claims the entries whose time has come (a Lua script leases them, so nothing is read
+and then written by two actors), records a run for each with one more script that re-checks the
+task is still active, sends the Celery message, and for a cron task puts the next fire back —
+computed by ``core.cron`` in the task's timezone. A cron task whose scheduler was down fires once
+to catch up, not once per missed slot. Only the holder of the lock acts; another scheduler idles
+until the lock expires.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from datetime import datetime, timezone
+
+from core import cron
+from core.dispatch import Dispatcher
+from core.models import Mode, Run, RunState
+from core.runner import new_id, run_event
+from core.store import Store
+
+log = logging.getLogger("taskman.scheduler")
+
+
+class Scheduler:
+    """Claims due entries and sends their runs; ``tick`` returns how long to sleep."""
+
+    def __init__(self, store: Store, dispatcher: Dispatcher, *, interval: float = 0.25, lock_ttl: float = 10.0,
+                 lease: float = 60.0) -> None:
+        self.store = store
+        self.dispatcher = dispatcher
+        self.interval = interval
+        self.lock_ttl = lock_ttl
+        self.lease = lease
+        self.token = uuid.uuid4().hex
+        self.is_leader = False
+        self.last_lag: float = 0.0
+
+    def tick(self, now: float | None = None) -> float:
+        """Do one round of work if this scheduler holds the lock; return seconds until the next look."""
+        leader = self.store.acquire_lock(self.token, self.lock_ttl)
+        if leader != self.is_leader:
+            log.info("scheduler %s %s the lock", self.token[:8], "took" if leader else "lost")
+            self.is_leader = leader
+        if not leader:
+            return min(self.lock_ttl / 3, 1.0)
+        now = time.time() if now is None else now
+        for member, due_at in self.store.claim_due(now, self.lease):
+            try:
+                self.fire(member, due_at, now)
+            except Exception:
+                log.exception("could not fire %s; it is retried after the lease", member)
+        next_due = self.store.next_due()
+        wait = self.interval if next_due is None else max(0.0, min(self.interval, next_due - time.time()))
+        return wait
+
+    def fire(self, member: str, due_at: float, now: float) -> None:
+        """Send what one due entry stands for: a task's fire (``t:``) or a retry's run (``r:``)."""
+        kind, _, ident = member.partition(":")
+        self.last_lag = max(0.0, now - due_at)
+        if kind == "r":
+            self._send_retry(member, ident)
+            return
+        task = self.store.get_task(ident)
+        if task is None:
+            self.store.remove_due(member)
+            return
+        run = Run(id=new_id(), task_id=task.id, state=RunState.QUEUED, attempt=1,
+                  max_attempts=task.spec.max_retries + 1,
+                  trigger="cron" if task.mode is Mode.SCHEDULED else "delay", queued_at=now, scheduled_for=due_at)
+        next_due = None
+        if task.mode is Mode.SCHEDULED:
+            after = datetime.fromtimestamp(max(now, due_at), tz=timezone.utc)
+            next_due = cron.next_fire(task.spec.cron_expression or "", task.spec.timezone, after).timestamp()
+        event = run_event("run.queued", run, trigger=run.trigger, lag_ms=round(self.last_lag * 1000, 3))
+        if self.store.fire(task, run, next_due, now, event):
+            self.dispatcher.send(task, run)
+
+    def _send_retry(self, member: str, run_id: str) -> None:
+        run = self.store.get_run(run_id)
+        task = self.store.get_task(run.task_id) if run else None
+        self.store.remove_due(member)
+        if run is None or run.state is not RunState.QUEUED:
+            return
+        if task is None:
+            self.store.transition(run.id, (RunState.QUEUED,), RunState.STOPPED,
+                                  fields={"error": "the task was deleted", "finished_at": time.time()})
+            return
+        self.dispatcher.send(task, run)
+
+    def close(self) -> None:
+        """Give up the lock so a standby scheduler takes over at once."""
+        if self.is_leader:
+            self.store.release_lock(self.token)
+            self.is_leader = False
+
+
+def run_forever(scheduler: Scheduler, should_stop=lambda: False) -> None:
+    """Tick until ``should_stop()``; used by ``taskman beat`` outside Celery's beat service."""
+    try:
+        while not should_stop():
+            time.sleep(scheduler.tick())
+    finally:
+        scheduler.close()
+
+
+def refuse_evicting_redis(store: Store) -> None:
+    """Raise if Redis may evict keys: a schedule that can silently vanish is not a schedule."""
+    try:
+        policy = store.redis.config_get("maxmemory-policy").get("maxmemory-policy", "noeviction")
+    except Exception:
+        return
+    if policy.startswith("allkeys"):
+        raise RuntimeError(f"Redis maxmemory-policy is {policy!r}: it may evict taskman's schedule. "
+                           "Set it to 'noeviction' (or a volatile-* policy).")

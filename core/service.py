@@ -1,0 +1,299 @@
+"""What every front end calls: create, list, get, update, run now, stop, pause, resume, delete.
+
+The command line, the console and the REST API hold no logic of their own; they call a
+``Service`` and render what it returns. Each method validates first and writes once: a refused
+input leaves Redis exactly as it was.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from typing import Any, Iterable
+
+from core import cron
+from core.config import Settings
+from core.dispatch import Dispatcher, make_celery
+from core.embedded import resolve_redis_url
+from core.errors import Conflict, InvalidSpec, NotFound
+from core.models import Kind, Mode, Run, RunState, Task, TaskSpec, TaskState, parse_spec
+from core.runner import new_id, run_event
+from core.store import Store, connect, due_member_for_run, due_member_for_task
+
+EDITABLE_WHILE_RUNNING = True
+MAX_BATCH = 1000
+
+
+class Service:
+    """The service layer over one Redis namespace."""
+
+    def __init__(self, store: Store, dispatcher: Dispatcher, settings: Settings) -> None:
+        self.store = store
+        self.dispatcher = dispatcher
+        self.settings = settings
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Service:
+        """Connect to the configured (or embedded) Redis and build the service on it."""
+        url = resolve_redis_url(settings)
+        store = Store(connect(url), settings.namespace, events_maxlen=settings.events_maxlen,
+                      logs_maxlen=settings.logs_maxlen, history_per_task=settings.history_per_task,
+                      run_ttl=settings.run_ttl_days * 86400)
+        return cls(store, Dispatcher(make_celery(settings, url), settings), settings)
+
+    # -- validation ----------------------------------------------------------------------------
+
+    def validate(self, data: Any) -> TaskSpec:
+        """Check a spec without storing anything; raises ``InvalidSpec`` naming the field."""
+        spec = parse_spec(data, max_timeout=self.settings.max_timeout, max_retries=self.settings.max_retries_cap)
+        if spec.kind is Kind.REGISTERED:
+            known = self.store.registered()
+            if known and spec.task_name not in known:
+                names = ", ".join(sorted(known)[:10])
+                raise InvalidSpec("task_name", f"no worker has registered {spec.task_name!r}; known tasks: {names}")
+        return spec
+
+    # -- create --------------------------------------------------------------------------------
+
+    def create(self, data: Any) -> Task:
+        """Validate and store one task, then run or schedule it as its mode says."""
+        return self.create_many([data])[0]
+
+    def create_many(self, items: Iterable[Any]) -> list[Task]:
+        """Validate every spec first; then create all of them (or, on a refusal, none)."""
+        items = list(items)
+        if len(items) > MAX_BATCH:
+            raise InvalidSpec("", f"at most {MAX_BATCH} specs can be submitted at once, got {len(items)}")
+        specs = []
+        for index, item in enumerate(items):
+            try:
+                specs.append(self.validate(item))
+            except InvalidSpec as exc:
+                if len(items) == 1:
+                    raise
+                raise InvalidSpec(f"[{index}].{exc.field}" if exc.field else f"[{index}]", exc.reason) from None
+        now = time.time()
+        tasks = [Task(id=new_id(), spec=spec, state=TaskState.ACTIVE, created_at=now, updated_at=now)
+                 for spec in specs]
+        pipe = self.store.pipeline()
+        to_send: list[tuple[Task, Run]] = []
+        for task in tasks:
+            if task.mode is Mode.IMMEDIATE:
+                task.state = TaskState.DONE
+                run = self._new_run(task, "now", now)
+                task.runs = [run]
+                self.store.add_task(task, pipe)
+                self.store.add_run(run, pipe)
+                to_send.append((task, run))
+            else:
+                task.next_run_at = self._first_due(task.spec, now)
+                self.store.add_task(task, pipe)
+                self.store.set_due(due_member_for_task(task.id), task.next_run_at, pipe)
+            self.store.add_event({"type": "task.created", "task_id": task.id, "ts": now}, pipe)
+        pipe.execute()
+        for task, run in to_send:
+            self._send(task, run)
+        return tasks
+
+    def _new_run(self, task: Task, trigger: str, now: float) -> Run:
+        return Run(id=new_id(), task_id=task.id, state=RunState.QUEUED, attempt=1,
+                   max_attempts=task.spec.max_retries + 1, trigger=trigger, queued_at=now)
+
+    @staticmethod
+    def _first_due(spec: TaskSpec, now: float) -> float:
+        if spec.task_type is Mode.DELAYED:
+            return now + (spec.delay_seconds or 0.0)
+        return cron.next_fire(spec.cron_expression or "", spec.timezone,
+                              datetime.fromtimestamp(now, tz=timezone.utc)).timestamp()
+
+    def _send(self, task: Task, run: Run) -> None:
+        try:
+            self.dispatcher.send(task, run)
+        except Exception as exc:
+            self.store.transition(run.id, (RunState.QUEUED,), RunState.FAILED,
+                                  event=run_event("run.failed", run, state="failed"),
+                                  fields={"error": f"could not queue the run: {exc}", "finished_at": time.time()})
+            raise
+
+    # -- read ----------------------------------------------------------------------------------
+
+    def list(self, *, state: str | None = None, kind: str | None = None, mode: str | None = None,
+             name: str | None = None, limit: int = 100, offset: int = 0) -> list[Task]:
+        """Tasks newest first, filtered by state, kind, mode or a name substring."""
+        for field, value, allowed in (("state", state, TaskState), ("kind", kind, Kind), ("mode", mode, Mode)):
+            if value is not None and value not in {item.value for item in allowed}:
+                raise InvalidSpec(field, f"must be one of {', '.join(item.value for item in allowed)}")
+        if limit < 1 or offset < 0:
+            raise InvalidSpec("limit", "limit must be positive and offset not negative")
+        filtered = any(value is not None for value in (state, kind, mode, name))
+        if not filtered:
+            return self.store.get_tasks(self.store.task_ids(offset, offset + limit - 1))
+        matches: list[Task] = []
+        skipped = 0
+        page = 500
+        start = 0
+        while len(matches) < limit:
+            ids = self.store.task_ids(start, start + page - 1)
+            if not ids:
+                break
+            start += page
+            for task in self.store.get_tasks(ids):
+                if state and task.state.value != state or kind and task.kind.value != kind:
+                    continue
+                if mode and task.mode.value != mode or name and name.lower() not in task.name.lower():
+                    continue
+                if skipped < offset:
+                    skipped += 1
+                    continue
+                matches.append(task)
+                if len(matches) == limit:
+                    break
+        return matches
+
+    def get(self, task_id: str, *, runs: int = 20) -> Task:
+        """One task with its latest ``runs`` runs, newest first."""
+        task = self.store.get_task(task_id)
+        if task is None:
+            raise NotFound(f"no task with id {task_id!r}")
+        task.runs = self.store.recent_runs(task_id, runs)
+        return task
+
+    def get_run(self, run_id: str) -> Run:
+        run = self.store.get_run(run_id)
+        if run is None:
+            raise NotFound(f"no run with id {run_id!r}")
+        return run
+
+    def export(self) -> list[dict]:
+        """Every definition as a spec list that ``create_many`` accepts (export → submit round-trips)."""
+        return [task.spec.to_dict() for task in reversed(self.store.get_tasks(self.store.task_ids()))]
+
+    def registered_tasks(self) -> dict[str, dict]:
+        """Celery task names the workers have registered, with the worker and queues that reported them."""
+        return self.store.registered()
+
+    # -- change --------------------------------------------------------------------------------
+
+    def update(self, task_id: str, changes: dict[str, Any]) -> Task:
+        """Edit fields of a task; takes effect from its next run, without restarting anything."""
+        if not isinstance(changes, dict):
+            raise InvalidSpec("", "changes must be a JSON object of spec fields")
+        task = self.get(task_id, runs=0)
+        merged = task.spec.to_dict() | changes
+        merged = {key: value for key, value in merged.items() if value is not None}
+        if "kind" not in changes:
+            merged.pop("kind", None)
+        spec = self.validate(merged)
+        now = time.time()
+        old = task.spec
+        task.spec = spec
+        task.updated_at = now
+        pipe = self.store.pipeline()
+        schedule_changed = (spec.task_type, spec.cron_expression, spec.timezone, spec.delay_seconds) != (
+            old.task_type, old.cron_expression, old.timezone, old.delay_seconds)
+        if schedule_changed and task.state is TaskState.ACTIVE:
+            if spec.task_type is Mode.IMMEDIATE:
+                task.state, task.next_run_at = TaskState.DONE, None
+                self.store.remove_due(due_member_for_task(task.id), pipe)
+            else:
+                task.next_run_at = self._first_due(spec, now)
+                self.store.set_due(due_member_for_task(task.id), task.next_run_at, pipe)
+        self.store.save_task(task, pipe)
+        self.store.add_event({"type": "task.updated", "task_id": task.id, "ts": now}, pipe)
+        pipe.execute()
+        return task
+
+    def run_now(self, task_id: str) -> Run:
+        """Queue a run of the task at once, whatever its mode or state."""
+        task = self.get(task_id, runs=0)
+        now = time.time()
+        run = self._new_run(task, "manual", now)
+        pipe = self.store.pipeline()
+        self.store.add_run(run, pipe)
+        self.store.add_event(run_event("run.queued", run), pipe)
+        pipe.execute()
+        self._send(task, run)
+        return run
+
+    def pause(self, task_id: str) -> Task:
+        """Stop future fires of a delayed or cron task; runs already going carry on."""
+        task = self.get(task_id, runs=0)
+        if task.mode is Mode.IMMEDIATE:
+            raise Conflict(f"task {task_id} runs once, immediately; it has no schedule to pause (use stop)")
+        if task.state is TaskState.DONE:
+            raise Conflict(f"task {task_id} already ran; nothing left to pause")
+        pipe = self.store.pipeline()
+        self.store.remove_due(due_member_for_task(task.id), pipe)
+        self.store.set_task_state(task.id, TaskState.PAUSED, None, pipe)
+        self.store.add_event({"type": "task.paused", "task_id": task.id, "ts": time.time()}, pipe)
+        pipe.execute()
+        task.state, task.next_run_at = TaskState.PAUSED, None
+        return task
+
+    def resume(self, task_id: str) -> Task:
+        """Let a paused task fire again: a cron task from its next fire, a delayed one when due (or now)."""
+        task = self.get(task_id, runs=0)
+        if task.state is not TaskState.PAUSED:
+            raise Conflict(f"task {task_id} is {task.state.value}, not paused")
+        now = time.time()
+        if task.mode is Mode.IMMEDIATE:
+            task.state, task.next_run_at = TaskState.DONE, None
+        elif task.mode is Mode.DELAYED:
+            task.state, task.next_run_at = TaskState.ACTIVE, max(now, task.created_at + (task.spec.delay_seconds or 0))
+        else:
+            task.state, task.next_run_at = TaskState.ACTIVE, self._first_due(task.spec, now)
+        pipe = self.store.pipeline()
+        if task.next_run_at is not None:
+            self.store.set_due(due_member_for_task(task.id), task.next_run_at, pipe)
+        self.store.set_task_state(task.id, task.state, task.next_run_at, pipe)
+        self.store.add_event({"type": "task.resumed", "task_id": task.id, "ts": now}, pipe)
+        pipe.execute()
+        return task
+
+    def stop(self, task_id: str) -> Task:
+        """Stop a task: queued runs never start, running ones are killed, its schedule is paused."""
+        task = self.get(task_id, runs=0)
+        now = time.time()
+        if task.state is TaskState.ACTIVE and task.mode is not Mode.IMMEDIATE:
+            pipe = self.store.pipeline()
+            self.store.remove_due(due_member_for_task(task.id), pipe)
+            self.store.set_task_state(task.id, TaskState.PAUSED, None, pipe)
+            pipe.execute()
+            task.state, task.next_run_at = TaskState.PAUSED, None
+        stopped = self._stop_runs(task, now)
+        self.store.add_event({"type": "task.stopped", "task_id": task.id, "ts": now, "runs": stopped})
+        return task
+
+    def _stop_runs(self, task: Task, now: float) -> list[str]:
+        stopped = []
+        for run in self.store.open_runs(task.id):
+            previous = self.store.transition(
+                run.id, (RunState.QUEUED, RunState.RUNNING), RunState.STOPPED,
+                event=run_event("run.stopped", run, state="stopped"),
+                fields={"finished_at": now, "error": "stopped by an operator",
+                        "duration_ms": round((now - run.started_at) * 1000, 3) if run.started_at else 0.0},
+            )
+            if previous is None:
+                continue
+            stopped.append(run.id)
+            pipe = self.store.pipeline()
+            self.store.remove_due(due_member_for_run(run.id), pipe)
+            self.store.set_last_run(task.id, run.id, RunState.STOPPED, None, pipe)
+            self.store.expire_run(run.id, pipe)
+            self.store.add_logs([{"ts": repr(now), "task": task.id, "run": run.id, "level": "warning",
+                                  "msg": f"run {run.id} stopped by an operator (was {previous})"}], pipe)
+            pipe.execute()
+            if previous == RunState.RUNNING.value:
+                self.dispatcher.revoke(run.id, terminate=task.kind is not Kind.API)
+            elif task.kind is Kind.REGISTERED:
+                self.dispatcher.revoke(run.id, terminate=False)
+        return stopped
+
+    def delete(self, task_id: str) -> None:
+        """Stop the task, then remove its definition and schedule; its run history expires later."""
+        task = self.get(task_id, runs=0)
+        self._stop_runs(task, time.time())
+        pipe = self.store.pipeline()
+        self.store.remove_task(task.id, pipe)
+        self.store.add_event({"type": "task.deleted", "task_id": task.id, "ts": time.time()}, pipe)
+        pipe.execute()

@@ -1,0 +1,442 @@
+"""The Redis keyspace: the only module that knows key names.
+
+Layout (every key under the namespace prefix ``{ns}:``, see ``Keys``):
+
+- ``task:{id}``        hash: ``spec`` (JSON), ``state``, ``created_at``, ``updated_at``, ``next_run_at``,
+                       ``last_run_id``, ``last_run_state``, ``last_duration_ms``. The user-edited
+                       definition (``spec``) lives apart from the runtime fields, as in redbeat.
+- ``tasks``            sorted set of task ids scored by creation time (listing, newest first).
+- ``task:{id}:runs``   sorted set of that task's run ids scored by queue time (history).
+- ``run:{id}``         hash: one run record (see ``core.models.Run``); the Celery task id is the run id.
+- ``due``              sorted set scored by due time: ``t:{task_id}`` fires a task (delay or cron),
+                       ``r:{run_id}`` sends an already recorded run (a retry after its backoff).
+- ``events``, ``logs`` capped streams that front ends tail with XREAD BLOCK.
+- ``scheduler:lock``   the scheduler's lock; its value is the owner's token.
+- ``registered``       hash of registered Celery task names the workers reported → JSON details.
+
+Every state change that depends on what is stored is one Lua script (KEYS/ARGV documented with
+each), so two actors (a worker finishing, an operator stopping) can never interleave.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import redis
+
+from core.models import Run, RunState, Task, TaskSpec, TaskState
+
+RUN_FIELDS_JSON = ("result",)
+RUN_FIELDS_FLOAT = ("queued_at", "scheduled_for", "started_at", "finished_at", "duration_ms")
+RUN_FIELDS_INT = ("attempt", "max_attempts")
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Builds every Redis key from the namespace; a unit test pins the exact strings."""
+
+    namespace: str
+
+    def _key(self, *parts: str) -> str:
+        return ":".join((self.namespace, *parts))
+
+    def task(self, task_id: str) -> str:
+        return self._key("task", task_id)
+
+    def task_runs(self, task_id: str) -> str:
+        return self._key("task", task_id, "runs")
+
+    def run(self, run_id: str) -> str:
+        return self._key("run", run_id)
+
+    @property
+    def tasks(self) -> str:
+        return self._key("tasks")
+
+    @property
+    def due(self) -> str:
+        return self._key("due")
+
+    @property
+    def events(self) -> str:
+        return self._key("events")
+
+    @property
+    def logs(self) -> str:
+        return self._key("logs")
+
+    @property
+    def scheduler_lock(self) -> str:
+        return self._key("scheduler", "lock")
+
+    @property
+    def registered(self) -> str:
+        return self._key("registered")
+
+    @property
+    def celery_prefix(self) -> str:
+        """Prefix kombu puts before Celery's own keys (queues, unacked), so namespaces never mix."""
+        return self._key("celery") + ":"
+
+
+def due_member_for_task(task_id: str) -> str:
+    return f"t:{task_id}"
+
+
+def due_member_for_run(run_id: str) -> str:
+    return f"r:{run_id}"
+
+
+# KEYS[1] run hash, KEYS[2] events stream
+# ARGV[1] comma-separated states the run may be in, ARGV[2] new state, ARGV[3] event JSON ('' = none),
+# ARGV[4] events maxlen, ARGV[5..] field, value pairs to set with the new state.
+# Returns the previous state if the transition happened, false otherwise (missing run: false).
+TRANSITION = """
+local current = redis.call('HGET', KEYS[1], 'state')
+if not current then return false end
+local allowed = false
+for state in string.gmatch(ARGV[1], '[^,]+') do
+  if state == current then allowed = true end
+end
+if not allowed then return false end
+redis.call('HSET', KEYS[1], 'state', ARGV[2])
+for i = 5, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+if ARGV[3] ~= '' then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'event', ARGV[3])
+end
+return current
+"""
+
+# KEYS[1] task hash, KEYS[2] due set, KEYS[3] run hash, KEYS[4] task's runs set, KEYS[5] events stream
+# ARGV[1] due member, ARGV[2] next due score ('' = one-shot: remove from due set, task becomes done),
+# ARGV[3] run fields as a flat JSON object, ARGV[4] now, ARGV[5] event JSON, ARGV[6] events maxlen,
+# ARGV[7] history size kept per task.
+# Fires a task only while it is active, so a pause or delete racing the scheduler always wins.
+# Returns 1 if a run was created, 0 if the task is gone or not active (its due entry is dropped).
+FIRE = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= 'active' then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return 0
+end
+local fields = cjson.decode(ARGV[3])
+for k, v in pairs(fields) do redis.call('HSET', KEYS[3], k, v) end
+redis.call('ZADD', KEYS[4], ARGV[4], fields['id'])
+if ARGV[2] == '' then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('HSET', KEYS[1], 'state', 'done', 'next_run_at', '')
+else
+  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+  redis.call('HSET', KEYS[1], 'next_run_at', ARGV[2])
+end
+redis.call('HSET', KEYS[1], 'last_run_id', fields['id'], 'last_run_state', 'queued', 'last_duration_ms', '')
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[6], '*', 'event', ARGV[5])
+local excess = redis.call('ZCARD', KEYS[4]) - tonumber(ARGV[7])
+if excess > 0 then redis.call('ZREMRANGEBYRANK', KEYS[4], 0, excess - 1) end
+return 1
+"""
+
+# KEYS[1] due set
+# ARGV[1] now, ARGV[2] lease seconds, ARGV[3] max entries
+# Claims due entries by pushing their score to now + lease: a scheduler that dies before sending
+# leaves them to fire again after the lease (at-least-once), and nothing else sees them meanwhile.
+# Returns a flat list member, original score, ...
+CLAIM = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[3]))
+local leased = tonumber(ARGV[1]) + tonumber(ARGV[2])
+for i = 1, #due, 2 do
+  redis.call('ZADD', KEYS[1], leased, due[i])
+end
+return due
+"""
+
+# KEYS[1] lock key; ARGV[1] owner token, ARGV[2] ttl in milliseconds
+# Takes the lock if free, or extends it if this owner holds it. Returns 1 when held by us.
+LOCK = """
+local owner = redis.call('GET', KEYS[1])
+if owner == false then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if owner == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+# KEYS[1] lock key; ARGV[1] owner token. Deletes the lock only if this owner still holds it.
+UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def _encode(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def _float(value: str | None) -> float | None:
+    return float(value) if value not in (None, "") else None
+
+
+class Store:
+    """Reads and writes taskman's records; write methods that go together accept a pipeline."""
+
+    def __init__(self, client: redis.Redis, namespace: str, *, events_maxlen: int = 10_000,
+                 logs_maxlen: int = 50_000, history_per_task: int = 200, run_ttl: float = 14 * 86400) -> None:
+        self.redis = client
+        self.keys = Keys(namespace)
+        self.events_maxlen = events_maxlen
+        self.logs_maxlen = logs_maxlen
+        self.history_per_task = history_per_task
+        self.run_ttl = int(run_ttl)
+        self._transition = client.register_script(TRANSITION)
+        self._fire = client.register_script(FIRE)
+        self._claim = client.register_script(CLAIM)
+        self._lock = client.register_script(LOCK)
+        self._unlock = client.register_script(UNLOCK)
+
+    # -- tasks ---------------------------------------------------------------------------------
+
+    def add_task(self, task: Task, pipe: redis.client.Pipeline) -> None:
+        """Queue the writes that store a new task definition."""
+        pipe.hset(self.keys.task(task.id), mapping=self._task_fields(task))
+        pipe.zadd(self.keys.tasks, {task.id: task.created_at})
+
+    def save_task(self, task: Task, pipe: redis.client.Pipeline) -> None:
+        """Queue the writes that replace a task's definition and schedule fields."""
+        pipe.hset(self.keys.task(task.id), mapping=self._task_fields(task))
+
+    def set_task_state(self, task_id: str, state: TaskState, next_run_at: float | None,
+                       pipe: redis.client.Pipeline) -> None:
+        pipe.hset(self.keys.task(task_id), mapping={"state": state.value, "next_run_at": _encode(next_run_at),
+                                                     "updated_at": repr(time.time())})
+
+    @staticmethod
+    def _task_fields(task: Task) -> dict[str, str]:
+        return {
+            "id": task.id,
+            "spec": json.dumps(task.spec.to_dict()),
+            "state": task.state.value,
+            "created_at": repr(task.created_at),
+            "updated_at": repr(task.updated_at),
+            "next_run_at": _encode(task.next_run_at),
+        }
+
+    def remove_task(self, task_id: str, pipe: redis.client.Pipeline) -> None:
+        """Queue removal of a definition and its schedule; its run history expires with the runs."""
+        pipe.delete(self.keys.task(task_id))
+        pipe.zrem(self.keys.tasks, task_id)
+        pipe.zrem(self.keys.due, due_member_for_task(task_id))
+        pipe.expire(self.keys.task_runs(task_id), self.run_ttl)
+
+    def get_task(self, task_id: str) -> Task | None:
+        return self._task_from(self.redis.hgetall(self.keys.task(task_id)))
+
+    def get_tasks(self, task_ids: Iterable[str]) -> list[Task]:
+        pipe = self.redis.pipeline(transaction=False)
+        for task_id in task_ids:
+            pipe.hgetall(self.keys.task(task_id))
+        return [task for task in map(self._task_from, pipe.execute()) if task is not None]
+
+    def task_ids(self, start: int = 0, stop: int = -1) -> list[str]:
+        """Task ids, newest first."""
+        return self.redis.zrevrange(self.keys.tasks, start, stop)
+
+    def count_tasks(self) -> int:
+        return self.redis.zcard(self.keys.tasks)
+
+    @staticmethod
+    def _task_from(fields: dict[str, str]) -> Task | None:
+        if not fields or "spec" not in fields:
+            return None
+        return Task(
+            id=fields["id"],
+            spec=TaskSpec.model_validate(json.loads(fields["spec"])),
+            state=TaskState(fields["state"]),
+            created_at=float(fields["created_at"]),
+            updated_at=float(fields["updated_at"]),
+            next_run_at=_float(fields.get("next_run_at")),
+            last_run_id=fields.get("last_run_id") or None,
+            last_run_state=fields.get("last_run_state") or None,
+            last_duration_ms=_float(fields.get("last_duration_ms")),
+        )
+
+    # -- runs ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def run_fields(run: Run) -> dict[str, str]:
+        """A run as the flat string mapping stored in its hash."""
+        fields = {key: _encode(value) for key, value in run.to_dict().items()
+                  if key not in RUN_FIELDS_JSON and key not in RUN_FIELDS_FLOAT}
+        for key in RUN_FIELDS_FLOAT:
+            fields[key] = _encode(getattr(run, key))
+        fields["result"] = json.dumps(run.result)
+        return fields
+
+    def add_run(self, run: Run, pipe: redis.client.Pipeline) -> None:
+        """Queue the writes that record a new run and link it to its task."""
+        pipe.hset(self.keys.run(run.id), mapping=self.run_fields(run))
+        pipe.zadd(self.keys.task_runs(run.task_id), {run.id: run.queued_at or time.time()})
+        pipe.hset(self.keys.task(run.task_id), mapping={"last_run_id": run.id, "last_run_state": run.state.value,
+                                                        "last_duration_ms": ""})
+        pipe.zremrangebyrank(self.keys.task_runs(run.task_id), 0, -self.history_per_task - 1)
+
+    def get_run(self, run_id: str) -> Run | None:
+        return self._run_from(self.redis.hgetall(self.keys.run(run_id)))
+
+    def recent_runs(self, task_id: str, limit: int = 20) -> list[Run]:
+        """The task's runs, newest first."""
+        run_ids = self.redis.zrevrange(self.keys.task_runs(task_id), 0, limit - 1)
+        pipe = self.redis.pipeline(transaction=False)
+        for run_id in run_ids:
+            pipe.hgetall(self.keys.run(run_id))
+        return [run for run in map(self._run_from, pipe.execute()) if run is not None]
+
+    def open_runs(self, task_id: str, scan: int = 50) -> list[Run]:
+        """The task's runs that are queued or running (among its latest ``scan``)."""
+        return [run for run in self.recent_runs(task_id, scan) if not run.state.final]
+
+    @staticmethod
+    def _run_from(fields: dict[str, str]) -> Run | None:
+        if not fields or "state" not in fields:
+            return None
+        return Run(
+            id=fields["id"],
+            task_id=fields["task_id"],
+            state=RunState(fields["state"]),
+            attempt=int(fields.get("attempt") or 1),
+            max_attempts=int(fields.get("max_attempts") or 1),
+            trigger=fields.get("trigger") or "now",
+            queued_at=_float(fields.get("queued_at")),
+            scheduled_for=_float(fields.get("scheduled_for")),
+            started_at=_float(fields.get("started_at")),
+            finished_at=_float(fields.get("finished_at")),
+            duration_ms=_float(fields.get("duration_ms")),
+            result=json.loads(fields["result"]) if fields.get("result") else None,
+            error=fields.get("error") or None,
+            traceback=fields.get("traceback") or None,
+            output=fields.get("output") or "",
+            worker=fields.get("worker") or None,
+            series=fields.get("series") or None,
+        )
+
+    def transition(self, run_id: str, allowed: Iterable[RunState], new: RunState, *,
+                   event: dict | None = None, fields: dict[str, Any] | None = None,
+                   pipe: redis.client.Pipeline | None = None) -> str | None:
+        """Move a run to ``new`` only if it is in one of ``allowed``; returns the previous state or None.
+
+        With ``pipe`` the script is queued and its answer comes back from ``pipe.execute()``.
+        """
+        argv: list[str] = [",".join(state.value for state in allowed), new.value,
+                           json.dumps(event) if event else "", str(self.events_maxlen)]
+        for key, value in (fields or {}).items():
+            argv += [key, json.dumps(value) if key in RUN_FIELDS_JSON else _encode(value)]
+        result = self._transition(keys=[self.keys.run(run_id), self.keys.events], args=argv, client=pipe)
+        return result
+
+    def set_last_run(self, task_id: str, run_id: str, state: RunState, duration_ms: float | None,
+                      pipe: redis.client.Pipeline) -> None:
+        """Queue the task-side summary of a finished run, if it is still the task's latest run."""
+        pipe.eval(
+            "if redis.call('HGET', KEYS[1], 'last_run_id') == ARGV[1] then "
+            "redis.call('HSET', KEYS[1], 'last_run_state', ARGV[2], 'last_duration_ms', ARGV[3]) end return 1",
+            1, self.keys.task(task_id), run_id, state.value, _encode(duration_ms),
+        )
+
+    def expire_run(self, run_id: str, pipe: redis.client.Pipeline) -> None:
+        pipe.expire(self.keys.run(run_id), self.run_ttl)
+
+    # -- scheduling ----------------------------------------------------------------------------
+
+    def set_due(self, member: str, when: float, pipe: redis.client.Pipeline) -> None:
+        pipe.zadd(self.keys.due, {member: when})
+
+    def remove_due(self, member: str, pipe: redis.client.Pipeline | None = None) -> None:
+        (pipe or self.redis).zrem(self.keys.due, member)
+
+    def claim_due(self, now: float, lease: float, limit: int = 500) -> list[tuple[str, float]]:
+        """Atomically lease the due entries whose time has come; returns (member, due time) pairs."""
+        flat = self._claim(keys=[self.keys.due], args=[repr(now), repr(lease), limit])
+        return [(flat[i], float(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+    def next_due(self) -> float | None:
+        first = self.redis.zrange(self.keys.due, 0, 0, withscores=True)
+        return first[0][1] if first else None
+
+    def due_count(self) -> int:
+        return self.redis.zcard(self.keys.due)
+
+    def due_score(self, member: str) -> float | None:
+        return self.redis.zscore(self.keys.due, member)
+
+    def fire(self, task: Task, run: Run, next_due: float | None, now: float, event: dict) -> bool:
+        """Atomically record a fired run and move (or drop) the task's due entry; False if not active."""
+        fields = self.run_fields(run)
+        created = self._fire(
+            keys=[self.keys.task(task.id), self.keys.due, self.keys.run(run.id), self.keys.task_runs(task.id),
+                  self.keys.events],
+            args=[due_member_for_task(task.id), "" if next_due is None else repr(next_due), json.dumps(fields),
+                  repr(now), json.dumps(event), str(self.events_maxlen), str(self.history_per_task)],
+        )
+        return bool(created)
+
+    def acquire_lock(self, token: str, ttl: float) -> bool:
+        return bool(self._lock(keys=[self.keys.scheduler_lock], args=[token, int(ttl * 1000)]))
+
+    def release_lock(self, token: str) -> None:
+        self._unlock(keys=[self.keys.scheduler_lock], args=[token])
+
+    # -- streams -------------------------------------------------------------------------------
+
+    def add_event(self, event: dict, pipe: redis.client.Pipeline | None = None) -> None:
+        (pipe or self.redis).xadd(self.keys.events, {"event": json.dumps(event)},
+                                  maxlen=self.events_maxlen, approximate=True)
+
+    def add_logs(self, entries: Iterable[dict[str, str]], pipe: redis.client.Pipeline | None = None) -> None:
+        target = pipe or self.redis.pipeline(transaction=False)
+        for entry in entries:
+            target.xadd(self.keys.logs, entry, maxlen=self.logs_maxlen, approximate=True)
+        if pipe is None:
+            target.execute()
+
+    def read_stream(self, stream: str, last_id: str, block_ms: int | None, count: int = 500) -> list[tuple[str, dict]]:
+        """Entries after ``last_id`` of ``events`` or ``logs``; waits up to ``block_ms`` for new ones."""
+        key = {"events": self.keys.events, "logs": self.keys.logs}[stream]
+        answer = self.redis.xread({key: last_id}, count=count, block=block_ms)
+        return answer[0][1] if answer else []
+
+    def stream_tail(self, stream: str, count: int) -> list[tuple[str, dict]]:
+        key = {"events": self.keys.events, "logs": self.keys.logs}[stream]
+        return list(reversed(self.redis.xrevrange(key, count=count)))
+
+    # -- workers -------------------------------------------------------------------------------
+
+    def record_registered(self, names: Iterable[str], worker: str, queues: Iterable[str]) -> None:
+        """Remember the task names a worker registered (for ``taskman tasks`` and spec checks)."""
+        detail = json.dumps({"worker": worker, "queues": sorted(queues), "seen_at": time.time()})
+        mapping = {name: detail for name in names}
+        if mapping:
+            self.redis.hset(self.keys.registered, mapping=mapping)
+
+    def registered(self) -> dict[str, dict]:
+        return {name: json.loads(detail) for name, detail in self.redis.hgetall(self.keys.registered).items()}
+
+    def pipeline(self) -> redis.client.Pipeline:
+        return self.redis.pipeline(transaction=True)
+
+
+def connect(url: str) -> redis.Redis:
+    """A Redis client with the options every taskman process uses."""
+    return redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5, health_check_interval=30)
+

@@ -1,0 +1,287 @@
+"""The ``taskman`` command line: thin click commands over ``core.service``.
+
+Exit codes are a contract: 0 success, 2 refused input (the message on stderr), 1 anything else.
+Read commands take ``--json`` and then print exactly what the REST API returns.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import datetime, timezone
+from functools import wraps
+
+import click
+
+from core.config import Settings
+from core.errors import NoRedis, TaskmanError
+
+
+def _service():
+    from core.service import Service
+
+    return Service.from_settings(Settings())
+
+
+def handles_errors(func):
+    """Turn taskman's errors into a message on stderr and the contract's exit code."""
+
+    @wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except NoRedis as exc:
+            click.echo(f"error: {exc.message}", err=True)
+            sys.exit(1)
+        except TaskmanError as exc:
+            click.echo(f"error: {exc.message}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            sys.exit(130)
+
+    return wrapper
+
+
+def _emit_json(value) -> None:
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def _when(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "–"
+    delta = timestamp - time.time()
+    if 0 <= delta < 3600:
+        return f"+{delta:.0f}s" if delta < 120 else f"+{delta / 60:.0f}m"
+    return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """taskman: define, schedule and watch Celery tasks from the terminal."""
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the created tasks as JSON.")
+@click.argument("file", type=click.File("r", encoding="utf-8"))
+@handles_errors
+def submit(file, as_json: bool) -> None:
+    """Create tasks from FILE (or - for stdin): one JSON spec or an array of specs (all or none)."""
+    text = file.read()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TaskmanError(f"{file.name}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})")
+    service = _service()
+    tasks = service.create_many(data if isinstance(data, list) else [data])
+    if as_json:
+        _emit_json([task.to_dict() for task in tasks] if isinstance(data, list) else tasks[0].to_dict())
+        return
+    for task in tasks:
+        click.echo(f"{task.id}  {task.name}  ({task.kind.value}, {task.mode.value}, next {_when(task.next_run_at)})")
+
+
+@main.command("list")
+@click.option("--state", help="active | paused | done")
+@click.option("--kind", help="code | api | registered")
+@click.option("--mode", help="immediate | delayed | scheduled")
+@click.option("--name", help="Only tasks whose name contains this text.")
+@click.option("--limit", default=100, show_default=True)
+@click.option("--offset", default=0)
+@click.option("--json", "as_json", is_flag=True)
+@handles_errors
+def list_tasks(state, kind, mode, name, limit, offset, as_json) -> None:
+    """List tasks, newest first."""
+    tasks = _service().list(state=state, kind=kind, mode=mode, name=name, limit=limit, offset=offset)
+    if as_json:
+        _emit_json([task.to_dict() for task in tasks])
+        return
+    click.echo(f"{'ID':16}  {'NAME':24}  {'KIND':10}  {'MODE':9}  {'STATE':7}  {'NEXT':19}  LAST")
+    for task in tasks:
+        last = f"{task.last_run_state or '–'}"
+        if task.last_duration_ms is not None:
+            last += f" {task.last_duration_ms:.0f}ms"
+        click.echo(f"{task.id:16}  {task.name[:24]:24}  {task.kind.value:10}  {task.mode.value:9}  "
+                   f"{task.state.value:7}  {_when(task.next_run_at):19}  {last}")
+
+
+@main.command()
+@click.argument("task_id")
+@click.option("--runs", default=20, show_default=True, help="How many recent runs to show.")
+@click.option("--json", "as_json", is_flag=True)
+@handles_errors
+def show(task_id, runs, as_json) -> None:
+    """Show a task's definition and recent runs."""
+    task = _service().get(task_id, runs=runs)
+    if as_json:
+        _emit_json(task.to_dict())
+        return
+    data = task.to_dict()
+    click.echo(f"{task.name}  [{task.id}]  {task.kind.value} · {task.mode.value} · {task.state.value}")
+    click.echo(f"next run: {data['next_run_at'] or '–'}")
+    click.echo(json.dumps(data["spec"], indent=2, ensure_ascii=False))
+    click.echo("runs:")
+    for run in task.runs:
+        took = f"{run.duration_ms:.0f} ms" if run.duration_ms is not None else ""
+        click.echo(f"  {run.id}  {run.state.value:9}  attempt {run.attempt}/{run.max_attempts}  "
+                   f"{_when(run.started_at or run.queued_at)}  {took}")
+        if run.error:
+            click.echo(f"      error: {run.error}")
+        elif run.state.value == "succeeded":
+            click.echo(f"      result: {json.dumps(run.result, ensure_ascii=False)[:200]}")
+
+
+def _simple(action: str, help_text: str):
+    @main.command(name=action, help=help_text)
+    @click.argument("task_id")
+    @click.option("--json", "as_json", is_flag=True)
+    @handles_errors
+    def command(task_id, as_json):
+        service = _service()
+        outcome = getattr(service, {"run": "run_now"}.get(action, action))(task_id)
+        if as_json:
+            _emit_json(outcome.to_dict() if outcome is not None else {"deleted": task_id})
+        elif action == "run":
+            click.echo(f"queued run {outcome.id}")
+        elif action == "delete":
+            click.echo(f"deleted {task_id}")
+        else:
+            click.echo(f"{task_id}: {outcome.state.value}")
+
+    return command
+
+
+_simple("run", "Run the task now, whatever its schedule.")
+_simple("stop", "Stop the task: queued runs never start, running ones are killed, the schedule pauses.")
+_simple("pause", "Pause a delayed or cron task's schedule.")
+_simple("resume", "Resume a paused task's schedule.")
+_simple("delete", "Stop the task and remove its definition and schedule.")
+
+
+@main.command()
+@handles_errors
+def export() -> None:
+    """Print every task definition as a JSON array that `taskman submit` accepts."""
+    _emit_json(_service().export())
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@handles_errors
+def tasks(as_json) -> None:
+    """List the Celery task names the workers have registered (for registered tasks)."""
+    names = _service().registered_tasks()
+    if as_json:
+        _emit_json(names)
+        return
+    for name, detail in sorted(names.items()):
+        click.echo(f"{name:40}  {', '.join(detail.get('queues', []))}  ({detail.get('worker')})")
+
+
+@main.command()
+@click.argument("expression")
+@click.option("--tz", default="UTC", show_default=True, help="IANA timezone the expression is read in.")
+@click.option("--from", "start", help="ISO 8601 instant to start after (default: now).")
+@click.option("--count", default=5, show_default=True, type=click.IntRange(1, 1000))
+@handles_errors
+def cron(expression, tz, start, count) -> None:
+    """Print the next fire times of a cron EXPRESSION, one ISO 8601 line each."""
+    from core import cron as cron_rules
+    from core.errors import InvalidSpec
+
+    cron_rules.check_timezone(tz)
+    cron_rules.check_expression(expression, tz)
+    if start:
+        try:
+            after = datetime.fromisoformat(start)
+        except ValueError:
+            raise InvalidSpec("--from", f"{start!r} is not an ISO 8601 date-time") from None
+        if after.tzinfo is None:
+            after = after.replace(tzinfo=cron_rules.check_timezone(tz))
+    else:
+        after = datetime.now(timezone.utc)
+    for fire in cron_rules.next_fires(expression, tz, after, count):
+        click.echo(fire.isoformat())
+
+
+@main.command()
+@click.argument("task_id", required=False)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines as they come.")
+@click.option("-n", "--lines", default=50, show_default=True, help="How many past lines to show first.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@handles_errors
+def logs(task_id, follow, lines, as_json) -> None:
+    """Print the log stream (of one task when TASK_ID is given); -f follows it."""
+    from core.events import follow_logs, recent_logs
+
+    service = _service()
+    if task_id:
+        service.get(task_id, runs=0)
+
+    def emit(entry: dict) -> None:
+        if as_json:
+            click.echo(json.dumps(entry, ensure_ascii=False))
+        else:
+            stamp = datetime.fromtimestamp(float(entry["ts"])).strftime("%H:%M:%S.%f")[:-3]
+            click.echo(f"{stamp} {entry['task']} {entry['level']:7} {entry['msg']}")
+
+    last_id = "0-0"
+    for last_id, entry in recent_logs(service.store, task_id, lines):
+        emit(entry)
+    if follow:
+        for _, entry in follow_logs(service.store, task_id, last_id if last_id != "0-0" else "$"):
+            emit(entry)
+
+
+@main.command()
+@click.option("--queue", type=click.Choice(["code", "http", "registered"]), help="Serve only this queue.")
+@click.option("--concurrency", "-c", type=int, help="Processes (code) or threads (http).")
+@click.option("--loglevel", "-l", default="INFO", show_default=True)
+def worker(queue, concurrency, loglevel) -> None:
+    """Start workers: by default one prefork pool for code + registered and a threads pool for http."""
+    from tui.processes import run_workers
+
+    sys.exit(run_workers(queue, concurrency, loglevel))
+
+
+@main.command()
+@click.option("--loglevel", "-l", default="INFO", show_default=True)
+def beat(loglevel) -> None:
+    """Start the scheduler (only one acts at a time; others stand by)."""
+    from tui.processes import run_beat
+
+    sys.exit(run_beat(loglevel))
+
+
+@main.command()
+@handles_errors
+def tui() -> None:
+    """Open the console on the configured (or running embedded) Redis."""
+    from tui.app import TaskmanApp
+
+    service = _service()
+    service.store.redis.ping()
+    TaskmanApp(service).run()
+
+
+@main.command()
+@click.option("--no-console", is_flag=True, help="Start Redis, worker and scheduler, and wait (for scripts).")
+@handles_errors
+def up(no_console) -> None:
+    """Start everything: a private Redis (unless TASKMAN_REDIS_URL is set), a worker, the scheduler, the console."""
+    from tui.processes import Stack
+
+    settings = Settings()
+    with Stack(settings) as stack:
+        if no_console:
+            click.echo(f"taskman is up on {stack.display_url}; Ctrl-C stops it", err=True)
+            stack.wait()
+        else:
+            from core.service import Service
+            from tui.app import TaskmanApp
+
+            TaskmanApp(Service.from_settings(stack.settings)).run()
+
+
+if __name__ == "__main__":
+    main()

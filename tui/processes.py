@@ -1,0 +1,148 @@
+"""Starting and stopping taskman's processes: workers, the scheduler, and the whole stack for ``up``.
+
+``taskman worker`` with no options runs two Celery workers as children — a prefork pool for
+``code`` and ``registered`` (CPU-bound, killable) and a threads pool for ``http`` (many requests
+at once) — and forwards signals to them. ``Stack`` is what ``taskman up`` runs: a private Redis
+when none is configured, a worker and the scheduler, all stopped on exit, by their PIDs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from core.config import Settings
+from core.embedded import RedisServer, clear_address, read_address, resolve_redis_url, write_address
+
+POOLS = {
+    "code": ["-Q", "code,registered", "-P", "prefork", "-n", "code@%h"],
+    "registered": ["-Q", "registered", "-P", "prefork", "-n", "registered@%h"],
+    "http": ["-Q", "http", "-P", "threads", "-n", "http@%h"],
+}
+DEFAULT_CONCURRENCY = {"code": 2, "registered": 2, "http": 20}
+
+
+def celery_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "worker", *args]
+
+
+def worker_commands(queue: str | None, concurrency: int | None, loglevel: str) -> list[list[str]]:
+    """The ``celery worker`` command lines that serve ``queue`` (all queues when None)."""
+    pools = [queue] if queue else ["code", "http"]
+    return [
+        celery_command("worker", *POOLS[pool], "-c", str(concurrency or DEFAULT_CONCURRENCY[pool]),
+                       "-l", loglevel, "--without-mingle", "--without-gossip")
+        for pool in pools
+    ]
+
+
+def _supervise(commands: list[list[str]], env: dict | None = None) -> int:
+    children = [subprocess.Popen(command, env=env) for command in commands]
+
+    def forward(signum, _frame):
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
+    while True:
+        codes = [child.poll() for child in children]
+        if all(code is not None for code in codes):
+            return max(codes)
+        if any(code is not None for code in codes):
+            forward(signal.SIGTERM, None)
+        time.sleep(0.2)
+
+
+def run_workers(queue: str | None, concurrency: int | None, loglevel: str) -> int:
+    """Run the worker(s) in the foreground until they exit or are signalled."""
+    resolve_redis_url(Settings())
+    commands = worker_commands(queue, concurrency, loglevel)
+    if len(commands) == 1:
+        os.execv(commands[0][0], commands[0])
+    return _supervise(commands)
+
+
+def run_beat(loglevel: str) -> int:
+    """Run the scheduler in the foreground."""
+    resolve_redis_url(Settings())
+    command = celery_command("beat", "-l", loglevel, "--pidfile=")
+    os.execv(command[0], command)
+    return 1
+
+
+class Stack:
+    """Everything ``taskman up`` starts, stopped again on exit (only what it started)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.redis: RedisServer | None = None
+        self.children: list[subprocess.Popen] = []
+        self.display_url = ""
+
+    def __enter__(self) -> Stack:
+        if self.settings.redis_url:
+            self.display_url = self.settings.redis_url
+            return self
+        existing = read_address(self.settings.data_dir)
+        if existing:
+            self.settings = self.settings.model_copy(update={"redis_url": existing})
+            self.display_url = f"{existing.rsplit('@', 1)[-1]} (started by another `taskman up`)"
+            return self
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _start(self) -> None:
+        data_dir = Path(self.settings.data_dir)
+        password = os.urandom(16).hex()
+        self.redis = RedisServer(data_dir / "redis", appendonly=True, password=password).start()
+        write_address(data_dir, self.redis.url, self.redis.pid)
+        self.settings = self.settings.model_copy(update={"redis_url": self.redis.url})
+        self.display_url = f"127.0.0.1:{self.redis.port} (embedded, data in {data_dir / 'redis'})"
+        env = {**os.environ, "TASKMAN_REDIS_URL": self.redis.url, "TASKMAN_NAMESPACE": self.settings.namespace}
+        logs = data_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        for name, command in [("worker-code", worker_commands("code", None, "INFO")[0]),
+                              ("worker-http", worker_commands("http", None, "INFO")[0]),
+                              ("beat", celery_command("beat", "-l", "INFO", "--pidfile="))]:
+            log = open(logs / f"{name}.log", "ab")
+            self.children.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                                  stdin=subprocess.DEVNULL, start_new_session=True))
+            log.close()
+
+    def wait(self) -> None:
+        try:
+            while all(child.poll() is None for child in self.children) or not self.children:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+
+    def close(self) -> None:
+        for child in self.children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        deadline = time.time() + 15
+        for child in self.children:
+            try:
+                child.wait(max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        self.children = []
+        if self.redis is not None:
+            pid = self.redis.pid
+            self.redis.stop()
+            clear_address(Path(self.settings.data_dir), pid)
+            self.redis = None
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,97 @@
+"""The Celery app and its tasks — thin: each task calls into ``core.runner``.
+
+``celery -A worker worker`` and ``taskman worker`` both start it. Code runs go to the ``code``
+queue (prefork: killable, memory-limited), API runs to ``http`` (threads: many requests at once),
+registered tasks to ``registered`` or the queue their spec names. Registered tasks are the
+operator's own Celery tasks; Celery's signals record their runs like any other.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from celery import signals
+
+from core import builtins
+from core.config import Settings
+from core.dispatch import CODE_TASK, HTTP_TASK, OWN_TASKS, make_celery
+from core.embedded import resolve_redis_url
+from core.models import RunState
+from core.runner import Runner, format_exception
+from core.store import Store, connect
+
+settings = Settings()
+app = make_celery(settings, resolve_redis_url(settings))
+_runners: dict[int, Runner] = {}
+
+
+def runner() -> Runner:
+    """This process's runner (a forked pool child builds its own Redis connection)."""
+    pid = os.getpid()
+    if pid not in _runners:
+        url = resolve_redis_url(settings)
+        store = Store(connect(url), settings.namespace, events_maxlen=settings.events_maxlen,
+                      logs_maxlen=settings.logs_maxlen, history_per_task=settings.history_per_task,
+                      run_ttl=settings.run_ttl_days * 86400)
+        _runners.clear()
+        _runners[pid] = Runner(store, settings, f"{socket.gethostname()}:{pid}")
+    return _runners[pid]
+
+
+@app.task(name=CODE_TASK)
+def run_code(run_id: str, task_id: str) -> None:
+    """Run a code task's function in the sandbox."""
+    runner().run_code(run_id, task_id)
+
+
+@app.task(name=HTTP_TASK)
+def run_http(run_id: str, task_id: str) -> None:
+    """Send an API task's request."""
+    runner().run_http(run_id, task_id)
+
+
+@app.task(name="taskman.echo")
+def echo(*args, **kwargs):
+    return builtins.echo(*args, **kwargs)
+
+
+@app.task(name="taskman.sleep")
+def sleep(seconds: float = 1.0):
+    return builtins.sleep(seconds)
+
+
+@app.task(name="taskman.prune_history")
+def prune_history():
+    return builtins.prune_history(runner().store)
+
+
+@signals.task_prerun.connect
+def _registered_started(sender=None, task_id=None, **_):
+    if sender is not None and sender.name not in OWN_TASKS:
+        runner().registered_started(task_id)
+
+
+@signals.task_success.connect
+def _registered_succeeded(sender=None, result=None, **_):
+    if sender is not None and sender.name not in OWN_TASKS:
+        runner().registered_finished(sender.request.id, RunState.SUCCEEDED, result=result)
+
+
+@signals.task_failure.connect
+def _failed(sender=None, task_id=None, exception=None, einfo=None, **_):
+    """A registered task raised, or any run was killed by its hard time limit."""
+    name = type(exception).__name__
+    if name in ("TimeLimitExceeded", "SoftTimeLimitExceeded"):
+        state, error = RunState.TIMED_OUT, "timed out: the run exceeded its timeout and was killed"
+    else:
+        state, error = RunState.FAILED, f"{name}: {exception}"
+    trace = str(einfo) if einfo is not None else format_exception(exception)
+    runner().registered_finished(task_id, state, error=error, traceback=trace)
+
+
+@signals.worker_ready.connect
+def _report_registered(sender=None, **_):
+    queues = [queue.name for queue in sender.app.amqp.queues.consume_from.values()] if sender else []
+    names = [name for name in app.tasks if not name.startswith("celery.") and name not in OWN_TASKS]
+    runner().store.record_registered(names, sender.hostname if sender else socket.gethostname(), queues)
