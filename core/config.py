@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     """Upper bound on any task's timeout; specs asking for more are refused."""
     kill_grace: float = 3.0
     """Seconds between the soft time limit and the hard kill of a code run."""
+    redelivery_margin: float = 60.0
+    """Seconds past the hard time limit after which an unacknowledged run (its worker died) is redelivered."""
     output_cap: int = 64 * 1024
     """Bytes of captured print() output kept per run; the rest is cut with a marker."""
     result_cap: int = 256 * 1024

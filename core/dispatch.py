@@ -24,6 +24,7 @@ OWN_TASKS = frozenset({CODE_TASK, HTTP_TASK})
 def make_celery(settings: Settings, redis_url: str) -> Celery:
     """A Celery app configured the way every taskman process must agree on."""
     app = Celery("taskman", broker=redis_url, set_as_current=False)
+    visibility = int(settings.max_timeout + settings.kill_grace + settings.redelivery_margin)
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -41,7 +42,9 @@ def make_celery(settings: Settings, redis_url: str) -> Celery:
         broker_connection_retry_on_startup=True,
         broker_transport_options={
             "global_keyprefix": Keys(settings.namespace).celery_prefix,
-            "visibility_timeout": int(settings.max_timeout + settings.kill_grace + 300),
+            "visibility_timeout": visibility,
+            "unacked_restore_interval": max(1, min(10, visibility // 4)),
+            "unacked_restore_throttle": 1,
         },
         imports=list(settings.imports),
         beat_scheduler="beat:TaskmanScheduler",
