@@ -93,13 +93,13 @@ class TaskSpec(BaseModel):
     args: list[Any] = []
     kwargs: dict[str, Any] = {}
 
-    delay_seconds: float | None = Field(default=None, ge=0, le=MAX_DELAY)
+    delay_seconds: float | None = Field(default=None, ge=0, le=MAX_DELAY, strict=True)
     cron_expression: str | None = None
     timezone: str = "UTC"
 
-    timeout: float | None = Field(default=None, gt=0)
-    max_retries: int = Field(default=0, ge=0)
-    retry_backoff: float = Field(default=1.0, ge=0, le=86_400)
+    timeout: float | None = Field(default=None, gt=0, strict=True)
+    max_retries: int = Field(default=0, ge=0, strict=True)
+    retry_backoff: float = Field(default=1.0, ge=0, le=86_400, strict=True)
 
     @field_validator("name")
     @classmethod
@@ -149,6 +149,8 @@ class TaskSpec(BaseModel):
         if isinstance(data, dict) and "mode" in data:
             data = dict(data)
             mode = data.pop("mode")
+            if mode is not None and "task_type" in data and data["task_type"] != mode:
+                raise InvalidSpec("mode", f"{mode!r} contradicts task_type {data['task_type']!r}; give only one of them")
             data.setdefault("task_type", mode)
         return data
 
@@ -220,6 +222,7 @@ def parse_spec(data: Any, *, max_timeout: float | None = None, max_retries: int 
     """Validate ``data`` into a ``TaskSpec`` or raise ``InvalidSpec`` naming the first bad field."""
     if not isinstance(data, dict):
         raise InvalidSpec("", f"a task spec must be a JSON object, not {type(data).__name__}")
+    _refuse_non_finite(data)
     try:
         spec = TaskSpec.model_validate(data)
     except InvalidSpec:
@@ -231,6 +234,55 @@ def parse_spec(data: Any, *, max_timeout: float | None = None, max_retries: int 
     if max_retries is not None and spec.max_retries > max_retries:
         raise InvalidSpec("max_retries", f"must be at most {max_retries}")
     return spec
+
+
+KIND_FIELDS = {
+    Kind.CODE: ("function_code", "function_name"),
+    Kind.API: ("api_url", "method", "headers", "params", "data", "json"),
+    Kind.REGISTERED: ("task_name", "queue"),
+}
+MODE_FIELDS = {Mode.IMMEDIATE: (), Mode.DELAYED: ("delay_seconds",), Mode.SCHEDULED: ("cron_expression", "timezone")}
+
+
+def merge_changes(spec: TaskSpec, changes: dict[str, Any]) -> dict[str, Any]:
+    """The spec an edit asks for: ``changes`` over ``spec``; a null value removes a field.
+
+    Switching mode (``task_type``/``mode``) or kind (giving ``api_url`` to a code task, say) drops the
+    old mode's or kind's fields that the changes do not restate, so an edit never has to unset them.
+    """
+    if "mode" in changes:
+        if "task_type" in changes and changes["task_type"] != changes["mode"]:
+            raise InvalidSpec("mode", f"{changes['mode']!r} contradicts task_type {changes['task_type']!r}; "
+                                      "give only one of them")
+        changes = {("task_type" if key == "mode" else key): value for key, value in changes.items()}
+    merged = spec.to_dict()
+    merged.pop("kind")
+    new_mode = changes.get("task_type", merged["task_type"])
+    if new_mode != merged["task_type"]:
+        for name in (name for fields in MODE_FIELDS.values() for name in fields):
+            merged.pop(name, None)
+    new_kinds = {kind for kind, fields in KIND_FIELDS.items() if fields[0] in changes}
+    if changes.get("kind"):
+        new_kinds.add(changes["kind"])
+    if new_kinds and spec.kind not in new_kinds:
+        for name in KIND_FIELDS[spec.kind]:
+            merged.pop(name, None)
+    merged.update(changes)
+    return {key: value for key, value in merged.items() if value is not None}
+
+
+def _refuse_non_finite(data: dict) -> None:
+    """Refuse NaN and ±Infinity anywhere in the spec: JSON has no such numbers, and storing the spec
+    would silently turn them into null (or emit invalid JSON). Iterative, so deep nesting cannot overflow."""
+    stack: list[tuple[tuple[str, ...], Any]] = [((str(key),), value) for key, value in reversed(data.items())]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidSpec(".".join(path), "must be a finite number (JSON has no NaN or Infinity)")
+        if isinstance(value, dict):
+            stack.extend(((*path, str(key)), item) for key, item in reversed(value.items()))
+        elif isinstance(value, (list, tuple)):
+            stack.extend(((*path, str(index)), item) for index, item in reversed(list(enumerate(value))))
 
 
 def _first_error(exc: ValidationError) -> InvalidSpec:

@@ -16,7 +16,7 @@ from core.config import Settings
 from core.dispatch import Dispatcher, make_celery
 from core.embedded import resolve_redis_url
 from core.errors import Conflict, InvalidSpec, NotFound
-from core.models import Kind, Mode, Run, RunState, Task, TaskSpec, TaskState, parse_spec
+from core.models import Kind, Mode, Run, RunState, Task, TaskSpec, TaskState, merge_changes, parse_spec
 from core.runner import new_id, run_event
 from core.store import Store, connect, due_member_for_run, due_member_for_task
 
@@ -179,10 +179,7 @@ class Service:
         if not isinstance(changes, dict):
             raise InvalidSpec("", "changes must be a JSON object of spec fields")
         task = self.get(task_id, runs=0)
-        merged = task.spec.to_dict() | changes
-        merged = {key: value for key, value in merged.items() if value is not None}
-        if "kind" not in changes:
-            merged.pop("kind", None)
+        merged = merge_changes(task.spec, changes)
         spec = self.validate(merged)
         now = time.time()
         old = task.spec

@@ -18,25 +18,31 @@ from pathlib import Path
 from core.config import Settings
 from core.embedded import RedisServer, clear_address, read_address, resolve_redis_url, write_address
 
-POOLS = {
-    "code": ["-Q", "code,registered", "-P", "prefork", "-n", "code@%h"],
-    "registered": ["-Q", "registered", "-P", "prefork", "-n", "registered@%h"],
-    "http": ["-Q", "http", "-P", "threads", "-n", "http@%h"],
-}
-DEFAULT_CONCURRENCY = {"code": 2, "registered": 2, "http": 20}
+DEFAULT_CONCURRENCY = {"prefork": 2, "threads": 20}
 
 
 def celery_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "worker", *args]
 
 
-def worker_commands(queue: str | None, concurrency: int | None, loglevel: str) -> list[list[str]]:
-    """The ``celery worker`` command lines that serve ``queue`` (all queues when None)."""
-    pools = [queue] if queue else ["code", "http"]
+def worker_commands(queues: tuple[str, ...] | list[str], concurrency: int | None, loglevel: str) -> list[list[str]]:
+    """The ``celery worker`` command lines serving ``queues`` (all three when empty).
+
+    ``code`` and ``registered`` share a prefork pool (killable, memory-limited processes); ``http``
+    gets a threads pool of its own, since its runs wait on the network rather than the CPU.
+    """
+    queues = list(queues) or ["code", "registered", "http"]
+    pools = []
+    prefork = [queue for queue in queues if queue != "http"]
+    if prefork:
+        pools.append(("prefork", ",".join(prefork), prefork[0]))
+    if "http" in queues:
+        pools.append(("threads", "http", "http"))
     return [
-        celery_command("worker", *POOLS[pool], "-c", str(concurrency or DEFAULT_CONCURRENCY[pool]),
-                       "-l", loglevel, "--without-mingle", "--without-gossip")
-        for pool in pools
+        celery_command("worker", "-Q", names, "-P", pool, "-n", f"{label}@%h",
+                       "-c", str(concurrency or DEFAULT_CONCURRENCY[pool]), "-l", loglevel,
+                       "--without-mingle", "--without-gossip")
+        for pool, names, label in pools
     ]
 
 
@@ -59,10 +65,10 @@ def _supervise(commands: list[list[str]], env: dict | None = None) -> int:
         time.sleep(0.2)
 
 
-def run_workers(queue: str | None, concurrency: int | None, loglevel: str) -> int:
+def run_workers(queues: tuple[str, ...], concurrency: int | None, loglevel: str) -> int:
     """Run the worker(s) in the foreground until they exit or are signalled."""
     resolve_redis_url(Settings())
-    commands = worker_commands(queue, concurrency, loglevel)
+    commands = worker_commands(queues, concurrency, loglevel)
     if len(commands) == 1:
         os.execv(commands[0][0], commands[0])
     return _supervise(commands)
@@ -111,8 +117,8 @@ class Stack:
         env = {**os.environ, "TASKMAN_REDIS_URL": self.redis.url, "TASKMAN_NAMESPACE": self.settings.namespace}
         logs = data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        for name, command in [("worker-code", worker_commands("code", None, "INFO")[0]),
-                              ("worker-http", worker_commands("http", None, "INFO")[0]),
+        code, http = worker_commands([], None, "INFO")
+        for name, command in [("worker-code", code), ("worker-http", http),
                               ("beat", celery_command("beat", "-l", "INFO", "--pidfile="))]:
             log = open(logs / f"{name}.log", "ab")
             self.children.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,

@@ -1,0 +1,135 @@
+"""Benchmark: taskman's cost per run and per scheduler tick, against baselines measured in the same run.
+
+    python3 boot.py python bench/runs.py [--runs 1000]
+
+Starts a private redis-server, a prefork worker (2 processes) and measures, on 127.0.0.1 only:
+1. raw Celery: N no-op messages sent with ``send_task``, no bookkeeping (the baseline);
+2. taskman registered runs of the same no-op: spec stored, run records, events and logs;
+3. taskman code runs (sandboxed ``return 1``);
+4. the scheduler's idle tick with 10 and with 10,000 future entries in the due set;
+5. lateness of 200 delayed runs all due at the same moment (fire time minus due time).
+Prints figures and ratios; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from core.config import Settings  # noqa: E402
+from core.embedded import RedisServer  # noqa: E402
+
+
+def wait(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"gave up waiting for {what}")
+        time.sleep(0.01)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=1000)
+    options = parser.parse_args()
+    n = options.runs
+    with tempfile.TemporaryDirectory() as folder, RedisServer(Path(folder), appendonly=False) as server:
+        server.start()
+        env = {**os.environ, "TASKMAN_REDIS_URL": server.url, "TASKMAN_NAMESPACE": "bench",
+               "TASKMAN_IMPORTS": "bench.noop_tasks", "TASKMAN_CONFIG": "/nonexistent",
+               "PYTHONPATH": str(ROOT), "TASKMAN_SCHEDULER_INTERVAL": "0.05"}
+        os.environ.update({k: v for k, v in env.items() if k.startswith("TASKMAN_")})
+        from core.scheduler import Scheduler
+        from core.service import Service
+
+        settings = Settings()
+        service = Service.from_settings(settings)
+        store = service.store
+        log = open(Path(folder) / "worker.log", "wb")
+        worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", "code,registered",
+                                   "-P", "prefork", "-c", "2", "-l", "WARNING", "--without-mingle",
+                                   "--without-gossip"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait(lambda: "bench.noop" in service.registered_tasks(), 60, "the worker")
+            time.sleep(1)
+
+            key = "bench:raw-count"
+            started = time.perf_counter()
+            for _ in range(n):
+                service.dispatcher.app.send_task("bench.noop", args=[key], queue="registered")
+            wait(lambda: int(store.redis.get(key) or 0) >= n, 300, "raw Celery")
+            raw = n / (time.perf_counter() - started)
+
+            def taskman_rate(spec: dict) -> float:
+                started = time.perf_counter()
+                tasks = service.create_many([dict(spec, name=f"b{i}") for i in range(n)])
+                last = tasks[-1]
+                ids = [task.runs[0].id for task in tasks]
+
+                def all_final() -> bool:
+                    if not store.get_run(last.runs[0].id).state.final:
+                        return False
+                    pipe = store.redis.pipeline(transaction=False)
+                    for run_id in ids:
+                        pipe.hget(store.keys.run(run_id), "state")
+                    return all(state in ("succeeded", "failed") for state in pipe.execute())
+
+                wait(all_final, 300, "taskman runs")
+                return n / (time.perf_counter() - started)
+
+            registered = taskman_rate({"task_name": "bench.noop"})
+            code = taskman_rate({"function_code": "def f():\n    return 1", "function_name": "f"})
+
+            scheduler = Scheduler(store, service.dispatcher, interval=0.05)
+            tick_ms = {}
+            for size in (10, 10_000):
+                store.redis.delete(store.keys.due)
+                pipe = store.redis.pipeline(transaction=False)
+                for i in range(size):
+                    pipe.zadd(store.keys.due, {f"t:idle{i}": time.time() + 3600 + i})
+                pipe.execute()
+                samples = []
+                for _ in range(200):
+                    begin = time.perf_counter()
+                    scheduler.tick()
+                    samples.append((time.perf_counter() - begin) * 1000)
+                tick_ms[size] = statistics.median(samples)
+            store.redis.delete(store.keys.due)
+
+            due_at = time.time() + 2
+            delayed = service.create_many([{"name": f"d{i}", "delay_seconds": due_at - time.time(),
+                                            "task_name": "bench.noop"} for i in range(200)])
+            deadline = time.time() + 30
+            while time.time() < deadline and store.due_count():
+                time.sleep(scheduler.tick())
+            lags = []
+            for task in delayed:
+                run = store.recent_runs(task.id, 1)[0]
+                lags.append((run.queued_at - run.scheduled_for) * 1000)
+            scheduler.close()
+        finally:
+            worker.terminate()
+            worker.wait(30)
+
+    print(f"runs per measurement: {n}, prefork worker with 2 processes, Redis on 127.0.0.1")
+    print(f"raw Celery no-op (baseline)      {raw:8.0f} runs/s")
+    print(f"taskman registered no-op         {registered:8.0f} runs/s   ratio {registered / raw:.2f}x of raw")
+    print(f"taskman sandboxed code run       {code:8.0f} runs/s   ratio {code / raw:.2f}x of raw")
+    print(f"scheduler idle tick, 10 due      {tick_ms[10]:8.3f} ms (median)")
+    print(f"scheduler idle tick, 10,000 due  {tick_ms[10_000]:8.3f} ms (median)   ratio {tick_ms[10_000] / tick_ms[10]:.2f}x")
+    lags.sort()
+    print(f"200 delayed runs due at once: lateness p50 {lags[len(lags) // 2]:.1f} ms, "
+          f"p99 {lags[int(len(lags) * 0.99) - 1]:.1f} ms, max {lags[-1]:.1f} ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""core.store.Keys: the exact Redis key strings, and that the engine never imports the console."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core.store import Keys, due_member_for_run, due_member_for_task
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_key_strings_are_pinned():
+    keys = Keys("taskman")
+    assert keys.namespace == "taskman"
+    assert keys.task("abc123") == "taskman:task:abc123"
+    assert keys.task_runs("abc123") == "taskman:task:abc123:runs"
+    assert keys.run("r9") == "taskman:run:r9"
+    assert keys.tasks == "taskman:tasks"
+    assert keys.due == "taskman:due"
+    assert keys.events == "taskman:events"
+    assert keys.logs == "taskman:logs"
+    assert keys.scheduler_lock == "taskman:scheduler:lock"
+    assert keys.registered == "taskman:registered"
+    assert keys.celery_prefix == "taskman:celery:"
+
+
+def test_due_members():
+    assert due_member_for_task("abc") == "t:abc"
+    assert due_member_for_run("xyz") == "r:xyz"
+
+
+def test_namespace_prefixes_every_key():
+    keys = Keys("other")
+    every = [keys.task("1"), keys.task_runs("1"), keys.run("1"), keys.tasks, keys.due, keys.events, keys.logs,
+             keys.scheduler_lock, keys.registered, keys.celery_prefix]
+    assert all(key.startswith("other:") for key in every)
+    assert len(set(every)) == len(every)
+    assert Keys("a") == Keys("a") and hash(Keys("a")) == hash(Keys("a"))
+    with pytest.raises(AttributeError):
+        keys.namespace = "changed"  # frozen
+
+
+ENGINE_IMPORT = ("import core.service, core.scheduler, core.runner, worker, beat, sys; "
+                 "bad=[m for m in sys.modules if m.split('.')[0] in ('textual','rich','tui')]; "
+                 "print(bad); sys.exit(1 if bad else 0)")
+# httpx 0.28's __init__ does ``try: from ._main import main`` (its optional command line client), which pulls
+# in rich whenever rich is installed (textual brings it). That is httpx's import, not taskman's; blocking
+# that one optional module (httpx catches the ImportError) lets the check see only what taskman imports.
+BLOCK_HTTPX_CLI = "import sys; sys.modules['httpx._main'] = None; "
+
+
+def run_python(code: str, redis_url: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TASKMAN_REDIS_URL": redis_url}
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_engine_does_not_import_the_console(redis_server):
+    result = run_python(BLOCK_HTTPX_CLI + ENGINE_IMPORT, redis_server.url)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_engine_never_imports_textual_or_tui_even_with_httpx_cli(redis_server):
+    code = ("import core.service, core.scheduler, core.runner, worker, beat, sys; "
+            "mods={m.split('.')[0] for m in sys.modules}; "
+            "bad=sorted(mods & {'textual','tui'}); "
+            "rich_from_httpx_only = 'rich' not in mods or 'httpx._main' in sys.modules; "
+            "print(bad, rich_from_httpx_only); sys.exit(1 if bad or not rich_from_httpx_only else 0)")
+    result = run_python(code, redis_server.url)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,91 @@
+"""The process commands: ``taskman worker`` with its two pools, and ``taskman up`` on an embedded Redis."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, _process_env, wait_for
+
+TASKMAN = [sys.executable, "-m", "tui.cli"]
+
+
+def taskman(env, *args, input_text=None, timeout=30):
+    return subprocess.run([*TASKMAN, *args], cwd=ROOT, env=env, input=input_text, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def stop(child: subprocess.Popen, sig=signal.SIGTERM, timeout=30) -> int:
+    if child.poll() is None:
+        os.killpg(child.pid, sig)
+        try:
+            return child.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+            raise
+    return child.returncode
+
+
+def wait_done(env, task_id, timeout=60):
+    def done():
+        shown = json.loads(taskman(env, "show", task_id, "--json").stdout)
+        return shown["runs"] and shown["runs"][0]["state"] not in ("queued", "running") and shown["runs"][0]
+
+    return wait_for(done, timeout, interval=0.3, message=f"a run of {task_id}")
+
+
+def test_taskman_worker_serves_code_and_http_with_their_own_pools(taskman_env, http_server, tmp_path):
+    env = _process_env({**taskman_env, "TASKMAN_NAMESPACE": f"w{uuid.uuid4().hex[:6]}"})
+    log = open(tmp_path / "worker.log", "wb")
+    worker = subprocess.Popen([*TASKMAN, "worker", "-l", "INFO"], cwd=ROOT, env=env, stdout=log,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        code = json.loads(taskman(env, "submit", "-", "--json", input_text=json.dumps(
+            {"name": "c", "function_code": "def f():\n    return 'code'", "function_name": "f"})).stdout)
+        api = json.loads(taskman(env, "submit", "-", "--json", input_text=json.dumps(
+            {"name": "a", "api_url": f"{http_server.base_url}/get"})).stdout)
+        assert wait_done(env, code["id"])["result"] == "code"
+        assert wait_done(env, api["id"])["result"]["status_code"] == 200
+        children = subprocess.run(["pgrep", "-f", "-g", str(worker.pid), "celery -A worker worker"],
+                                  capture_output=True, text=True).stdout
+        assert children.count("\n") >= 2
+    finally:
+        assert stop(worker) == 0
+    text = (tmp_path / "worker.log").read_text()
+    assert "(prefork)" in text and "(thread)" in text
+
+
+def test_up_starts_an_embedded_redis_that_other_commands_find(tmp_path):
+    env = _process_env({"TASKMAN_DATA_DIR": str(tmp_path / "data"), "TASKMAN_NAMESPACE": "up",
+                        "TASKMAN_SCHEDULER_INTERVAL": "0.05"})
+    assert "TASKMAN_REDIS_URL" not in env
+    refused = taskman(env, "list")
+    assert refused.returncode == 1 and "taskman up" in refused.stderr
+    log = open(tmp_path / "up.log", "wb")
+    up = subprocess.Popen([*TASKMAN, "up", "--no-console"], cwd=ROOT, env=env, stdout=log,
+                          stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        address = tmp_path / "data" / "redis.json"
+        wait_for(address.exists, timeout=30, message="the address file")
+        redis_pid = json.loads(address.read_text())["pid"]
+        created = json.loads(taskman(env, "submit", "-", "--json", input_text=json.dumps(
+            {"name": "soon", "delay_seconds": 1, "function_code": "def f():\n    return 6 * 7",
+             "function_name": "f"})).stdout)
+        assert wait_done(env, created["id"])["result"] == 42
+    finally:
+        assert stop(up, signal.SIGINT) == 0
+    assert not address.exists()
+    with pytest.raises(ProcessLookupError):
+        os.kill(redis_pid, 0)
+    assert (tmp_path / "data" / "redis" / "appendonlydir").is_dir()
+    again = taskman(env, "list")
+    assert again.returncode == 1
