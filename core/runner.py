@@ -101,6 +101,7 @@ class Runner:
         now = time.time()
         pipe = self.store.redis.pipeline(transaction=True)
         self.store.transition(run_id, (RunState.QUEUED, RunState.RUNNING), RunState.RUNNING,
+                              event={"type": "run.started", "run_id": run_id, "ts": now, "worker": self.worker_name},
                               fields={"started_at": now, "worker": self.worker_name}, pipe=pipe)
         pipe.hgetall(self.store.keys.run(run_id))
         if task_id:
@@ -120,7 +121,6 @@ class Runner:
                 return None
             logs.add("warning", f"run {run.id} redelivered after its worker was lost (delivery {deliveries})")
         logs.add("info", f"run {run.id} started on {self.worker_name} (attempt {run.attempt}/{run.max_attempts})")
-        self.store.add_event(run_event("run.started", run, worker=self.worker_name))
         return Started(run, task, logs)
 
     def run_code(self, run_id: str, task_id: str) -> None:

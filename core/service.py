@@ -73,8 +73,8 @@ class Service:
                     raise
                 raise InvalidSpec(f"[{index}].{exc.field}" if exc.field else f"[{index}]", exc.reason) from None
         now = time.time()
-        tasks = [Task(id=new_id(), spec=spec, state=TaskState.ACTIVE, created_at=now, updated_at=now)
-                 for spec in specs]
+        tasks = [Task(id=new_id(), spec=spec, state=TaskState.ACTIVE, created_at=now + index * 1e-6, updated_at=now)
+                 for index, spec in enumerate(specs)]
         pipe = self.store.pipeline()
         to_send: list[tuple[Task, Run]] = []
         for task in tasks:

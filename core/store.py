@@ -91,7 +91,8 @@ def due_member_for_run(run_id: str) -> str:
 
 
 # KEYS[1] run hash, KEYS[2] events stream
-# ARGV[1] comma-separated states the run may be in, ARGV[2] new state, ARGV[3] event JSON ('' = none),
+# ARGV[1] comma-separated states the run may be in, ARGV[2] new state, ARGV[3] event JSON ('' = none;
+# the script fills in its task_id and state),
 # ARGV[4] events maxlen, ARGV[5..] field, value pairs to set with the new state.
 # Returns the previous state if the transition happened, false otherwise (missing run: false).
 TRANSITION = """
@@ -107,9 +108,21 @@ for i = 5, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
 end
 if ARGV[3] ~= '' then
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'event', ARGV[3])
+  local event = cjson.decode(ARGV[3])
+  event['task_id'] = redis.call('HGET', KEYS[1], 'task_id')
+  event['state'] = ARGV[2]
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'event', cjson.encode(event))
 end
 return current
+"""
+
+# KEYS[1] task hash; ARGV[1] run id, ARGV[2] its state, ARGV[3] its duration in ms ('' = none)
+# Updates the task's last-run summary only if that run is still the task's latest.
+LAST_RUN = """
+if redis.call('HGET', KEYS[1], 'last_run_id') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'last_run_state', ARGV[2], 'last_duration_ms', ARGV[3])
+end
+return 1
 """
 
 # KEYS[1] task hash, KEYS[2] due set, KEYS[3] run hash, KEYS[4] task's runs set, KEYS[5] events stream
@@ -336,23 +349,23 @@ class Store:
                    pipe: redis.client.Pipeline | None = None) -> str | None:
         """Move a run to ``new`` only if it is in one of ``allowed``; returns the previous state or None.
 
-        With ``pipe`` the script is queued and its answer comes back from ``pipe.execute()``.
+        With ``pipe`` the script is queued (as EVAL: a registered script in a pipeline costs redis-py
+        an extra SCRIPT EXISTS round trip) and its answer comes back from ``pipe.execute()``.
         """
         argv: list[str] = [",".join(state.value for state in allowed), new.value,
                            json.dumps(event) if event else "", str(self.events_maxlen)]
         for key, value in (fields or {}).items():
             argv += [key, json.dumps(value) if key in RUN_FIELDS_JSON else _encode(value)]
-        result = self._transition(keys=[self.keys.run(run_id), self.keys.events], args=argv, client=pipe)
-        return result
+        keys = [self.keys.run(run_id), self.keys.events]
+        if pipe is not None:
+            pipe.eval(TRANSITION, len(keys), *keys, *argv)
+            return None
+        return self._transition(keys=keys, args=argv)
 
     def set_last_run(self, task_id: str, run_id: str, state: RunState, duration_ms: float | None,
                       pipe: redis.client.Pipeline) -> None:
         """Queue the task-side summary of a finished run, if it is still the task's latest run."""
-        pipe.eval(
-            "if redis.call('HGET', KEYS[1], 'last_run_id') == ARGV[1] then "
-            "redis.call('HSET', KEYS[1], 'last_run_state', ARGV[2], 'last_duration_ms', ARGV[3]) end return 1",
-            1, self.keys.task(task_id), run_id, state.value, _encode(duration_ms),
-        )
+        pipe.eval(LAST_RUN, 1, self.keys.task(task_id), run_id, state.value, _encode(duration_ms))
 
     def expire_run(self, run_id: str, pipe: redis.client.Pipeline) -> None:
         pipe.expire(self.keys.run(run_id), self.run_ttl)

@@ -37,6 +37,13 @@ def handles_errors(func):
         except TaskmanError as exc:
             click.echo(f"error: {exc.message}", err=True)
             sys.exit(2)
+        except Exception as exc:
+            redis_errors = sys.modules.get("redis.exceptions")  # only loaded if a command used Redis
+            if redis_errors and isinstance(exc, (redis_errors.ConnectionError, redis_errors.TimeoutError)):
+                click.echo(f"error: cannot reach Redis ({exc}). Check TASKMAN_REDIS_URL, "
+                           "or start everything with `taskman up`.", err=True)
+                sys.exit(1)
+            raise
         except KeyboardInterrupt:
             sys.exit(130)
 
@@ -234,18 +241,21 @@ def logs(task_id, follow, lines, as_json) -> None:
 
 
 @main.command()
-@click.option("--queue", type=click.Choice(["code", "http", "registered"]), help="Serve only this queue.")
+@click.option("--queue", "queues", multiple=True, type=click.Choice(["code", "http", "registered"]),
+              help="Serve only this queue (repeatable); default: all three.")
 @click.option("--concurrency", "-c", type=int, help="Processes (code) or threads (http).")
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
-def worker(queue, concurrency, loglevel) -> None:
+@handles_errors
+def worker(queues, concurrency, loglevel) -> None:
     """Start workers: by default one prefork pool for code + registered and a threads pool for http."""
     from tui.processes import run_workers
 
-    sys.exit(run_workers(queue, concurrency, loglevel))
+    sys.exit(run_workers(queues, concurrency, loglevel))
 
 
 @main.command()
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
+@handles_errors
 def beat(loglevel) -> None:
     """Start the scheduler (only one acts at a time; others stand by)."""
     from tui.processes import run_beat

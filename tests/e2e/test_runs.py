@@ -259,3 +259,13 @@ def test_user_code_error_records_traceback(stack):
     assert run.state is RunState.FAILED
     assert "ValueError: bad value" in run.error
     assert "line 3" in run.traceback
+
+
+def test_events_stream_tells_each_state_change_of_a_run(stack):
+    task = stack.create({"name": "evented", "task_name": "ops.add", "args": [1, 1]})
+    run = final_run(stack, task.id)
+    events = [json.loads(entry["event"]) for _, entry in stack.store.stream_tail("events", 2000)]
+    mine = [event for event in events if event.get("run_id") == run.id]
+    assert [event["type"] for event in mine] == ["run.started", "run.succeeded"]
+    assert all(event["task_id"] == task.id for event in mine)
+    assert any(event["type"] == "task.created" and event["task_id"] == task.id for event in events)
