@@ -310,13 +310,17 @@ class RedisServer:
 # ----------------------------------------------------------------------------------------- address file
 
 
-def write_address(data_dir: Path, url: str, pid: int) -> Path:
-    """Record the running server's ``url`` and ``pid`` in ``data_dir/redis.json`` (mode 0600), atomically."""
+def write_address(data_dir: Path, url: str, pid: int, owner: int | None = None) -> Path:
+    """Record the running server's ``url`` and ``pid`` in ``data_dir/redis.json`` (mode 0600), atomically.
+
+    ``owner`` is the pid of the ``taskman up`` that runs the stack on this server, if any.
+    """
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = data_dir / ADDRESS_FILE
     body = json.dumps(
-        {"url": url, "pid": pid, "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        {"url": url, "pid": pid, "owner": owner,
+         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     )
     tmp = data_dir / f".{ADDRESS_FILE}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -380,6 +384,28 @@ def read_address(data_dir: Path) -> str | None:
         return None
     finally:
         client.close()
+
+
+def address_pids(data_dir: Path) -> tuple[int | None, int | None]:
+    """(server pid, owner pid) from ``data_dir/redis.json``; an owner that has died reads as None."""
+    data = _load(Path(data_dir) / ADDRESS_FILE) or {}
+    pid, owner = data.get("pid"), data.get("owner")
+    return (pid if isinstance(pid, int) else None,
+            owner if isinstance(owner, int) and _pid_alive(owner) else None)
+
+
+def stop_pid(pid: int, timeout: float = 10.0) -> None:
+    """SIGTERM a server this data folder's ``taskman up`` started (it writes its AOF), SIGKILL if it hangs."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while _pid_alive(pid):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            return
+        time.sleep(0.05)
 
 
 def clear_address(data_dir: Path, pid: int) -> None:

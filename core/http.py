@@ -33,6 +33,7 @@ import socket
 import ssl
 import time
 import typing
+import urllib.parse
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from http.cookiejar import CookieJar, CookiePolicy
@@ -85,6 +86,19 @@ def mask_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
         else:
             masked[name] = _MASK
     return masked
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the values of secret-looking query parameters (``?api_key=…``) replaced by ``***``."""
+    parts = urllib.parse.urlsplit(url)
+    if not parts.query:
+        return url
+    params = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    if not any(SECRET_HEADER_PATTERN.match(name) for name, _ in params):
+        return url
+    query = urllib.parse.urlencode(
+        [(name, _MASK if SECRET_HEADER_PATTERN.match(name) else value) for name, value in params], safe="*")
+    return urllib.parse.urlunsplit(parts._replace(query=query))
 
 
 def check_url(url: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from enum import StrEnum
 from typing import Any
 
@@ -372,6 +373,12 @@ class Task:
         return self.spec.task_type
 
     def to_dict(self) -> dict[str, Any]:
+        """The task as front ends show it: secrets in headers and URL query masked."""
+        spec = self.spec.to_dict()
+        if "headers" in spec:
+            spec["headers"] = http.mask_headers(spec["headers"])
+        if "api_url" in spec:
+            spec["api_url"] = http.redact_url(spec["api_url"])
         return {
             "id": self.id,
             "name": self.name,
@@ -386,7 +393,7 @@ class Task:
                 if self.last_run_id
                 else None
             ),
-            "spec": self.spec.to_dict(),
+            "spec": spec,
             "runs": [run.to_dict() for run in self.runs],
         }
 
@@ -395,6 +402,4 @@ def iso(timestamp: float | None) -> str | None:
     """A Unix timestamp as ISO 8601 in UTC with its offset, or None."""
     if timestamp is None:
         return None
-    from datetime import datetime, timezone
-
     return datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat(timespec="milliseconds")

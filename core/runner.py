@@ -168,6 +168,7 @@ class Runner:
             state = RunState.TIMED_OUT if "timed out" in exc.message.lower() else RunState.FAILED
             self.finish(started, state, error=exc.message, result=exc.response, retryable=exc.retryable)
         else:
+            response["url"] = http.redact_url(response["url"])
             started.logs.add("info", f"{spec.method} {response['url']} → {response['status_code']} "
                                      f"in {response['elapsed_ms']:.0f} ms")
             self.finish(started, RunState.SUCCEEDED, result=response)

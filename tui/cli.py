@@ -54,6 +54,13 @@ def _emit_json(value) -> None:
     click.echo(json.dumps(value, indent=2, ensure_ascii=False))
 
 
+def _cell(text: str, width: int) -> str:
+    """``text`` cut or padded to ``width`` terminal cells (CJK characters take two)."""
+    from rich.cells import set_cell_size
+
+    return set_cell_size(text, width)
+
+
 def _when(timestamp: float | None) -> str:
     if timestamp is None:
         return "–"
@@ -108,7 +115,7 @@ def list_tasks(state, kind, mode, name, limit, offset, as_json) -> None:
         last = f"{task.last_run_state or '–'}"
         if task.last_duration_ms is not None:
             last += f" {task.last_duration_ms:.0f}ms"
-        click.echo(f"{task.id:16}  {task.name[:24]:24}  {task.kind.value:10}  {task.mode.value:9}  "
+        click.echo(f"{task.id:16}  {_cell(task.name, 24)}  {task.kind.value:10}  {task.mode.value:9}  "
                    f"{task.state.value:7}  {_when(task.next_run_at):19}  {last}")
 
 
@@ -124,11 +131,19 @@ def show(task_id, runs, as_json) -> None:
         _emit_json(task.to_dict())
         return
     data = task.to_dict()
+    spec = dict(data["spec"])
+    code = spec.pop("function_code", None)
     click.echo(f"{task.name}  [{task.id}]  {task.kind.value} · {task.mode.value} · {task.state.value}")
     click.echo(f"next run: {data['next_run_at'] or '–'}")
-    click.echo(json.dumps(data["spec"], indent=2, ensure_ascii=False))
-    click.echo("runs:")
-    for run in task.runs:
+    for key, value in spec.items():
+        if key not in ("name", "kind", "task_type"):
+            click.echo(f"{key}: {value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)}")
+    if code is not None:
+        click.echo("function_code:")
+        for line in code.splitlines():
+            click.echo(f"    {line}")
+    click.echo(f"runs ({len(task.runs)} shown):")
+    for index, run in enumerate(task.runs):
         took = f"{run.duration_ms:.0f} ms" if run.duration_ms is not None else ""
         click.echo(f"  {run.id}  {run.state.value:9}  attempt {run.attempt}/{run.max_attempts}  "
                    f"{_when(run.started_at or run.queued_at)}  {took}")
@@ -136,6 +151,46 @@ def show(task_id, runs, as_json) -> None:
             click.echo(f"      error: {run.error}")
         elif run.state.value == "succeeded":
             click.echo(f"      result: {json.dumps(run.result, ensure_ascii=False)[:200]}")
+        if index == 0 and run.output:
+            click.echo("      output:")
+            for line in run.output.splitlines()[-20:]:
+                click.echo(f"        {line}")
+        if index == 0 and run.traceback:
+            click.echo("      traceback:")
+            for line in run.traceback.splitlines()[-20:]:
+                click.echo(f"        {line}")
+
+
+@main.command()
+@click.argument("task_id")
+@click.argument("file", type=click.File("r", encoding="utf-8"), required=False)
+@click.option("--set", "assignments", multiple=True, metavar="FIELD=VALUE",
+              help="Change one field; VALUE is read as JSON when it parses, else as text. Repeatable.")
+@click.option("--json", "as_json", is_flag=True)
+@handles_errors
+def edit(task_id, file, assignments, as_json) -> None:
+    """Change fields of a task (FILE: a JSON object of fields, or --set); effective from its next run."""
+    changes: dict = {}
+    if file is not None:
+        try:
+            changes = json.loads(file.read())
+        except json.JSONDecodeError as exc:
+            raise TaskmanError(f"{file.name}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    for assignment in assignments:
+        field, sep, raw = assignment.partition("=")
+        if not sep or not field:
+            raise TaskmanError(f"--set {assignment!r}: write it as FIELD=VALUE")
+        try:
+            changes[field] = json.loads(raw)
+        except json.JSONDecodeError:
+            changes[field] = raw
+    if not changes:
+        raise TaskmanError("nothing to change: give a JSON file of fields or --set FIELD=VALUE")
+    task = _service().update(task_id, changes)
+    if as_json:
+        _emit_json(task.to_dict())
+    else:
+        click.echo(f"{task.id}: updated ({task.kind.value}, {task.mode.value}, next {_when(task.next_run_at)})")
 
 
 def _simple(action: str, help_text: str):
@@ -225,12 +280,20 @@ def logs(task_id, follow, lines, as_json) -> None:
     if task_id:
         service.get(task_id, runs=0)
 
+    names: dict[str, str] = {}
+
+    def name_of(task_id: str) -> str:
+        if task_id not in names:
+            task = service.store.get_task(task_id)
+            names[task_id] = task.name if task else task_id
+        return names[task_id]
+
     def emit(entry: dict) -> None:
         if as_json:
             click.echo(json.dumps(entry, ensure_ascii=False))
         else:
             stamp = datetime.fromtimestamp(float(entry["ts"])).strftime("%H:%M:%S.%f")[:-3]
-            click.echo(f"{stamp} {entry['task']} {entry['level']:7} {entry['msg']}")
+            click.echo(f"{stamp} {_cell(name_of(entry['task']), 16)} {entry['level']:7} {entry['msg']}")
 
     last_id = "0-0"
     for last_id, entry in recent_logs(service.store, task_id, lines):
@@ -287,10 +350,15 @@ def up(no_console) -> None:
             click.echo(f"taskman is up on {stack.display_url}; Ctrl-C stops it", err=True)
             stack.wait()
         else:
+            import signal
+
             from core.service import Service
             from tui.app import TaskmanApp
 
-            TaskmanApp(Service.from_settings(stack.settings)).run()
+            app = TaskmanApp(Service.from_settings(stack.settings))
+            for signum in (signal.SIGTERM, signal.SIGHUP):
+                signal.signal(signum, lambda *_: app.call_later(app.exit))
+            app.run()
 
 
 if __name__ == "__main__":

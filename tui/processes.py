@@ -8,15 +8,18 @@ when none is configured, a worker and the scheduler, all stopped on exit, by the
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 from core.config import Settings
-from core.embedded import RedisServer, clear_address, read_address, resolve_redis_url, write_address
+from core.embedded import (RedisServer, address_pids, clear_address, read_address, resolve_redis_url, stop_pid,
+                           write_address)
 
 DEFAULT_CONCURRENCY = {"prefork": 2, "threads": 20}
 
@@ -82,12 +85,29 @@ def run_beat(loglevel: str) -> int:
     return 1
 
 
+def _die_with_parent(parent: int) -> None:
+    """In a child before exec: ask Linux to kill it if ``taskman up`` dies (even by SIGKILL).
+
+    SIGKILL, not SIGTERM: a Celery worker told to stop while still starting can hang in its warm
+    shutdown, reconnecting forever; its unacknowledged runs are redelivered either way.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:
+        os._exit(1)
+
+
 class Stack:
     """Everything ``taskman up`` starts, stopped again on exit (only what it started)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.redis: RedisServer | None = None
+        self.adopted_redis_pid: int | None = None
         self.children: list[subprocess.Popen] = []
         self.display_url = ""
 
@@ -95,26 +115,35 @@ class Stack:
         if self.settings.redis_url:
             self.display_url = self.settings.redis_url
             return self
-        existing = read_address(self.settings.data_dir)
-        if existing:
-            self.settings = self.settings.model_copy(update={"redis_url": existing})
-            self.display_url = f"{existing.rsplit('@', 1)[-1]} (started by another `taskman up`)"
-            return self
+        data_dir = Path(self.settings.data_dir)
         try:
-            self._start()
+            existing = read_address(data_dir)
+            if existing:
+                redis_pid, owner = address_pids(data_dir)
+                self.settings = self.settings.model_copy(update={"redis_url": existing})
+                if owner is not None:
+                    self.display_url = f"{existing.rsplit('@', 1)[-1]} (run by the `taskman up` with pid {owner})"
+                    return self
+                self.adopted_redis_pid = redis_pid
+                write_address(data_dir, existing, redis_pid, owner=os.getpid())
+                self.display_url = f"{existing.rsplit('@', 1)[-1]} (embedded, left running by an earlier `up`)"
+            else:
+                self._start_redis(data_dir)
+            self._start_children(data_dir)
         except BaseException:
             self.close()
             raise
         return self
 
-    def _start(self) -> None:
-        data_dir = Path(self.settings.data_dir)
+    def _start_redis(self, data_dir: Path) -> None:
         password = os.urandom(16).hex()
         self.redis = RedisServer(data_dir / "redis", appendonly=True, password=password).start()
-        write_address(data_dir, self.redis.url, self.redis.pid)
+        write_address(data_dir, self.redis.url, self.redis.pid, owner=os.getpid())
         self.settings = self.settings.model_copy(update={"redis_url": self.redis.url})
         self.display_url = f"127.0.0.1:{self.redis.port} (embedded, data in {data_dir / 'redis'})"
-        env = {**os.environ, "TASKMAN_REDIS_URL": self.redis.url, "TASKMAN_NAMESPACE": self.settings.namespace}
+
+    def _start_children(self, data_dir: Path) -> None:
+        env = {**os.environ, "TASKMAN_REDIS_URL": self.settings.redis_url, "TASKMAN_NAMESPACE": self.settings.namespace}
         logs = data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         code, http = worker_commands([], None, "INFO")
@@ -122,15 +151,17 @@ class Stack:
                               ("beat", celery_command("beat", "-l", "INFO", "--pidfile="))]:
             log = open(logs / f"{name}.log", "ab")
             self.children.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                                  stdin=subprocess.DEVNULL, start_new_session=True))
+                                                  stdin=subprocess.DEVNULL, start_new_session=True,
+                                                  preexec_fn=functools.partial(_die_with_parent, os.getpid())))
             log.close()
 
     def wait(self) -> None:
-        try:
-            while all(child.poll() is None for child in self.children) or not self.children:
-                time.sleep(0.5)
-        except KeyboardInterrupt:
-            pass
+        """Block until SIGINT, SIGTERM or SIGHUP, or until a child exits (then everything stops)."""
+        stop = threading.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, lambda *_: stop.set())
+        while not stop.is_set() and all(child.poll() is None for child in self.children):
+            stop.wait(0.5)
 
     def close(self) -> None:
         for child in self.children:
@@ -149,6 +180,10 @@ class Stack:
             self.redis.stop()
             clear_address(Path(self.settings.data_dir), pid)
             self.redis = None
+        if self.adopted_redis_pid is not None:
+            stop_pid(self.adopted_redis_pid)
+            clear_address(Path(self.settings.data_dir), self.adopted_redis_pid)
+            self.adopted_redis_pid = None
 
     def __exit__(self, *exc) -> None:
         self.close()

@@ -629,3 +629,11 @@ def test_check_url_accepts_without_resolving(monkeypatch):
     monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: pytest.fail("check_url must not resolve"))
     for url in ("https://api.example.com/v1?q=1", "http://127.0.0.1:8080/", "https://[::1]/", "HTTP://Example.COM"):
         check_url(url)
+
+
+def test_redact_url_masks_secret_query_values_only():
+    from core.http import redact_url
+
+    assert redact_url("http://h/p?api_key=s3cr3t&page=2") == "http://h/p?api_key=***&page=2"
+    assert redact_url("http://h/p?page=2") == "http://h/p?page=2"
+    assert redact_url("http://h/p") == "http://h/p"

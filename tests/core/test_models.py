@@ -325,3 +325,14 @@ def test_to_dict_round_trips(data):
 def test_finite_edge_values_accepted():
     spec = parse_spec({**REG, "delay_seconds": MAX_DELAY, "timeout": 1e-3, "args": [1e308, -1e308, 0.0]})
     assert spec.delay_seconds == MAX_DELAY and all(math.isfinite(value) for value in spec.args)
+
+
+def test_shown_tasks_mask_secrets_but_export_keeps_them():
+    from core.models import Task, TaskState
+
+    spec = parse_spec({"name": "secret", "api_url": "http://127.0.0.1:9/x?token=abc&page=1",
+                       "headers": {"Authorization": "Bearer abc", "X-Trace": "1"}})
+    shown = Task(id="t1", spec=spec, state=TaskState.DONE, created_at=0.0, updated_at=0.0).to_dict()
+    assert shown["spec"]["headers"] == {"Authorization": "Bearer ***", "X-Trace": "1"}
+    assert shown["spec"]["api_url"] == "http://127.0.0.1:9/x?token=***&page=1"
+    assert spec.to_dict()["headers"]["Authorization"] == "Bearer abc"

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from core.http import mask_headers
 from tests.conftest import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -409,18 +410,23 @@ def test_export_round_trips_through_submit(cli, http_server):
     exported = json.loads(exported_text)
     assert isinstance(exported, list) and len(exported) == 3
     assert all(isinstance(item, dict) and "id" not in item for item in exported)
-    assert sorted(exported, key=lambda s: s["name"]) == sorted((t["spec"] for t in created), key=lambda s: s["name"])
+    assert [spec["name"] for spec in exported] == [spec["name"] for spec in specs], "export keeps creation order"
+    api = next(spec for spec in exported if spec["name"].endswith("-api"))
+    assert api["headers"] == {"X-Token": "abc"}, "export carries secrets so that it round-trips"
+    shown = next(t for t in created if t["name"].endswith("-api"))
+    assert shown["spec"]["headers"] == {"X-Token": "***"}, "shown tasks mask them"
+    masked = [dict(spec, headers=mask_headers(spec["headers"])) if "headers" in spec else spec for spec in exported]
+    assert masked == [t["spec"] for t in created]
 
     recreated = cli.json("submit", "-", input=exported_text, env=target)
-    assert [t["spec"] for t in recreated] == exported
+    assert [t["spec"] for t in recreated] == masked
     assert not {t["id"] for t in recreated} & {t["id"] for t in created}
 
     def specs_of(env):
         return sorted((t["spec"] for t in cli.json("list", env=env)), key=lambda s: s["name"])
 
     assert specs_of(target) == specs_of(source)
-    by_name = lambda spec: spec["name"]  # noqa: E731 - a batch shares one created_at, so order is not kept
-    assert sorted(json.loads(cli.ok("export", env=target).stdout), key=by_name) == sorted(exported, key=by_name)
+    assert json.loads(cli.ok("export", env=target).stdout) == exported
     assert sorted((t["name"], t["kind"], t["mode"]) for t in recreated) == sorted(
         (t["name"], t["kind"], t["mode"]) for t in created)
 
@@ -459,3 +465,18 @@ def test_tasks_lists_registered_names(cli, stack):
     assert isinstance(names, dict)
     assert {"taskman.echo", "ops.add"} <= set(names)
     assert all(isinstance(detail, dict) for detail in names.values())
+
+
+
+def test_edit_changes_fields_with_set_and_refuses_bad_values(cli):
+    created = json.loads(cli("submit", "-", "--json", input=json.dumps(
+        {"name": "to-edit", "cron_expression": FAR_CRON, "function_code": "def f():\n    return 1",
+         "function_name": "f"})).stdout)
+    edited = cli("edit", created["id"], "--set", "cron_expression=0 12 * * *", "--set", "timeout=5", "--json")
+    assert edited.returncode == 0, edited.stderr
+    spec = json.loads(edited.stdout)["spec"]
+    assert spec["cron_expression"] == "0 12 * * *" and spec["timeout"] == 5
+    refused = cli("edit", created["id"], "--set", "timeout=-1")
+    assert refused.returncode == 2 and "timeout" in refused.stderr
+    assert json.loads(cli("show", created["id"], "--json").stdout)["spec"]["timeout"] == 5
+    assert cli("delete", created["id"]).returncode == 0

@@ -35,6 +35,14 @@ def stop(child: subprocess.Popen, sig=signal.SIGTERM, timeout=30) -> int:
     return child.returncode
 
 
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie whose parent died is not reaped here, so it counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
 def wait_done(env, task_id, timeout=60):
     def done():
         shown = json.loads(taskman(env, "show", task_id, "--json").stdout)
@@ -84,8 +92,40 @@ def test_up_starts_an_embedded_redis_that_other_commands_find(tmp_path):
     finally:
         assert stop(up, signal.SIGINT) == 0
     assert not address.exists()
-    with pytest.raises(ProcessLookupError):
-        os.kill(redis_pid, 0)
+    assert not alive(redis_pid)
     assert (tmp_path / "data" / "redis" / "appendonlydir").is_dir()
     again = taskman(env, "list")
     assert again.returncode == 1
+
+
+def test_up_killed_outright_leaves_no_workers_and_the_next_up_adopts_its_redis(tmp_path):
+    env = _process_env({"TASKMAN_DATA_DIR": str(tmp_path / "data"), "TASKMAN_NAMESPACE": "up2",
+                        "TASKMAN_SCHEDULER_INTERVAL": "0.05"})
+    address = tmp_path / "data" / "redis.json"
+    first = subprocess.Popen([*TASKMAN, "up", "--no-console"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    wait_for(address.exists, timeout=30, message="the address file")
+    redis_pid = json.loads(address.read_text())["pid"]
+    def workers_and_scheduler():
+        pids = subprocess.run(["pgrep", "-P", str(first.pid)], capture_output=True, text=True).stdout.split()
+        pids = [int(pid) for pid in pids if b"celery" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        return pids if len(pids) == 3 else None
+
+    children = wait_for(workers_and_scheduler, timeout=20, message="two workers and the scheduler")
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    wait_for(lambda: not any(alive(pid) for pid in children), timeout=30,
+             message="the orphaned workers to stop")
+    assert alive(redis_pid)
+    second = subprocess.Popen([*TASKMAN, "up", "--no-console"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: json.loads(address.read_text()).get("owner") == second.pid, timeout=30,
+                 message="the second up to adopt the Redis")
+        created = json.loads(taskman(env, "submit", "-", "--json", input_text=json.dumps(
+            {"name": "after-crash", "function_code": "def f():\n    return 'ok'", "function_name": "f"})).stdout)
+        assert wait_done(env, created["id"])["result"] == "ok"
+    finally:
+        assert stop(second, signal.SIGTERM) == 0
+    assert not alive(redis_pid)
+    assert not address.exists()
