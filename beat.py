@@ -12,8 +12,8 @@ from celery.beat import Scheduler as CeleryScheduler
 from core.config import Settings
 from core.dispatch import Dispatcher
 from core.scheduler import Scheduler, refuse_evicting_redis
-from core.store import Store, connect
 from core.embedded import resolve_redis_url
+from core.store import Store
 
 
 class TaskmanScheduler(CeleryScheduler):
@@ -21,9 +21,7 @@ class TaskmanScheduler(CeleryScheduler):
 
     def setup_schedule(self) -> None:
         settings = Settings()
-        store = Store(connect(resolve_redis_url(settings)), settings.namespace,
-                      events_maxlen=settings.events_maxlen, history_per_task=settings.history_per_task,
-                      run_ttl=settings.run_ttl_days * 86400)
+        store = Store.from_settings(settings, resolve_redis_url(settings))
         refuse_evicting_redis(store)
         self.core = Scheduler(store, Dispatcher(self.app, settings), interval=settings.scheduler_interval,
                               lock_ttl=settings.scheduler_lock_ttl, lease=settings.claim_lease)

@@ -19,7 +19,7 @@ from core.dispatch import CODE_TASK, HTTP_TASK, OWN_TASKS, make_celery
 from core.embedded import resolve_redis_url
 from core.models import RunState
 from core.runner import Runner, format_exception
-from core.store import Store, connect
+from core.store import Store
 
 settings = Settings()
 app = make_celery(settings, resolve_redis_url(settings))
@@ -30,10 +30,7 @@ def runner() -> Runner:
     """This process's runner (a forked pool child builds its own Redis connection)."""
     pid = os.getpid()
     if pid not in _runners:
-        url = resolve_redis_url(settings)
-        store = Store(connect(url), settings.namespace, events_maxlen=settings.events_maxlen,
-                      logs_maxlen=settings.logs_maxlen, history_per_task=settings.history_per_task,
-                      run_ttl=settings.run_ttl_days * 86400)
+        store = Store.from_settings(settings, resolve_redis_url(settings))
         _runners.clear()
         _runners[pid] = Runner(store, settings, f"{socket.gethostname()}:{pid}")
     return _runners[pid]

@@ -123,17 +123,21 @@ class Runner:
         logs.add("info", f"run {run.id} started on {self.worker_name} (attempt {run.attempt}/{run.max_attempts})")
         return Started(run, task, logs)
 
+    def _begin_task_run(self, run_id: str, task_id: str) -> Started | None:
+        """``begin`` for runs that need their task's definition; a deleted task fails the run."""
+        started = self.begin(run_id, task_id)
+        if started is not None and started.task is None:
+            self.finish(started, RunState.FAILED, error="the task was deleted before this run started")
+            return None
+        return started
+
     def run_code(self, run_id: str, task_id: str) -> None:
         """Execute a code task's function in the sandbox and record the outcome."""
-        started = self.begin(run_id, task_id)
+        started = self._begin_task_run(run_id, task_id)
         if started is None:
             return
-        if started.task is None:
-            self.finish(started, RunState.FAILED, error="the task was deleted before this run started")
-            return
         spec = started.task.spec
-        limits = sandbox.Limits(output_cap=self.settings.output_cap, result_cap=self.settings.result_cap,
-                                memory_limit_mb=self.settings.memory_limit_mb)
+        limits = sandbox.Limits.from_settings(self.settings)
         try:
             execution = sandbox.execute(spec.function_code or "", spec.function_name or "", list(spec.args),
                                         dict(spec.kwargs), limits, on_output=lambda line: started.logs.add("print", line))
@@ -151,11 +155,8 @@ class Runner:
 
     def run_http(self, run_id: str, task_id: str) -> None:
         """Send an API task's request and record the response."""
-        started = self.begin(run_id, task_id)
+        started = self._begin_task_run(run_id, task_id)
         if started is None:
-            return
-        if started.task is None:
-            self.finish(started, RunState.FAILED, error="the task was deleted before this run started")
             return
         spec = started.task.spec
         try:

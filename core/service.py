@@ -18,7 +18,7 @@ from core.embedded import resolve_redis_url
 from core.errors import Conflict, InvalidSpec, NotFound
 from core.models import Kind, Mode, Run, RunState, Task, TaskSpec, TaskState, merge_changes, parse_spec
 from core.runner import new_id, run_event
-from core.store import Store, connect, due_member_for_run, due_member_for_task
+from core.store import Store, due_member_for_run, due_member_for_task
 
 EDITABLE_WHILE_RUNNING = True
 MAX_BATCH = 1000
@@ -36,9 +36,7 @@ class Service:
     def from_settings(cls, settings: Settings) -> Service:
         """Connect to the configured (or embedded) Redis and build the service on it."""
         url = resolve_redis_url(settings)
-        store = Store(connect(url), settings.namespace, events_maxlen=settings.events_maxlen,
-                      logs_maxlen=settings.logs_maxlen, history_per_task=settings.history_per_task,
-                      run_ttl=settings.run_ttl_days * 86400)
+        store = Store.from_settings(settings, url)
         return cls(store, Dispatcher(make_celery(settings, url), settings), settings)
 
     # -- validation ----------------------------------------------------------------------------

@@ -205,6 +205,13 @@ def _float(value: str | None) -> float | None:
 class Store:
     """Reads and writes taskman's records; write methods that go together accept a pipeline."""
 
+    @classmethod
+    def from_settings(cls, settings, url: str) -> Store:
+        """A store on the Redis at ``url`` with the caps and retention ``settings`` name."""
+        return cls(connect(url), settings.namespace, events_maxlen=settings.events_maxlen,
+                   logs_maxlen=settings.logs_maxlen, history_per_task=settings.history_per_task,
+                   run_ttl=settings.run_ttl_days * 86400)
+
     def __init__(self, client: redis.Redis, namespace: str, *, events_maxlen: int = 10_000,
                  logs_maxlen: int = 50_000, history_per_task: int = 200, run_ttl: float = 14 * 86400) -> None:
         self.redis = client
