@@ -1,0 +1,256 @@
+"""The console driven by keystrokes (Textual's Pilot) against real Redis, workers and scheduler."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from textual.widgets import DataTable, Input, Select, Static, TextArea
+
+from core.errors import NotFound
+from core.models import RunState
+from tui.app import TaskmanApp
+from tui.screens.confirm import ConfirmScreen
+from tui.screens.detail import DetailScreen
+from tui.screens.help import HelpScreen
+from tui.screens.main import MainScreen
+from tui.screens.new_task import NewTaskScreen
+from tui.widgets.editor import EditorPane
+from tui.widgets.log_pane import LogPane
+from tui.widgets.task_table import TaskTable
+
+pytestmark = pytest.mark.usefixtures("stack")
+SIZE = (120, 40)
+FAR_CRON = "0 0 1 1 *"
+
+
+async def until(pilot, predicate, timeout: float = 20.0, message: str = "condition"):
+    """Let the app run until ``predicate()`` holds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        await pilot.pause(0.05)
+    raise AssertionError(f"timed out waiting for {message}")
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{time.time_ns() % 10**9}"
+
+
+async def select_task(pilot, name: str) -> None:
+    """Filter the list down to ``name`` and put the cursor on it, the way a user would."""
+    screen = pilot.app.screen
+    await until(pilot, lambda: any(t.name == name for t in screen.table.tasks.values()), message=f"{name} listed")
+    await pilot.press("slash")
+    for char in name:
+        await pilot.press(char)
+    await pilot.press("enter")
+    await until(pilot, lambda: screen.table.selected and screen.table.selected.name == name, message="selection")
+
+
+async def test_lists_tasks_and_shows_the_selected_code(stack):
+    name = unique("listed")
+    stack.create({"name": name, "cron_expression": FAR_CRON, "function_code": "def f():\n    return 'x'",
+                  "function_name": "f"})
+    async with TaskmanApp(stack).run_test(size=SIZE) as pilot:
+        await select_task(pilot, name)
+        editor = pilot.app.screen.query_one(EditorPane)
+        await until(pilot, lambda: "return 'x'" in editor.area.text, message="the code in the editor")
+        assert name in editor.border_title
+
+
+async def test_new_code_task_through_the_form_runs_and_its_logs_arrive(stack):
+    name = unique("form-code")
+    async with TaskmanApp(stack).run_test(size=SIZE) as pilot:
+        await pilot.press("n")
+        form = await until(pilot, lambda: isinstance(pilot.app.screen, NewTaskScreen) and pilot.app.screen)
+        await pilot.pause()
+        for char in name:
+            await pilot.press(char)
+        code = form.query_one("#code", TextArea)
+        code.load_text("def main():\n    print('from the form')\n    return 6 * 7\n")
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: isinstance(pilot.app.screen, MainScreen), message="the form to close")
+        task = next(t for t in stack.list(name=name))
+        run = await until(pilot, lambda: (r := stack.get(task.id).runs) and r[0].state.final and r[0])
+        assert run.result == 42
+        logs = pilot.app.screen.query_one(LogPane)
+        await until(pilot, lambda: any(e.get("msg") == "from the form" for e in logs.entries),
+                    message="the worker's print in the log pane")
+        table = pilot.app.screen.query_one(TaskTable)
+        await until(pilot, lambda: table.tasks[task.id].last_run_state == "succeeded",
+                    message="the list to show the result")
+
+
+async def test_new_api_and_registered_tasks_through_the_form(stack, http_server):
+    api_name, reg_name = unique("form-api"), unique("form-reg")
+    async with TaskmanApp(stack).run_test(size=SIZE) as pilot:
+        await pilot.press("n")
+        form = await until(pilot, lambda: isinstance(pilot.app.screen, NewTaskScreen) and pilot.app.screen)
+        form.query_one("#kind", Select).value = "api"
+        form.query_one("#name", Input).value = api_name
+        form.query_one("#url", Input).value = f"{http_server.base_url}/post"
+        form.query_one("#method", Select).value = "POST"
+        form.query_one("#body", TextArea).load_text('{"hello": "form"}')
+        await pilot.pause()
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: isinstance(pilot.app.screen, MainScreen), message="the form to close")
+
+        await pilot.press("n")
+        form = await until(pilot, lambda: isinstance(pilot.app.screen, NewTaskScreen) and pilot.app.screen)
+        form.query_one("#kind", Select).value = "registered"
+        form.query_one("#name", Input).value = reg_name
+        select = form.query_one("#task-name", Select)
+        await until(pilot, lambda: any(value == "ops.add" for _, value in select._options), message="names")
+        select.value = "ops.add"
+        form.query_one("#args", Input).value = "[20, 22]"
+        await pilot.pause()
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: isinstance(pilot.app.screen, MainScreen), message="the form to close")
+
+    api = stack.list(name=api_name)[0]
+    reg = stack.list(name=reg_name)[0]
+    api_run = await _final(stack, api.id)
+    assert api_run.result["body"]["json"] == {"hello": "form"}
+    assert (await _final(stack, reg.id)).result == 42
+
+
+async def _final(service, task_id, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = service.get(task_id).runs
+        if runs and runs[0].state.final:
+            return runs[0]
+        time.sleep(0.05)
+    raise AssertionError("no final run")
+
+
+async def test_form_refuses_bad_input_in_place_and_previews_cron(stack):
+    async with TaskmanApp(stack).run_test(size=SIZE) as pilot:
+        await pilot.press("n")
+        form = await until(pilot, lambda: isinstance(pilot.app.screen, NewTaskScreen) and pilot.app.screen)
+        form.query_one("#mode", Select).value = "scheduled"
+        cron = form.query_one("#cron", Input)
+        cron.value = "0 0 30 2 *"
+        preview = form.query_one("#cron-preview", Static)
+        await until(pilot, lambda: "never" in str(preview.render()), message="the never-fires refusal")
+        cron.value = "0 9 * * 1-5"
+        form.query_one("#timezone", Input).value = "Europe/Berlin"
+        await until(pilot, lambda: str(preview.render()).startswith("next:"), message="a preview")
+        assert str(preview.render()).count(":00") >= 5
+        before = stack.store.count_tasks()
+        form.query_one("#name", Input).value = unique("bad")
+        form.query_one("#code", TextArea).load_text("def main(:\n    pass")
+        await pilot.press("ctrl+s")
+        error = form.query_one("#form-error", Static)
+        await until(pilot, lambda: "function_code" in str(error.render()), message="the refusal")
+        assert isinstance(pilot.app.screen, NewTaskScreen)
+        assert stack.store.count_tasks() == before
+
+
+async def test_edit_and_save_code_with_validation_in_place(stack):
+    name = unique("editable")
+    task = stack.create({"name": name, "cron_expression": FAR_CRON,
+                         "function_code": "def f():\n    return 'old'", "function_name": "f"})
+    async with TaskmanApp(stack).run_test(size=SIZE) as pilot:
+        await select_task(pilot, name)
+        editor = pilot.app.screen.query_one(EditorPane)
+        await pilot.press("e")
+        assert editor.area.has_focus
+        editor.area.load_text("def f(:\n    return 'broken'")
+        await pilot.press("ctrl+s")
+        hint = editor.query_one("#hint", Static)
+        await until(pilot, lambda: "function_code" in str(hint.render()), message="the refusal in place")
+        assert stack.get(task.id).spec.function_code.endswith("'old'")
+        editor.area.load_text("def f():\n    return 'new'")
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: stack.get(task.id).spec.function_code.endswith("'new'"), message="the save")
+        await until(pilot, lambda: "saved" in str(hint.render()), message="the saved hint")
+
+
+async def test_run_stop_pause_resume_delete_and_filter(stack):
+    name = unique("actions")
+    task = stack.create({"name": name, "cron_expression": FAR_CRON, "timeout": 30,
+                         "function_code": "def f():\n    while True:\n        pass", "function_name": "f"})
+    async with TaskmanApp(stack).run_test(size=SIZE) as pilot:
+        await select_task(pilot, name)
+        table = pilot.app.screen.query_one(TaskTable)
+        assert table.row_count == 1, "the filter leaves only the matching task"
+        await pilot.press("r")
+        await until(pilot, lambda: (r := stack.get(task.id).runs) and r[0].state is RunState.RUNNING,
+                    message="the run to start")
+        await pilot.press("s")
+        await until(pilot, lambda: stack.get(task.id).runs[0].state is RunState.STOPPED, message="stopped")
+        await until(pilot, lambda: table.tasks[task.id].state.value == "paused", message="the list to say paused")
+        await pilot.press("p")
+        await until(pilot, lambda: stack.get(task.id).state.value == "active", message="resumed")
+        await pilot.press("p")
+        await until(pilot, lambda: stack.get(task.id).state.value == "paused", message="paused")
+        await pilot.press("d")
+        await until(pilot, lambda: isinstance(pilot.app.screen, ConfirmScreen), message="the question")
+        await pilot.press("n")
+        await pilot.pause(0.3)
+        assert stack.get(task.id)
+        await pilot.press("d")
+        await until(pilot, lambda: isinstance(pilot.app.screen, ConfirmScreen), message="the question")
+        await pilot.press("y")
+
+        def deleted():
+            try:
+                stack.get(task.id)
+            except NotFound:
+                return True
+            return False
+
+        await until(pilot, deleted, message="the delete")
+        await until(pilot, lambda: task.id not in table.tasks, message="the row to go")
+
+
+async def test_detail_view_shows_runs_output_and_traceback(stack):
+    name = unique("detailed")
+    task = stack.create({"name": name, "function_code": "def f():\n    print('look here')\n    raise ValueError('nope')",
+                         "function_name": "f"})
+    await _final(stack, task.id)
+    async with TaskmanApp(stack).run_test(size=SIZE) as pilot:
+        await select_task(pilot, name)
+        await pilot.press("enter")
+        screen = await until(pilot, lambda: isinstance(pilot.app.screen, DetailScreen) and pilot.app.screen)
+        runs = screen.query_one("#runs", DataTable)
+        await until(pilot, lambda: runs.row_count == 1, message="the run in the history")
+        view = screen.query_one("#run-view", Static)
+        await until(pilot, lambda: "look here" in _text(view), message="the output")
+        assert "ValueError: nope" in _text(view) and "traceback" in _text(view)
+        await pilot.press("escape")
+        await until(pilot, lambda: isinstance(pilot.app.screen, MainScreen), message="back")
+
+
+def _text(widget: Static) -> str:
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(widget.content)
+    return console.export_text()
+
+
+async def test_help_lists_every_key_and_log_scope_toggles(stack):
+    name = unique("scoped")
+    task = stack.create({"name": name, "function_code": "def f():\n    print('scoped line')\n    return 1",
+                         "function_name": "f"})
+    await _final(stack, task.id)
+    async with TaskmanApp(stack).run_test(size=SIZE) as pilot:
+        await select_task(pilot, name)
+        logs = pilot.app.screen.query_one(LogPane)
+        await pilot.press("l")
+        assert logs.scope == task.id and name in logs.border_title
+        await pilot.press("l")
+        assert logs.scope is None
+        await pilot.press("f")
+        assert logs.following is False and "held" in logs.border_title
+        await pilot.press("question_mark")
+        help_screen = await until(pilot, lambda: isinstance(pilot.app.screen, HelpScreen) and pilot.app.screen)
+        keys = help_screen.query_one("#keys", DataTable)
+        assert keys.row_count >= 15
+        await pilot.press("escape")
+        await until(pilot, lambda: isinstance(pilot.app.screen, MainScreen), message="back")

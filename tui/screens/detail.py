@@ -1,0 +1,158 @@
+"""A task's detail: its definition, its run history, and the selected run's result, output and error."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from rich.syntax import Syntax
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Static
+
+from core.errors import TaskmanError
+from core.events import follow_events
+from core.models import Run, Task
+from core.service import Service
+from tui.widgets.task_table import STATE_STYLES
+from textual.worker import get_current_worker
+
+HISTORY = 100
+
+
+def _time(timestamp: float | None) -> str:
+    return datetime.fromtimestamp(timestamp).strftime("%m-%d %H:%M:%S") if timestamp else "–"
+
+
+class DetailScreen(Screen[None]):
+    """Definition on the left, runs on the right, the selected run below; refreshes on its events."""
+
+    CSS_PATH = "detail.tcss"
+    BINDINGS = [
+        Binding("escape,q", "app.pop_screen", "back", id="detail.back"),
+        Binding("r", "run", "run now", id="detail.run"),
+    ]
+
+    def __init__(self, service: Service, task_id: str) -> None:
+        super().__init__()
+        self.service = service
+        self.task_id = task_id
+        self.runs: dict[str, Run] = {}
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="upper"):
+            with VerticalScroll(id="definition"):
+                yield Static("", id="spec")
+            yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
+        with VerticalScroll(id="run-detail"):
+            yield Static("", id="run-view")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one("#runs", DataTable)
+        for column in ("STATE", "ATTEMPT", "TRIGGER", "STARTED", "DURATION"):
+            table.add_column(column, key=column.lower())
+        self.query_one("#definition").border_title = "definition"
+        table.border_title = "runs"
+        self.query_one("#run-detail").border_title = "run"
+        self.load()
+        self.watch()
+        table.focus()
+
+    @work(thread=True, exclusive=True, group="detail-load", exit_on_error=False)
+    def load(self) -> None:
+        try:
+            task = self.service.get(self.task_id, runs=HISTORY)
+        except TaskmanError as exc:
+            self.app.call_from_thread(self.notify, exc.message, severity="error")
+            return
+        self.app.call_from_thread(self._show, task)
+
+    @work(thread=True, exclusive=True, group="detail-watch", exit_on_error=False)
+    def watch(self) -> None:
+        worker = get_current_worker()
+        for _, event in follow_events(self.service.store, "$", lambda: worker.is_cancelled):
+            if event.get("task_id") == self.task_id:
+                self.load()
+
+    def _show(self, task: Task) -> None:
+        self.query_one("#spec", Static).update(self._definition(task))
+        self.query_one("#definition").border_title = f"{task.name} · {task.kind.value} · {task.mode.value} · {task.state.value}"
+        table = self.query_one("#runs", DataTable)
+        selected = None
+        if table.row_count:
+            selected = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        table.clear()
+        self.runs = {run.id: run for run in task.runs}
+        for run in task.runs:
+            took = f"{run.duration_ms:.0f} ms" if run.duration_ms is not None else "–"
+            table.add_row(Text(run.state.value, style=STATE_STYLES.get(run.state.value, "")),
+                          f"{run.attempt}/{run.max_attempts}", run.trigger, _time(run.started_at or run.queued_at),
+                          took, key=run.id)
+        table.border_title = f"runs ({len(task.runs)})"
+        if selected in self.runs:
+            table.move_cursor(row=table.get_row_index(selected))
+        self._show_run()
+
+    @staticmethod
+    def _definition(task: Task):
+        data = task.to_dict()
+        spec = dict(data["spec"])
+        code = spec.pop("function_code", None)
+        lines = Text()
+        lines.append(f"next run: {data['next_run_at'] or '–'}\n", style="bold")
+        for key, value in spec.items():
+            if key in ("name", "kind", "task_type"):
+                continue
+            shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+            lines.append(f"{key}: ", style="bold")
+            lines.append(f"{shown}\n")
+        if code is None:
+            return lines
+        from rich.console import Group
+
+        return Group(lines, Syntax(code, "python", line_numbers=True, word_wrap=True, theme="ansi_dark"))
+
+    @on(DataTable.RowHighlighted, "#runs")
+    def _show_run(self) -> None:
+        table = self.query_one("#runs", DataTable)
+        view = self.query_one("#run-view", Static)
+        if not table.row_count:
+            view.update("no runs yet")
+            return
+        run = self.runs.get(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
+        if run is None:
+            return
+        from rich.console import Group
+
+        parts: list = [Text(f"run {run.id} · {run.state.value} · attempt {run.attempt}/{run.max_attempts} · "
+                            f"worker {run.worker or '–'}", style=STATE_STYLES.get(run.state.value, ""))]
+        if run.error:
+            parts.append(Text(f"error: {run.error}", style="red"))
+        if run.result is not None:
+            parts.append(Text("result:", style="bold"))
+            parts.append(Syntax(json.dumps(run.result, indent=2, ensure_ascii=False), "json", word_wrap=True,
+                                theme="ansi_dark"))
+        if run.output:
+            parts.append(Text("output:", style="bold"))
+            parts.append(Text(run.output))
+        if run.traceback:
+            parts.append(Text("traceback:", style="bold"))
+            parts.append(Syntax(run.traceback, "pytb", word_wrap=True, theme="ansi_dark"))
+        view.update(Group(*parts))
+
+    def action_run(self) -> None:
+        self.run_now()
+
+    @work(thread=True, exit_on_error=False)
+    def run_now(self) -> None:
+        try:
+            self.service.run_now(self.task_id)
+        except TaskmanError as exc:
+            self.app.call_from_thread(self.notify, exc.message, severity="error")
+            return
+        self.app.call_from_thread(self.notify, "run queued")

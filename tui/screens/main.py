@@ -1,0 +1,383 @@
+"""The main screen: task list, editor and live logs, with the status line on top.
+
+Every Redis read runs in a thread worker and comes back as a message; the list is loaded once and
+then kept current from the events stream (only the tasks an event names are read again), so a
+list of ten thousand tasks stays responsive and an idle console costs Redis one blocking read.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import redis
+from textual import on, work
+from textual.app import ComposeResult
+from textual.containers import Horizontal
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import Footer, Input, Static
+from textual.worker import Worker, WorkerState, get_current_worker
+
+from core.errors import TaskmanError
+from core.events import follow_logs, recent_logs
+from core.models import Mode, Task, TaskState
+from core.service import Service
+from tui import actions, feed
+from tui.widgets.editor import EditorPane
+from tui.widgets.log_pane import LogPane
+from tui.widgets.status_bar import StatusBar
+from tui.widgets.task_table import TaskTable
+
+PAGE = 20_000
+STATUS_EVERY = 2.0
+
+
+class TasksLoaded(Message):
+    """Every task was read (first load or after Redis came back)."""
+
+    def __init__(self, tasks: list[Task]) -> None:
+        super().__init__()
+        self.tasks = tasks
+
+
+class TasksChanged(Message):
+    """Events named these tasks; ``tasks`` holds their new state, ``gone`` the deleted ids."""
+
+    def __init__(self, tasks: list[Task], gone: list[str]) -> None:
+        super().__init__()
+        self.tasks = tasks
+        self.gone = gone
+
+
+class LogsArrived(Message):
+    """New entries on the log stream."""
+
+    def __init__(self, entries: list[dict]) -> None:
+        super().__init__()
+        self.entries = entries
+
+
+class StatusRead(Message):
+    """The status line's numbers (or, with ``error``, that Redis is unreachable)."""
+
+    def __init__(self, values: dict | None, error: str = "") -> None:
+        super().__init__()
+        self.values = values
+        self.error = error
+
+
+class MainScreen(Screen):
+    """Lists tasks, edits the selected one, and tails logs."""
+
+    CSS_PATH = "main.tcss"
+    BINDINGS = actions.bindings()
+
+    def __init__(self, service: Service) -> None:
+        super().__init__()
+        self.service = service
+        self.activity = feed.Activity()
+        self.redis_ok = True
+
+    def compose(self) -> ComposeResult:
+        yield StatusBar(id="status")
+        yield Static("", id="banner")
+        with Horizontal(id="top"):
+            yield TaskTable(id="tasks")
+            yield EditorPane(id="editor")
+        yield Input(placeholder="filter: words in names, state:failed kind:api mode:scheduled", id="filter")
+        yield LogPane(id="logs")
+        yield Footer()
+
+    @property
+    def table(self) -> TaskTable:
+        return self.query_one(TaskTable)
+
+    @property
+    def editor(self) -> EditorPane:
+        return self.query_one(EditorPane)
+
+    @property
+    def logs(self) -> LogPane:
+        return self.query_one(LogPane)
+
+    def on_mount(self) -> None:
+        self.table.border_title = "Tasks"
+        self.logs.border_title = "Logs · all (follow)"
+        self.query_one("#filter", Input).display = False
+        self.start_feeds()
+        self.set_interval(1.0, self.table.refresh_due_times)
+        self.table.focus()
+
+    def start_feeds(self) -> None:
+        self.watch_tasks()
+        self.tail_logs()
+        self.poll_status()
+
+    # -- readers (thread workers) ----------------------------------------------------------------
+
+    @work(thread=True, exclusive=True, group="tasks", exit_on_error=False)
+    def watch_tasks(self) -> None:
+        """Load every task, then follow the events stream and re-read only what events name."""
+        worker = get_current_worker()
+        store = self.service.store
+        delay = 0.5
+        while not worker.is_cancelled:
+            try:
+                activity, last_id = feed.recent_activity(self.service)
+                self.activity = activity
+                self.post_message(TasksLoaded(self.service.list(limit=PAGE)))
+                delay = 0.5
+                while not worker.is_cancelled:
+                    entries = store.read_stream("events", last_id, 1000)
+                    if not entries:
+                        continue
+                    last_id = entries[-1][0]
+                    changed: set[str] = set()
+                    gone: list[str] = []
+                    for _, entry in entries:
+                        event = json.loads(entry["event"])
+                        self.activity.add(event)
+                        task_id = event.get("task_id")
+                        if not task_id:
+                            continue
+                        if event.get("type") == "task.deleted":
+                            gone.append(task_id)
+                            changed.discard(task_id)
+                        else:
+                            changed.add(task_id)
+                    tasks = store.get_tasks(changed)
+                    gone += [task_id for task_id in changed if task_id not in {t.id for t in tasks}]
+                    self.post_message(TasksChanged(tasks, gone))
+            except redis.RedisError as exc:
+                self.post_message(StatusRead(None, str(exc)))
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    @work(thread=True, exclusive=True, group="logs", exit_on_error=False)
+    def tail_logs(self) -> None:
+        worker = get_current_worker()
+        last_id = "$"
+        while not worker.is_cancelled:
+            try:
+                if last_id == "$":
+                    recent = recent_logs(self.service.store, None, 500)
+                    if recent:
+                        self.post_message(LogsArrived([entry for _, entry in recent]))
+                        last_id = recent[-1][0]
+                batch: list[dict] = []
+                for entry_id, entry in follow_logs(self.service.store, None, last_id, lambda: worker.is_cancelled):
+                    last_id = entry_id
+                    batch.append(entry)
+                    self.post_message(LogsArrived(batch))
+                    batch = []
+            except redis.RedisError:
+                time.sleep(1.0)
+
+    @work(thread=True, exclusive=True, group="status", exit_on_error=False)
+    def poll_status(self) -> None:
+        """Read the status line's numbers; the next read is scheduled only after this one ends."""
+        try:
+            values = feed.status(self.service)
+        except redis.RedisError as exc:
+            self.post_message(StatusRead(None, str(exc)))
+        else:
+            self.post_message(StatusRead(values))
+
+    # -- messages from the readers -----------------------------------------------------------------
+
+    @on(TasksLoaded)
+    def _loaded(self, message: TasksLoaded) -> None:
+        self.table.load(message.tasks)
+        self.logs.names = {task.id: task.name for task in message.tasks}
+        self.logs.show_scope(self.logs.scope, self.logs.border_title or "")
+        self.table.border_title = f"Tasks ({len(message.tasks)})"
+
+    @on(TasksChanged)
+    def _changed(self, message: TasksChanged) -> None:
+        for task_id in message.gone:
+            self.table.remove(task_id)
+        self.table.upsert(message.tasks)
+        self.logs.names.update({task.id: task.name for task in message.tasks})
+        self.table.border_title = f"Tasks ({len(self.table.tasks)})"
+
+    @on(LogsArrived)
+    def _logs(self, message: LogsArrived) -> None:
+        self.logs.add(message.entries)
+
+    @on(StatusRead)
+    def _status(self, message: StatusRead) -> None:
+        banner = self.query_one("#banner", Static)
+        location = self.app.redis_label
+        if message.values is None:
+            self.redis_ok = False
+            banner.update(f"Redis at {location} is unreachable ({message.error}) — reconnecting…")
+            banner.display = True
+            self.query_one(StatusBar).update(redis=location, ok=False, workers=0, due=0,
+                                             per_minute=self.activity.per_minute(),
+                                             failed_hour=self.activity.failures_last_hour())
+        else:
+            if not self.redis_ok:
+                banner.display = False
+                self.redis_ok = True
+            banner.display = False
+            values = message.values
+            self.query_one(StatusBar).update(redis=location, ok=True, workers=values["workers"],
+                                             due=values["due"], per_minute=self.activity.per_minute(),
+                                             failed_hour=self.activity.failures_last_hour())
+        self.set_timer(STATUS_EVERY, self.poll_status)
+
+    @on(TaskTable.Selected)
+    def _selected(self, message: TaskTable.Selected) -> None:
+        self.editor.show(message.task)
+        if self.logs.scope is not None and message.task is not None and not self.editor.dirty:
+            self.logs.show_scope(message.task.id, self._log_title(message.task))
+
+    def _log_title(self, task: Task | None) -> str:
+        follow = "follow" if self.logs.following else "held"
+        return f"Logs · {task.name if task else 'all'} ({follow})"
+
+    @on(EditorPane.SaveRequested)
+    def _save(self, message: EditorPane.SaveRequested) -> None:
+        self.call_service("update", message.task_id, message.changes, on_done=self._saved)
+
+    def _saved(self, task: Task) -> None:
+        self.editor.saved(task)
+        self.table.upsert([task])
+
+    # -- actions -----------------------------------------------------------------------------------
+
+    @work(thread=True, exit_on_error=False)
+    def call_service(self, method: str, *args, on_done=None, success: str = "") -> None:
+        """Run a service call off the UI thread; errors users can cause become notifications."""
+        try:
+            result = getattr(self.service, method)(*args)
+        except TaskmanError as exc:
+            if method == "update":
+                self.app.call_from_thread(self.editor.set_hint, exc.message, error=True)
+            else:
+                self.app.call_from_thread(self.notify, exc.message, title=exc.title, severity="error")
+            return
+        if on_done is not None:
+            self.app.call_from_thread(on_done, result)
+        if success:
+            self.app.call_from_thread(self.notify, success)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.state is WorkerState.ERROR:
+            self.notify(str(event.worker.error), title="Unexpected error", severity="error")
+
+    def _need_task(self) -> Task | None:
+        task = self.table.selected
+        if task is None:
+            self.notify("no task selected", severity="warning")
+        return task
+
+    def action_new_task(self) -> None:
+        from tui.screens.new_task import NewTaskScreen
+
+        self.app.push_screen(NewTaskScreen(self.service))
+
+    def action_duplicate_task(self) -> None:
+        from tui.screens.new_task import NewTaskScreen
+
+        if task := self._need_task():
+            self.app.push_screen(NewTaskScreen(self.service, template=task))
+
+    def action_open_detail(self) -> None:
+        from tui.screens.detail import DetailScreen
+
+        if task := self._need_task():
+            self.app.push_screen(DetailScreen(self.service, task.id))
+
+    @on(TaskTable.RowSelected, "#tasks")
+    def _row_chosen(self) -> None:
+        self.action_open_detail()
+
+    def action_run_task(self) -> None:
+        if task := self._need_task():
+            self.call_service("run_now", task.id, success=f"queued a run of {task.name}")
+
+    def action_stop_task(self) -> None:
+        if task := self._need_task():
+            self.call_service("stop", task.id, success=f"stopped {task.name}")
+
+    def action_toggle_pause(self) -> None:
+        if task := self._need_task():
+            if task.mode is Mode.IMMEDIATE:
+                self.notify(f"{task.name} runs once, now; there is no schedule to pause", severity="warning")
+            elif task.state is TaskState.PAUSED:
+                self.call_service("resume", task.id, success=f"resumed {task.name}")
+            else:
+                self.call_service("pause", task.id, success=f"paused {task.name}")
+
+    def action_edit_task(self) -> None:
+        if self._need_task():
+            self.editor.area.focus()
+
+    def action_save(self) -> None:
+        self.editor.request_save()
+
+    def action_discard(self) -> None:
+        if self.query_one("#filter", Input).display:
+            self._close_filter(clear=True)
+        elif self.editor.dirty:
+            self.editor.discard()
+            self.table.focus()
+        else:
+            self.table.focus()
+
+    def action_delete_task(self) -> None:
+        from tui.screens.confirm import ConfirmScreen
+
+        if task := self._need_task():
+            def confirmed(yes: bool | None) -> None:
+                if yes:
+                    self.call_service("delete", task.id, success=f"deleted {task.name}")
+
+            self.app.push_screen(ConfirmScreen(f"Delete {task.name}? Its schedule and definition go; "
+                                               "its run history expires later."), confirmed)
+
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.display = True
+        box.focus()
+
+    @on(Input.Changed, "#filter")
+    def _filter_typed(self, event: Input.Changed) -> None:
+        self.table.apply_filter(event.value)
+        self.table.border_title = f"Tasks ({self.table.row_count}/{len(self.table.tasks)})"
+
+    @on(Input.Submitted, "#filter")
+    def _filter_done(self) -> None:
+        self._close_filter(clear=False)
+
+    def _close_filter(self, *, clear: bool) -> None:
+        box = self.query_one("#filter", Input)
+        if clear:
+            box.value = ""
+            self.table.apply_filter("")
+            self.table.border_title = f"Tasks ({len(self.table.tasks)})"
+        box.display = bool(box.value)
+        self.table.focus()
+
+    def action_toggle_log_scope(self) -> None:
+        task = self.table.selected
+        if self.logs.scope is None and task is not None:
+            self.logs.show_scope(task.id, self._log_title(task))
+        else:
+            self.logs.show_scope(None, self._log_title(None))
+
+    def action_toggle_follow(self) -> None:
+        self.logs.set_following(not self.logs.following)
+        self.logs.border_title = self._log_title(self.table.selected if self.logs.scope else None)
+
+    def action_import_json(self) -> None:
+        from tui.screens.import_file import ImportScreen
+
+        self.app.push_screen(ImportScreen(self.service))
+
+    def action_help(self) -> None:
+        from tui.screens.help import HelpScreen
+
+        self.app.push_screen(HelpScreen())

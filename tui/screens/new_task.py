@@ -1,0 +1,278 @@
+"""The new-task form: kind, mode, what to run and when, with a live cron preview.
+
+The form only gathers a spec; ``core.service`` validates it, and its refusal (naming the field) is
+shown in place, with the cursor moved to that field. Nothing is stored until the spec is valid.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Footer, Input, Label, Select, Static, TextArea
+
+from core import cron
+from core.errors import InvalidSpec, TaskmanError
+from core.http import METHODS
+from core.models import Kind, Mode, Task
+from core.service import Service
+
+MODES = (("now", Mode.IMMEDIATE.value), ("after a delay", Mode.DELAYED.value), ("on cron", Mode.SCHEDULED.value))
+KINDS = (("code", Kind.CODE.value), ("API request", Kind.API.value), ("registered task", Kind.REGISTERED.value))
+TEMPLATE = 'def main():\n    print("hello")\n    return {"ok": True}\n'
+FIELD_WIDGETS = {
+    "name": "#name", "function_name": "#function-name", "function_code": "#code", "api_url": "#url",
+    "method": "#method", "headers": "#headers", "data": "#body", "json": "#body", "task_name": "#task-name",
+    "args": "#args", "kwargs": "#kwargs", "delay_seconds": "#delay", "cron_expression": "#cron",
+    "timezone": "#timezone", "timeout": "#timeout", "max_retries": "#retries", "retry_backoff": "#backoff",
+}
+
+
+def _number(text: str, field: str, kind=float) -> Any:
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return kind(text)
+    except ValueError:
+        raise InvalidSpec(field, f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
+
+
+def _json(text: str, field: str, default: Any) -> Any:
+    if not text.strip():
+        return default
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidSpec(field, f"not valid JSON ({exc.msg})") from None
+
+
+def _headers(text: str) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        name, sep, value = line.partition(":")
+        if not sep:
+            raise InvalidSpec("headers", f"line {number}: write headers as 'Name: value'")
+        headers[name.strip()] = value.strip()
+    return headers
+
+
+def cron_preview(expression: str, tz: str, count: int = 5) -> tuple[str, bool]:
+    """The next ``count`` fires of ``expression`` in ``tz`` as text, or the refusal; (text, ok)."""
+    try:
+        fires = cron.next_fires(expression, tz or "UTC", datetime.now(timezone.utc), count)
+    except InvalidSpec as exc:
+        return exc.message, False
+    return "next: " + ", ".join(fire.strftime("%a %d %b %H:%M:%S") for fire in fires), True
+
+
+class NewTaskScreen(Screen[None]):
+    """Gathers a spec and creates it through the service; ``template`` pre-fills a duplicate."""
+
+    CSS_PATH = "new_task.tcss"
+    BINDINGS = [
+        Binding("ctrl+s", "create", "create", id="new.create"),
+        Binding("escape", "app.pop_screen", "cancel", id="new.cancel"),
+    ]
+
+    def __init__(self, service: Service, template: Task | None = None) -> None:
+        super().__init__()
+        self.service = service
+        self.template = template
+
+    def _defaults(self) -> dict[str, str]:
+        """The form's starting values: a duplicate's, or a ready-to-run code task's."""
+        spec = self.template.spec if self.template else None
+        if spec is None:
+            return {"kind": Kind.CODE.value, "mode": Mode.IMMEDIATE.value, "name": "", "function_name": "main",
+                    "code": TEMPLATE, "method": "GET", "url": "", "headers": "", "body": "", "queue": "",
+                    "args": "", "kwargs": "", "delay": "60", "cron": "*/5 * * * *", "timezone": "UTC",
+                    "timeout": "", "retries": "0", "backoff": "1"}
+        body = spec.json_body if spec.json_body is not None else spec.data
+        return {
+            "kind": spec.kind.value, "mode": spec.task_type.value, "name": f"{spec.name} copy",
+            "function_name": spec.function_name or "main", "code": spec.function_code or TEMPLATE,
+            "method": spec.method, "url": spec.api_url or "",
+            "headers": "\n".join(f"{name}: {value}" for name, value in spec.headers.items()),
+            "body": "" if body is None else body if isinstance(body, str) else json.dumps(body, indent=2),
+            "queue": spec.queue or "", "args": json.dumps(spec.args) if spec.args else "",
+            "kwargs": json.dumps(spec.kwargs) if spec.kwargs else "",
+            "delay": f"{spec.delay_seconds:g}" if spec.delay_seconds is not None else "60",
+            "cron": spec.cron_expression or "*/5 * * * *", "timezone": spec.timezone,
+            "timeout": f"{spec.timeout:g}" if spec.timeout else "", "retries": str(spec.max_retries),
+            "backoff": f"{spec.retry_backoff:g}",
+        }
+
+    def compose(self) -> ComposeResult:
+        d = self._defaults()
+
+        def field(key: str, **kwargs) -> Input:
+            return Input(d[key], compact=True, id=kwargs.pop("id", key), **kwargs)
+
+        title = f"New task (copy of {self.template.name})" if self.template else "New task"
+        with VerticalScroll(id="form"):
+            yield Static(title, id="form-title")
+            with Horizontal(classes="row"):
+                yield Label("Kind")
+                yield Select(KINDS, value=d["kind"], allow_blank=False, compact=True, id="kind")
+                yield Label("Runs")
+                yield Select(MODES, value=d["mode"], allow_blank=False, compact=True, id="mode")
+            with Horizontal(classes="row"):
+                yield Label("Name")
+                yield field("name", placeholder="what the list shows")
+            with Vertical(id="code-section", classes="section"):
+                with Horizontal(classes="row"):
+                    yield Label("Function")
+                    yield field("function_name", id="function-name")
+                yield TextArea.code_editor(d["code"], language="python", id="code")
+            with Vertical(id="api-section", classes="section"):
+                with Horizontal(classes="row"):
+                    yield Label("Method")
+                    yield Select([(m, m) for m in METHODS], value=d["method"], allow_blank=False, compact=True,
+                                 id="method")
+                    yield field("url", placeholder="http://service.internal/path")
+                yield Label("Headers (one 'Name: value' per line)")
+                yield TextArea(d["headers"], id="headers")
+                yield Label("Body (JSON or text)")
+                yield TextArea(d["body"], id="body")
+            with Vertical(id="registered-section", classes="section"):
+                with Horizontal(classes="row"):
+                    yield Label("Task")
+                    yield Select([], prompt="registered Celery task (as the workers report)", compact=True,
+                                 id="task-name")
+                with Horizontal(classes="row"):
+                    yield Label("Queue")
+                    yield field("queue", placeholder="registered")
+            with Horizontal(classes="row", id="args-row"):
+                yield Label("Args")
+                yield field("args", placeholder="[1, 2]")
+                yield Label("Kwargs")
+                yield field("kwargs", placeholder='{"day": "mon"}')
+            with Horizontal(classes="row section", id="delay-section"):
+                yield Label("Delay (s)")
+                yield field("delay")
+            with Vertical(id="cron-section", classes="section"):
+                with Horizontal(classes="row"):
+                    yield Label("Cron")
+                    yield field("cron")
+                    yield Label("Timezone")
+                    yield field("timezone")
+                yield Static("", id="cron-preview")
+            with Horizontal(classes="row"):
+                yield Label("Timeout (s)")
+                yield field("timeout", placeholder="default")
+                yield Label("Retries")
+                yield field("retries")
+                yield Label("Backoff (s)")
+                yield field("backoff")
+            yield Static("", id="form-error")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self._show_sections()
+        self._preview()
+        self.load_registered()
+        self.query_one("#name", Input).focus()
+
+    @work(thread=True, exit_on_error=False)
+    def load_registered(self) -> None:
+        names = sorted(self.service.registered_tasks())
+        self.app.call_from_thread(self._set_registered, names)
+
+    def _set_registered(self, names: list[str]) -> None:
+        select = self.query_one("#task-name", Select)
+        select.set_options([(name, name) for name in names])
+        if self.template and self.template.spec.task_name in names:
+            select.value = self.template.spec.task_name
+
+    @on(Select.Changed, "#kind, #mode")
+    def _show_sections(self) -> None:
+        kind = self.query_one("#kind", Select).value
+        mode = self.query_one("#mode", Select).value
+        self.query_one("#code-section").display = kind == Kind.CODE.value
+        self.query_one("#api-section").display = kind == Kind.API.value
+        self.query_one("#registered-section").display = kind == Kind.REGISTERED.value
+        self.query_one("#args-row").display = kind != Kind.API.value
+        self.query_one("#delay-section").display = mode == Mode.DELAYED.value
+        self.query_one("#cron-section").display = mode == Mode.SCHEDULED.value
+
+    @on(Input.Changed, "#cron, #timezone")
+    def _preview(self) -> None:
+        text, ok = cron_preview(self.query_one("#cron", Input).value, self.query_one("#timezone", Input).value)
+        preview = self.query_one("#cron-preview", Static)
+        preview.update(text)
+        preview.set_class(not ok, "error")
+
+    def spec(self) -> dict[str, Any]:
+        """The spec the form describes; raises InvalidSpec for fields the form itself cannot read."""
+        kind = self.query_one("#kind", Select).value
+        mode = self.query_one("#mode", Select).value
+        value = lambda selector: self.query_one(selector, Input).value  # noqa: E731
+        spec: dict[str, Any] = {"name": value("#name"), "task_type": mode, "kind": kind}
+        if kind == Kind.CODE.value:
+            spec["function_name"] = value("#function-name").strip()
+            spec["function_code"] = self.query_one("#code", TextArea).text
+        elif kind == Kind.API.value:
+            spec["method"] = self.query_one("#method", Select).value
+            spec["api_url"] = value("#url").strip()
+            spec["headers"] = _headers(self.query_one("#headers", TextArea).text)
+            body = self.query_one("#body", TextArea).text
+            if body.strip():
+                try:
+                    spec["json"] = json.loads(body)
+                except json.JSONDecodeError:
+                    spec["data"] = body
+        else:
+            task_name = self.query_one("#task-name", Select).value
+            spec["task_name"] = task_name if isinstance(task_name, str) else ""
+            if value("#queue").strip():
+                spec["queue"] = value("#queue").strip()
+        if kind != Kind.API.value:
+            spec["args"] = _json(value("#args"), "args", [])
+            spec["kwargs"] = _json(value("#kwargs"), "kwargs", {})
+        if mode == Mode.DELAYED.value:
+            spec["delay_seconds"] = _number(value("#delay"), "delay_seconds")
+        if mode == Mode.SCHEDULED.value:
+            spec["cron_expression"] = value("#cron").strip()
+            spec["timezone"] = value("#timezone").strip() or "UTC"
+        for field, selector, kind_of in (("timeout", "#timeout", float), ("max_retries", "#retries", int),
+                                         ("retry_backoff", "#backoff", float)):
+            number = _number(value(selector), field, kind_of)
+            if number is not None:
+                spec[field] = number
+        return spec
+
+    def action_create(self) -> None:
+        try:
+            spec = self.spec()
+        except InvalidSpec as exc:
+            self._refused(exc)
+            return
+        self.create(spec)
+
+    @work(thread=True, exclusive=True, exit_on_error=False)
+    def create(self, spec: dict[str, Any]) -> None:
+        try:
+            task = self.service.create(spec)
+        except InvalidSpec as exc:
+            self.app.call_from_thread(self._refused, exc)
+            return
+        except TaskmanError as exc:
+            self.app.call_from_thread(self.query_one("#form-error", Static).update, exc.message)
+            return
+        self.app.call_from_thread(self.app.notify, f"created {task.name} ({task.kind.value}, {task.mode.value})")
+        self.app.call_from_thread(self.dismiss)
+
+    def _refused(self, exc: InvalidSpec) -> None:
+        self.query_one("#form-error", Static).update(exc.message)
+        selector = FIELD_WIDGETS.get(exc.field.split(".")[0])
+        if selector:
+            self.query_one(selector).focus()

@@ -1,0 +1,182 @@
+"""The editor pane: a code task's source, or an API task's request, edited in place.
+
+API requests are shown in the shape of an HTTP request file — ``METHOD URL``, header lines, a blank
+line, the body — so they read the way they go on the wire. Secret header values are shown masked;
+a masked value saved unchanged keeps the stored secret.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.message import Message
+from textual.widgets import Static, TextArea
+
+from core import http
+from core.errors import InvalidSpec
+from core.models import Kind, Task
+
+MASK = "***"
+
+
+def request_text(task: Task) -> str:
+    """An API task's request as editable text."""
+    spec = task.spec
+    lines = [f"{spec.method} {spec.api_url}"]
+    for name, value in http.mask_headers(spec.headers).items():
+        lines.append(f"{name}: {value}")
+    body = spec.json_body if spec.json_body is not None else spec.data
+    if body is not None:
+        lines.append("")
+        lines.append(body if isinstance(body, str) else json.dumps(body, indent=2, ensure_ascii=False))
+    return "\n".join(lines)
+
+
+def parse_request(text: str, stored: dict[str, str]) -> dict[str, Any]:
+    """The spec changes an edited request text asks for; masked header values keep ``stored``."""
+    head, _, body = text.strip("\n").partition("\n\n")
+    lines = [line for line in head.splitlines() if line.strip()]
+    if not lines:
+        raise InvalidSpec("api_url", "the first line must be METHOD URL, e.g. GET http://host/path")
+    first = lines[0].split(None, 1)
+    if len(first) != 2:
+        raise InvalidSpec("api_url", "the first line must be METHOD URL, e.g. GET http://host/path")
+    headers: dict[str, str] = {}
+    for number, line in enumerate(lines[1:], start=2):
+        name, sep, value = line.partition(":")
+        if not sep or not name.strip():
+            raise InvalidSpec("headers", f"line {number}: write headers as 'Name: value'")
+        name, value = name.strip(), value.strip()
+        headers[name] = stored.get(name, value) if value.endswith(MASK) else value
+    changes: dict[str, Any] = {"method": first[0], "api_url": first[1].strip(), "headers": headers,
+                               "data": None, "json": None}
+    if body.strip():
+        try:
+            changes["json"] = json.loads(body)
+        except json.JSONDecodeError:
+            changes["data"] = body
+    return changes
+
+
+def registered_text(task: Task) -> str:
+    spec = task.spec
+    fields = {"task_name": spec.task_name, "args": spec.args, "kwargs": spec.kwargs}
+    if spec.queue:
+        fields["queue"] = spec.queue
+    return json.dumps(fields, indent=2, ensure_ascii=False)
+
+
+def parse_registered(text: str) -> dict[str, Any]:
+    try:
+        fields = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidSpec("task_name", f"not valid JSON: {exc.msg} (line {exc.lineno})") from None
+    if not isinstance(fields, dict):
+        raise InvalidSpec("task_name", "write a JSON object with task_name, args and kwargs")
+    allowed = {"task_name", "args", "kwargs", "queue"}
+    unknown = set(fields) - allowed
+    if unknown:
+        raise InvalidSpec(sorted(unknown)[0], "only task_name, args, kwargs and queue can be edited here")
+    return fields
+
+
+class EditorPane(Vertical):
+    """Title, text area and a hint line that shows the next fires or the last save's error."""
+
+    class SaveRequested(Message):
+        """ctrl+s: the user wants these changes saved to the task."""
+
+        def __init__(self, task_id: str, changes: dict[str, Any]) -> None:
+            super().__init__()
+            self.task_id = task_id
+            self.changes = changes
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.current: Task | None = None
+        self.original = ""
+
+    def compose(self) -> ComposeResult:
+        yield TextArea.code_editor("", language="python", id="source", soft_wrap=False)
+        yield Static("", id="hint")
+
+    @property
+    def area(self) -> TextArea:
+        return self.query_one("#source", TextArea)
+
+    @property
+    def dirty(self) -> bool:
+        return self.current is not None and self.area.text != self.original
+
+    def show(self, task: Task | None, hint: str = "") -> None:
+        """Load ``task`` into the editor (unless the current one has unsaved changes)."""
+        if self.dirty and task is not None and self.current is not None and task.id != self.current.id:
+            self.set_hint(f"unsaved changes to {self.current.name}: ctrl+s saves, esc discards", error=True)
+            return
+        if task is not None and self.current is not None and task.id == self.current.id and not hint:
+            if self.dirty or self._text_of(task) == self.original:
+                self.current = task
+                self.border_title = self._title(task)
+                return
+        self.current = task
+        self.border_title = self._title(task) if task else "editor"
+        self.original = self._text_of(task) if task else ""
+        self.area.language = "python" if task is not None and task.kind is Kind.CODE else None
+        self.area.load_text(self.original)
+        self.set_hint(hint or ("ctrl+s save" if task else "no task selected"))
+
+    @staticmethod
+    def _text_of(task: Task) -> str:
+        if task.kind is Kind.CODE:
+            return task.spec.function_code or ""
+        if task.kind is Kind.API:
+            return request_text(task)
+        return registered_text(task)
+
+    def _title(self, task: Task) -> str:
+        return f"{task.name} · {task.kind.value} · {self._schedule(task)}"
+
+    @staticmethod
+    def _schedule(task: Task) -> str:
+        spec = task.spec
+        if spec.cron_expression:
+            return f"cron {spec.cron_expression}"
+        if spec.delay_seconds is not None:
+            return f"delay {spec.delay_seconds:g}s"
+        return "now"
+
+    def set_hint(self, text: str, *, error: bool = False) -> None:
+        hint = self.query_one("#hint", Static)
+        hint.update(text)
+        hint.set_class(error, "error")
+
+    def changes(self) -> dict[str, Any]:
+        """What the edited text asks to change; raises InvalidSpec for text that cannot be read."""
+        assert self.current is not None
+        text = self.area.text
+        if self.current.kind is Kind.CODE:
+            return {"function_code": text}
+        if self.current.kind is Kind.API:
+            return parse_request(text, dict(self.current.spec.headers))
+        return parse_registered(text)
+
+    def request_save(self) -> None:
+        if self.current is None:
+            return
+        try:
+            changes = self.changes()
+        except InvalidSpec as exc:
+            self.set_hint(exc.message, error=True)
+            return
+        self.post_message(self.SaveRequested(self.current.id, changes))
+
+    def saved(self, task: Task) -> None:
+        self.current = None
+        self.show(task, "saved ✔ — takes effect from the next run")
+
+    def discard(self) -> None:
+        task, self.current = self.current, None
+        self.show(task, "changes discarded")

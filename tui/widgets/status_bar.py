@@ -1,0 +1,27 @@
+"""The status line: Redis, workers, due set, runs per minute and failures in the last hour."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import Horizontal
+from textual.widgets import Sparkline, Static
+
+
+class StatusBar(Horizontal):
+    """One line at the top of the main screen; ``update`` takes what ``tui.feed.status`` read."""
+
+    def compose(self) -> ComposeResult:
+        yield Static("taskman", id="brand")
+        yield Static("", id="facts")
+        yield Sparkline([0.0], id="rate")
+        yield Static("", id="rate-text")
+
+    def update(self, *, redis: str, ok: bool, workers: int, due: int, per_minute: list[float],
+               failed_hour: int, extra: str = "") -> None:
+        dot = "●" if ok else "○"
+        self.query_one("#facts", Static).update(
+            f"redis {dot} {redis}   workers {workers}   due {due}{extra}")
+        self.query_one("#rate", Sparkline).data = per_minute or [0.0]
+        self.query_one("#rate-text", Static).update(
+            f" {per_minute[-1] if per_minute else 0:.0f} runs/min   failed/h {failed_hour}")
+        self.set_class(not ok, "down")

@@ -1,0 +1,156 @@
+"""The task list: one row per task, updated in place as events arrive, filtered by a query."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from rich.text import Text
+from textual.message import Message
+from textual.widgets import DataTable
+
+from core.models import Task
+
+STATE_STYLES = {
+    "active": "green", "paused": "yellow", "done": "dim",
+    "succeeded": "green", "failed": "bold red", "timed_out": "bold red", "retrying": "yellow",
+    "stopped": "magenta", "running": "bold cyan", "queued": "cyan",
+}
+COLUMNS = ("NAME", "KIND", "MODE", "STATE", "NEXT", "LAST")
+KIND_LABELS = {"code": "code", "api": "api", "registered": "reg"}
+MODE_LABELS = {"immediate": "now", "delayed": "delay", "scheduled": "cron"}
+
+
+def relative(timestamp: float | None) -> str:
+    """A due time as the list shows it: +28s, +4m, 09:00, or 2027-01-01."""
+    if timestamp is None:
+        return "–"
+    delta = timestamp - time.time()
+    if delta < 0:
+        return "due"
+    if delta < 120:
+        return f"+{delta:.0f}s"
+    if delta < 3600:
+        return f"+{delta / 60:.0f}m"
+    local = time.localtime(timestamp)
+    if delta < 86400:
+        return time.strftime("%H:%M", local)
+    return time.strftime("%Y-%m-%d", local)
+
+
+def last_cell(task: Task) -> Text:
+    if not task.last_run_state:
+        return Text("–", style="dim")
+    mark = {"succeeded": "✔", "failed": "✘", "timed_out": "⏱", "stopped": "■", "retrying": "↻",
+            "running": "▶", "queued": "…"}.get(task.last_run_state, "?")
+    took = f" {task.last_duration_ms:.0f}ms" if task.last_duration_ms is not None else ""
+    return Text(f"{mark}{took}", style=STATE_STYLES.get(task.last_run_state, ""))
+
+
+@dataclass
+class Query:
+    """A filter typed after ``/``: words match names; ``state:x``, ``kind:x``, ``mode:x`` match fields."""
+
+    text: str = ""
+
+    def matches(self, task: Task) -> bool:
+        for word in self.text.lower().split():
+            field, sep, value = word.partition(":")
+            if sep and field in ("state", "kind", "mode"):
+                actual = {"state": task.state.value, "kind": task.kind.value, "mode": task.mode.value}[field]
+                if not actual.startswith(value):
+                    return False
+            elif word not in task.name.lower():
+                return False
+        return True
+
+
+class TaskTable(DataTable):
+    """Tasks keyed by id; ``upsert`` and ``remove`` keep rows in place so the cursor never jumps."""
+
+    class Selected(Message):
+        """The highlighted task changed (None: the list is empty)."""
+
+        def __init__(self, task: Task | None) -> None:
+            super().__init__()
+            self.task = task
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
+        self.tasks: dict[str, Task] = {}
+        self.query_filter = Query()
+
+    def on_mount(self) -> None:
+        for column in COLUMNS:
+            self.add_column(column, key=column.lower())
+
+    def _cells(self, task: Task) -> tuple:
+        return (task.name, KIND_LABELS[task.kind.value], MODE_LABELS[task.mode.value],
+                Text(task.state.value, style=STATE_STYLES.get(task.state.value, "")),
+                relative(task.next_run_at), last_cell(task))
+
+    def load(self, tasks: list[Task]) -> None:
+        """Replace every row (first load, reconnect, or a new filter)."""
+        selected = self.selected_id
+        self.tasks = {task.id: task for task in tasks}
+        self.clear()
+        for task in tasks:
+            if self.query_filter.matches(task):
+                self.add_row(*self._cells(task), key=task.id)
+        if selected in self.rows:
+            self.move_cursor(row=self.get_row_index(selected))
+        self._announce()
+
+    def upsert(self, tasks: list[Task]) -> None:
+        """Update rows in place; a task not shown yet means a reload, since the list is newest first."""
+        reload = False
+        for task in tasks:
+            self.tasks[task.id] = task
+            visible = self.query_filter.matches(task)
+            if task.id in self.rows and visible:
+                for column, value in zip(COLUMNS, self._cells(task)):
+                    self.update_cell(task.id, column.lower(), value)
+            elif task.id in self.rows or visible:
+                reload = True
+        if reload:
+            self.load(self.newest_first())
+        else:
+            self._announce()
+
+    def newest_first(self) -> list[Task]:
+        return sorted(self.tasks.values(), key=lambda task: -task.created_at)
+
+    def remove(self, task_id: str) -> None:
+        self.tasks.pop(task_id, None)
+        if task_id in self.rows:
+            self.remove_row(task_id)
+        self._announce()
+
+    def apply_filter(self, text: str) -> None:
+        self.query_filter = Query(text)
+        self.load(self.newest_first())
+
+    def refresh_due_times(self) -> None:
+        """Redraw the NEXT column (relative times move on; no Redis read needed)."""
+        for key in self.rows:
+            task = self.tasks.get(key.value)
+            if task is not None and task.next_run_at is not None:
+                self.update_cell(key, "next", relative(task.next_run_at))
+
+    @property
+    def selected_id(self) -> str | None:
+        if self.row_count == 0:
+            return None
+        return self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value
+
+    @property
+    def selected(self) -> Task | None:
+        task_id = self.selected_id
+        return self.tasks.get(task_id) if task_id else None
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        event.stop()
+        self._announce()
+
+    def _announce(self) -> None:
+        self.post_message(self.Selected(self.selected))
