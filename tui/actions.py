@@ -39,7 +39,7 @@ ACTIONS: tuple[Action, ...] = (
     Action("save", "ctrl+s", "save", "save", "Save the editor's changes to the task", footer=False),
     Action("discard", "escape", "discard", "discard", "Discard the editor's changes", footer=False),
     Action("help", "question_mark", "help", "keys", "Show every key"),
-    Action("quit", "q", "quit", "quit", "Quit the console", footer=False),
+    Action("quit", "q", "app.quit", "quit", "Quit the console", footer=False),
 )
 
 
