@@ -1,0 +1,107 @@
+"""Snapshots of the console's main screen, the new-task form with a cron preview, and the detail view.
+
+The data is fixed (a namespace of its own, paused tasks, run records with set times) so the
+pictures change only when the console's look does. Update them with ``pytest --snapshot-update``.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from textual.widgets import DataTable, Input, Select
+
+from core.models import Run, RunState
+from core.service import Service
+from tests.tui.test_console import until
+from tui.app import TaskmanApp
+from tui.screens.detail import DetailScreen
+from tui.screens.new_task import NewTaskScreen
+from tui.widgets.task_table import TaskTable
+
+SIZE = (100, 30)
+T0 = 1_780_000_000.0
+LABEL = "redis.test:6379"
+
+
+@pytest.fixture
+def fixed(settings, redis_server):
+    """A namespace holding the same three tasks every time, nothing running."""
+    service = Service.from_settings(settings.model_copy(update={"namespace": f"snap{uuid.uuid4().hex[:6]}"}))
+    specs = [
+        {"name": "ping-billing", "api_url": "http://billing.internal/health", "cron_expression": "*/5 * * * *",
+         "headers": {"Authorization": "Bearer secret"}},
+        {"name": "nightly-export", "task_name": "taskman.echo", "kwargs": {"days": 1},
+         "cron_expression": "30 2 * * *"},
+        {"name": "daily_report", "cron_expression": "0 9 * * 1-5", "function_name": "daily_report",
+         "function_code": "import json\n\ndef daily_report(day=None):\n    rows = [1, 2, 3]\n"
+                          "    print(f'{len(rows)} rows')\n    return {'rows': len(rows)}\n"},
+    ]
+    tasks = service.create_many(specs)
+    for task in tasks:
+        service.pause(task.id)
+    report = tasks[-1]
+    pipe = service.store.pipeline()
+    for index, (state, error) in enumerate([(RunState.SUCCEEDED, None), (RunState.RETRYING, "ValueError: bad day"),
+                                            (RunState.FAILED, "ValueError: bad day")]):
+        run = Run(id=f"run{index}", task_id=report.id, state=state, attempt=1 + (index > 0) * (index),
+                  max_attempts=3, trigger="cron", queued_at=T0 - 3600 * index, started_at=T0 - 3600 * index,
+                  finished_at=T0 - 3600 * index + 0.012, duration_ms=12.0 + index,
+                  result={"rows": 3} if state is RunState.SUCCEEDED else None,
+                  output="3 rows\n", error=error,
+                  traceback=None if error is None else
+                  'Traceback (most recent call last):\n  File "<task>", line 4, in daily_report\n'
+                  "ValueError: bad day\n")
+        service.store.add_run(run, pipe)
+    pipe.execute()
+    service.store.set_last_run(report.id, "run0", RunState.SUCCEEDED, 12.0, service.store.redis)
+    yield service, report
+    keys = service.store.redis.keys(f"{service.store.keys.namespace}:*")
+    if keys:
+        service.store.redis.delete(*keys)
+
+
+def app_for(service) -> TaskmanApp:
+    return TaskmanApp(service, redis_label=LABEL)
+
+
+async def _loaded(pilot) -> None:
+    table = pilot.app.screen.query_one(TaskTable)
+    await until(pilot, lambda: table.row_count == 3, message="three rows")
+    await until(pilot, lambda: "workers" in str(pilot.app.screen.query_one("#facts").render()), message="status")
+    await pilot.pause(0.3)
+
+
+def test_main_screen(snap_compare, fixed):
+    service, _ = fixed
+    assert snap_compare(app_for(service), terminal_size=SIZE, run_before=_loaded)
+
+
+def test_new_task_form_with_cron_preview(snap_compare, fixed):
+    service, _ = fixed
+
+    async def open_form(pilot) -> None:
+        await _loaded(pilot)
+        await pilot.press("n")
+        form = await until(pilot, lambda: isinstance(pilot.app.screen, NewTaskScreen) and pilot.app.screen)
+        form.query_one("#mode", Select).value = "scheduled"
+        form.query_one("#name", Input).value = "leap-day"
+        form.query_one("#cron", Input).value = "0 0 29 2 *"
+        await pilot.pause(0.3)
+
+    assert snap_compare(app_for(service), terminal_size=SIZE, run_before=open_form)
+
+
+def test_detail_view(snap_compare, fixed):
+    service, _ = fixed
+
+    async def open_detail(pilot) -> None:
+        await _loaded(pilot)
+        await pilot.press("enter")
+        screen = await until(pilot, lambda: isinstance(pilot.app.screen, DetailScreen) and pilot.app.screen)
+        runs = screen.query_one("#runs", DataTable)
+        await until(pilot, lambda: runs.row_count == 3, message="three runs")
+        await pilot.press("down")
+        await pilot.pause(0.3)
+
+    assert snap_compare(app_for(service), terminal_size=SIZE, run_before=open_detail)
