@@ -254,3 +254,55 @@ async def test_help_lists_every_key_and_log_scope_toggles(stack):
         assert keys.row_count >= 15
         await pilot.press("escape")
         await until(pilot, lambda: isinstance(pilot.app.screen, MainScreen), message="back")
+
+
+async def test_a_banner_while_redis_is_down_and_recovery_by_itself(settings, tmp_path):
+    from core.embedded import RedisServer
+    from core.service import Service
+
+    first = RedisServer(tmp_path / "redis", appendonly=True).start()
+    port = first.port
+    service = Service.from_settings(settings.model_copy(update={"redis_url": first.url, "namespace": "down"}))
+    service.create({"name": "survives", "cron_expression": FAR_CRON, "function_code": "def f():\n    return 1",
+                    "function_name": "f"})
+    second = None
+    try:
+        async with TaskmanApp(service).run_test(size=SIZE) as pilot:
+            screen = pilot.app.screen
+            banner = screen.query_one("#banner", Static)
+            await until(pilot, lambda: screen.table.row_count == 1, message="the task")
+            first.stop()
+            await until(pilot, lambda: banner.display and "unreachable" in str(banner.render()), timeout=15,
+                        message="the banner")
+            second = RedisServer(tmp_path / "redis", appendonly=True, port=port).start()
+            await until(pilot, lambda: not banner.display, timeout=20, message="the banner to go")
+            service.create({"name": "after-outage", "cron_expression": FAR_CRON,
+                            "function_code": "def f():\n    return 1", "function_name": "f"})
+            await until(pilot, lambda: screen.table.row_count == 2, timeout=20, message="live updates again")
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+
+
+async def test_edit_an_api_request_keeps_masked_secrets(stack, http_server):
+    name = unique("api-edit")
+    task = stack.create({"name": name, "api_url": f"{http_server.base_url}/get", "cron_expression": FAR_CRON,
+                         "headers": {"Authorization": "Bearer s3cret", "X-Trace": "1"}})
+    async with TaskmanApp(stack).run_test(size=SIZE) as pilot:
+        await select_task(pilot, name)
+        editor = pilot.app.screen.query_one(EditorPane)
+        await until(pilot, lambda: editor.area.text.startswith("GET "), message="the request")
+        assert "Authorization: Bearer ***" in editor.area.text and "s3cret" not in editor.area.text
+        editor.area.load_text(editor.area.text.replace("GET ", "POST ").replace("/get", "/post")
+                              + '\n\n{"edited": true}')
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: stack.get(task.id).spec.method == "POST", message="the save")
+    spec = stack.get(task.id).spec
+    assert spec.api_url.endswith("/post") and spec.json_body == {"edited": True}
+    assert spec.headers == {"Authorization": "Bearer s3cret", "X-Trace": "1"}
+    stack.run_now(task.id)
+    run = await _final(stack, task.id)
+    assert run.result["body"]["json"] == {"edited": True}
+    sent = [r for r in http_server.requests if r["path"] == "/post" and "edited" in r["body"]]
+    assert sent and sent[-1]["headers"]["Authorization"] == "Bearer s3cret"
