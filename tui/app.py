@@ -35,4 +35,4 @@ class TaskmanApp(App):
         if isinstance(screen, MainScreen):
             for action in ACTIONS:
                 yield SystemCommand(action.label.capitalize(), action.help,
-                                    lambda name=action.action: screen.run_action(name))
+                                    lambda name=action.action: screen.call_later(screen.run_action, name))

@@ -306,3 +306,21 @@ async def test_edit_an_api_request_keeps_masked_secrets(stack, http_server):
     assert run.result["body"]["json"] == {"edited": True}
     sent = [r for r in http_server.requests if r["path"] == "/post" and "edited" in r["body"]]
     assert sent and sent[-1]["headers"]["Authorization"] == "Bearer s3cret"
+
+
+async def test_palette_offers_every_action_and_no_color_works(stack, monkeypatch):
+    from tui.actions import ACTIONS
+
+    monkeypatch.setenv("NO_COLOR", "1")
+    app = TaskmanApp(stack)
+    assert app.no_color
+    name = unique("palette")
+    task = stack.create({"name": name, "cron_expression": FAR_CRON, "function_code": "def f():\n    return 1",
+                         "function_name": "f"})
+    async with app.run_test(size=(80, 24)) as pilot:
+        await select_task(pilot, name)
+        titles = {command.title for command in app.get_system_commands(pilot.app.screen)}
+        assert {action.label.capitalize() for action in ACTIONS} <= titles
+        run = next(c for c in app.get_system_commands(pilot.app.screen) if c.title == "Run")
+        run.callback()
+        await until(pilot, lambda: stack.get(task.id).runs, message="a run queued from the palette")
