@@ -12,8 +12,17 @@ from pathlib import Path
 
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+
+SANDBOX_IMPORTS: tuple[str, ...] = (
+    "math", "json", "datetime", "re", "random", "statistics", "itertools", "functools",
+    "collections", "decimal", "fractions", "string",
+)
+"""The modules code tasks may import unless ``sandbox_imports`` says otherwise."""
+MIN_MEMORY_LIMIT_MB = 32
+"""Smallest memory limit of a code run: below it the interpreter's own stack growth can fail (SIGSEGV)."""
 
 
 def _config_file() -> Path:
@@ -44,20 +53,35 @@ class Settings(BaseSettings):
     imports: Annotated[list[str], NoDecode] = []
     """Modules the worker imports so their Celery tasks become registered tasks."""
 
-    default_timeout: float = 60.0
+    default_timeout: float = Field(60.0, gt=0)
     """Seconds a run may take when its spec names no timeout."""
-    max_timeout: float = 3600.0
+    max_timeout: float = Field(3600.0, gt=0)
     """Upper bound on any task's timeout; specs asking for more are refused."""
     kill_grace: float = 3.0
     """Seconds between the soft time limit and the hard kill of a code run."""
     redelivery_margin: float = 60.0
     """Seconds past the hard time limit after which an unacknowledged run (its worker died) is redelivered."""
-    output_cap: int = 64 * 1024
-    """Bytes of captured print() output kept per run; the rest is cut with a marker."""
-    result_cap: int = 256 * 1024
-    """Bytes of a run's JSON result kept; larger results fail the run."""
-    memory_limit_mb: int = 512
-    """Address-space limit for a code run's process, in MiB (0 disables)."""
+    output_cap: int = Field(64 * 1024, ge=0)
+    """Bytes of print() output a code run may produce when its spec sets no ``output_cap``; more fails it."""
+    max_output_cap: int = Field(1024 * 1024, ge=0)
+    """Upper bound on a code task's ``output_cap``; specs asking for more are refused."""
+    result_cap: int = Field(256 * 1024, ge=0)
+    """Bytes of JSON result a code run may return when its spec sets no ``result_cap``; more fails it."""
+    max_result_cap: int = Field(1024 * 1024, ge=0)
+    """Upper bound on a code task's ``result_cap``; specs asking for more are refused."""
+    memory_limit_mb: int = Field(512, ge=0)
+    """MiB of address space a code run may add to its process when its spec sets no ``memory_limit_mb``
+    (0 disables; otherwise at least 32, room the interpreter's own stack growth needs)."""
+    max_memory_limit_mb: int = Field(4096, ge=MIN_MEMORY_LIMIT_MB)
+    """Upper bound on a code task's ``memory_limit_mb``; specs asking for more are refused."""
+    recursion_limit: int = Field(200, ge=1)
+    """Nested calls a code run may make when its spec sets no ``recursion_limit``."""
+    max_recursion_limit: int = Field(1000, ge=1)
+    """Upper bound on a code task's ``recursion_limit`` (the worker also lowers it to what its C stack holds)."""
+    sandbox_imports: Annotated[list[str], NoDecode] = list(SANDBOX_IMPORTS)
+    """Modules code tasks may import (comma-separated in env); each is handed over as a proxy of its
+    public functions, classes and constants. ``a.b`` allows the submodule only. Every name added here
+    widens the sandbox: never list modules that reach the OS (os, sys, subprocess, io, operator ...)."""
     http_body_cap: int = 256 * 1024
     """Bytes of an API task's response body kept in the run record."""
     max_retries_cap: int = 20
@@ -79,12 +103,40 @@ class Settings(BaseSettings):
     claim_lease: float = 60.0
     """Seconds a claimed due entry stays hidden; a scheduler that dies mid-send is retried after it."""
 
-    @field_validator("http_allow", "imports", mode="before")
+    audit_maxlen: int = 100_000
+    """Approximate length cap of the audit stream (who changed what, from which front end)."""
+    heartbeat_ttl: float = 10.0
+    """Seconds after a worker's last heartbeat that it still counts as alive (workers beat every 2 s)."""
+    api_max_body: int = 2 * 1024 * 1024
+    """Largest request body the REST API reads, in bytes; bigger ones get 413."""
+    api_max_streams: int = 64
+    """Log streams (``GET /api/logs``) one API process serves at once; more get 503."""
+
+    @field_validator("http_allow", "imports", "sandbox_imports", mode="before")
     @classmethod
     def _split_commas(cls, value):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _defaults_within_bounds(self) -> Settings:
+        # (default_timeout may exceed max_timeout: runs are then simply given max_timeout.)
+        for default, bound in (("output_cap", "max_output_cap"),
+                               ("result_cap", "max_result_cap"), ("memory_limit_mb", "max_memory_limit_mb"),
+                               ("recursion_limit", "max_recursion_limit")):
+            if getattr(self, default) > getattr(self, bound):
+                raise ValueError(f"{default} ({getattr(self, default):g}) must not exceed {bound} "
+                                 f"({getattr(self, bound):g})")
+        if 0 < self.memory_limit_mb < MIN_MEMORY_LIMIT_MB:
+            raise ValueError(f"memory_limit_mb must be 0 (no limit) or at least {MIN_MEMORY_LIMIT_MB}")
+        return self
+
+    def task_limit_bounds(self) -> dict[str, float]:
+        """The upper bound of each limit a task's spec may set for itself."""
+        return {"timeout": self.max_timeout, "max_retries": self.max_retries_cap,
+                "memory_limit_mb": self.max_memory_limit_mb, "output_cap": self.max_output_cap,
+                "result_cap": self.max_result_cap, "recursion_limit": self.max_recursion_limit}
 
     @classmethod
     def settings_customise_sources(

@@ -28,6 +28,7 @@ from __future__ import annotations
 import codecs
 import ipaddress
 import json as jsonlib
+import logging
 import re
 import socket
 import ssl
@@ -53,6 +54,9 @@ __all__ = [
     "execute",
     "make_client",
     "mask_headers",
+    "redact_url",
+    "scrub",
+    "secret_values",
 ]
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
@@ -259,10 +263,10 @@ class Guard:
                 addr = ipaddress.ip_address(ip)
                 reason = self._blocked(addr)
                 if reason is not None:
-                    shown = ip if ip == host else f"{host!r} resolves to {ip}, which is"
+                    shown = f"{ip} is" if ip == host else f"{host!r} resolves to {ip}, which is"
                     raise BlockedAddress(
-                        f"refused to connect: {shown} a {reason} address (SSRF guard); if this "
-                        "is intended, add the host or address to http_allow (TASKMAN_HTTP_ALLOW)",
+                        f"blocked by the SSRF guard: {shown} a {reason} address, so no connection was made; "
+                        "if this is intended, add the host or address to http_allow (TASKMAN_HTTP_ALLOW)",
                         host=host,
                         address=ip,
                         reason=reason,
@@ -458,12 +462,29 @@ class _NoCookies(CookiePolicy):
         return False
 
 
+class _RedactingFilter(logging.Filter):
+    """httpx logs every request's URL at INFO ("HTTP Request: GET https://…?api_key=…"): mask its
+    secret-named query parameters before any handler (a worker's log file) sees them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(_shown(arg) if isinstance(arg, httpx.URL) else arg for arg in record.args)
+        return True
+
+
+def _redact_httpx_logs() -> None:
+    logger = logging.getLogger("httpx")
+    if not any(isinstance(existing, _RedactingFilter) for existing in logger.filters):
+        logger.addFilter(_RedactingFilter())
+
+
 def make_client(allow: Iterable[str] = (), max_redirects: int = 5) -> httpx.Client:
     """One client per worker process (reused: a new client per request is ~78x slower). Uses a custom
     transport that resolves the host itself, checks every address with Guard, and connects to the
     checked address (so DNS rebinding between check and connect cannot happen), keeping the Host
     header / SNI as the original hostname. Redirects are followed by :func:`execute`, up to
     ``max_redirects`` (kept as ``client.max_redirects``); every hop connects through the guard."""
+    _redact_httpx_logs()
     return httpx.Client(
         transport=_GuardedTransport(Guard(allow)),
         follow_redirects=False,
@@ -560,7 +581,7 @@ def _describe(response: httpx.Response, started: float, cap: int, deadline: floa
         raw, truncated = _read_capped(response, cap, deadline)
     return {
         "status_code": response.status_code,
-        "url": str(response.request.url),
+        "url": _shown(response.request.url),
         "headers": mask_headers(dict(response.headers.items())),
         "body": _body_value(response, raw, truncated, cap),
         "body_truncated": truncated,
@@ -611,7 +632,80 @@ def execute(
     "body_truncated", "elapsed_ms"}``. ``timeout`` bounds the whole call, redirects included.
     Raises :class:`HttpTaskError` for a non-2xx answer (``response`` filled in), connection errors
     and timeouts (retryable), blocked addresses, bad URLs and too many redirects (not retryable).
+
+    The secrets sent (values of secret headers and of secret-named query parameters) never come back:
+    wherever the answer or an error message repeats them -- an echo service, a proxy's error page --
+    they are replaced by ``***``, and secret-named query parameters in URLs are masked.
     """
+    secrets = secret_values(headers, url, params)
+    try:
+        result = _execute(client, method=method, url=url, headers=headers, params=params, json=json, data=data,
+                          timeout=timeout, body_cap=body_cap)
+    except HttpTaskError as exc:
+        raise HttpTaskError(scrub(exc.message, secrets), scrub(exc.response, secrets), exc.retryable) from exc
+    return scrub(result, secrets)
+
+
+def secret_values(headers: Mapping[str, str] | None, url: str = "", params: Mapping[str, object] | None = None
+                  ) -> list[str]:
+    """The secrets a request carries, as they may be echoed back: values of secret headers (and the
+    credentials after an ``Authorization`` scheme), values of secret-named query parameters, and their
+    URL-encoded spellings. Values shorter than 4 characters are left out (masking them would garble)."""
+    found: set[str] = set()
+    for name, value in (headers or {}).items():
+        if SECRET_HEADER_PATTERN.match(str(name)):
+            value = str(value).strip()
+            found.add(value)
+            found.update(value.split(None, 1)[1:])
+    query: list[tuple[str, str]] = []
+    try:
+        query = urllib.parse.parse_qsl(urllib.parse.urlsplit(str(url)).query, keep_blank_values=True)
+    except ValueError:
+        pass
+    query += [(str(name), str(value)) for name, value in (params or {}).items()]
+    found.update(value for name, value in query if SECRET_HEADER_PATTERN.match(name))
+    spelled = set()
+    for value in found:
+        spelled.update({value, urllib.parse.quote(value, safe=""), urllib.parse.quote_plus(value)})
+    return sorted((value for value in spelled if len(value) >= 4), key=len, reverse=True)
+
+
+def scrub(value: typing.Any, secrets: list[str]) -> typing.Any:
+    """``value`` (text, or JSON data) with every secret replaced by ``***``."""
+    if not secrets:
+        return value
+    if isinstance(value, str):
+        for secret in secrets:
+            value = value.replace(secret, _MASK)
+        return value
+    if isinstance(value, dict):
+        return {scrub(key, secrets): scrub(item, secrets) for key, item in value.items()}
+    if isinstance(value, list):
+        return [scrub(item, secrets) for item in value]
+    return value
+
+
+def _shown(url: object) -> str:
+    """A URL as error messages show it: secret-named query parameters masked."""
+    try:
+        return redact_url(str(url))
+    except ValueError:
+        return str(url)
+
+
+def _execute(
+    client: httpx.Client,
+    *,
+    method: str,
+    url: str,
+    headers: dict | None = None,
+    params: dict | None = None,
+    json: object = None,
+    data: object = None,
+    timeout: float = 30.0,
+    body_cap: int = 256 * 1024,
+) -> dict:
+    """:func:`execute` before its answer is scrubbed of secrets."""
     started = time.monotonic()
     deadline = started + timeout
     method = str(method).upper()
@@ -631,7 +725,7 @@ def execute(
     for hop in range(max_redirects + 1):
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise HttpTaskError(f"timed out after {timeout:g}s calling {current}", retryable=True)
+            raise HttpTaskError(f"timed out after {timeout:g}s calling {_shown(current)}", retryable=True)
         try:
             request = client.build_request(
                 method, current, headers=hop_headers, timeout=remaining, **body
@@ -653,7 +747,7 @@ def execute(
                 except (httpx.InvalidURL, InvalidSpec) as exc:
                     message = exc.message if isinstance(exc, InvalidSpec) else str(exc)
                     raise HttpTaskError(
-                        f"refused redirect from {current} to {location!r}: {message}"
+                        f"refused redirect from {_shown(current)} to {_shown(location)!r}: {message}"
                     ) from None
                 new_method = _redirect_method(method, response.status_code)
                 if new_method != method:
@@ -671,10 +765,10 @@ def execute(
             result = _describe(response, started, body_cap, deadline)
         except _Deadline:
             raise HttpTaskError(
-                f"timed out after {timeout:g}s reading the response from {current}", retryable=True
+                f"timed out after {timeout:g}s reading the response from {_shown(current)}", retryable=True
             ) from None
         except _BadEncoding as exc:
-            raise HttpTaskError(f"could not decode the response body from {current}: {exc}") from None
+            raise HttpTaskError(f"could not decode the response body from {_shown(current)}: {exc}") from None
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise _transport_error(exc, current, timeout) from exc
         finally:
@@ -689,11 +783,12 @@ def execute(
             )
         return result
 
-    raise HttpTaskError(f"too many redirects: more than {max_redirects} starting from {url}")
+    raise HttpTaskError(f"too many redirects: more than {max_redirects} starting from {_shown(url)}")
 
 
-def _transport_error(exc: Exception, url: httpx.URL, timeout: float) -> HttpTaskError:
+def _transport_error(exc: Exception, target: httpx.URL, timeout: float) -> HttpTaskError:
     """Turn an httpx failure into an HttpTaskError with the right ``retryable``."""
+    host, url = target.host, _shown(target)
     if isinstance(exc, httpx.TimeoutException):
         kind = {
             httpx.ConnectTimeout: "connecting to",
@@ -707,7 +802,7 @@ def _transport_error(exc: Exception, url: httpx.URL, timeout: float) -> HttpTask
     ):
         return HttpTaskError(f"could not send the request to {url}: {exc}")
     if _caused_by(exc, ssl.SSLCertVerificationError):
-        return HttpTaskError(f"the TLS certificate of {url.host} could not be verified: {exc}")
+        return HttpTaskError(f"the TLS certificate of {host} could not be verified: {exc}")
     if isinstance(exc, httpx.TransportError):
         return HttpTaskError(f"connection to {url} failed: {exc}", retryable=True)
     return HttpTaskError(f"request to {url} failed: {exc}")

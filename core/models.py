@@ -7,6 +7,7 @@ stored records as front ends see them; their ``to_dict`` is the JSON shape of ``
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -14,9 +15,10 @@ from datetime import datetime, timezone
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from core import cron, http, sandbox
+from core.config import MIN_MEMORY_LIMIT_MB
 from core.errors import InvalidSpec
 
 MAX_NAME = 200
@@ -24,6 +26,10 @@ MAX_CODE = 100_000
 MAX_HEADERS = 50
 MAX_HEADER_VALUE = 8_192
 MAX_BODY = 1_000_000
+"""Bytes (as JSON) of each of a spec's payloads: ``data``, ``json``, ``args``, ``kwargs``, ``params``."""
+MAX_PARAMS = 100
+MAX_DEPTH = 64
+"""Nesting depth of any value in a spec (deeper JSON is refused before it can exhaust a parser's stack)."""
 MAX_DELAY = 366 * 24 * 3600
 TASK_NAME_PATTERN = re.compile(r"^[A-Za-z_][\w.:-]{0,199}$")
 
@@ -102,6 +108,12 @@ class TaskSpec(BaseModel):
     max_retries: int = Field(default=0, ge=0, strict=True)
     retry_backoff: float = Field(default=1.0, ge=0, le=86_400, strict=True)
 
+    # Host limits of a code run; unset means the configured default, and each has a configured max_*.
+    memory_limit_mb: int | None = Field(default=None, ge=MIN_MEMORY_LIMIT_MB, strict=True)
+    output_cap: int | None = Field(default=None, ge=0, strict=True)
+    result_cap: int | None = Field(default=None, ge=0, strict=True)
+    recursion_limit: int | None = Field(default=None, ge=1, strict=True)
+
     @field_validator("name")
     @classmethod
     def _name_has_text(cls, value: str) -> str:
@@ -139,6 +151,26 @@ class TaskSpec(BaseModel):
             raise ValueError("must be a finite number")
         return value
 
+    @field_validator("params")
+    @classmethod
+    def _bounded_params(cls, value: dict) -> dict:
+        if len(value) > MAX_PARAMS:
+            raise ValueError(f"at most {MAX_PARAMS} query parameters are allowed, got {len(value)}")
+        return value
+
+    @field_validator("data", "json_body", "args", "kwargs", "params")
+    @classmethod
+    def _bounded_payload(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None or (info.context and info.context.get("stored")):  # stored specs were measured
+            return value
+        try:
+            size = len(json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8"))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"must be JSON data ({exc})") from None
+        if size > MAX_BODY:
+            raise ValueError(f"is {size} bytes as JSON; at most {MAX_BODY} bytes are allowed")
+        return value
+
     @model_validator(mode="before")
     @classmethod
     def _infer_mode(cls, data: Any) -> Any:
@@ -156,8 +188,14 @@ class TaskSpec(BaseModel):
         return data
 
     @model_validator(mode="after")
-    def _coherent(self) -> TaskSpec:
+    def _coherent(self, info: ValidationInfo) -> TaskSpec:
         self.kind = self._infer_kind()
+        if info.context and info.context.get("stored"):
+            return self  # read back from Redis: it was checked in full when it was written
+        if self.kind is not Kind.CODE:
+            for name in sandbox.TASK_LIMIT_FIELDS:
+                if getattr(self, name) is not None:
+                    raise InvalidSpec(name, f"only a code task takes {name}, this one is a {self.kind.value} task")
         if self.kind is Kind.CODE:
             if not self.function_name:
                 raise InvalidSpec("function_name", "a code task needs the name of the function to call")
@@ -219,26 +257,46 @@ class TaskSpec(BaseModel):
         }
 
 
-def parse_spec(data: Any, *, max_timeout: float | None = None, max_retries: int | None = None) -> TaskSpec:
-    """Validate ``data`` into a ``TaskSpec`` or raise ``InvalidSpec`` naming the first bad field."""
+BOUND_SETTINGS = {"timeout": "max_timeout", "max_retries": "max_retries_cap", "memory_limit_mb": "max_memory_limit_mb",
+                  "output_cap": "max_output_cap", "result_cap": "max_result_cap",
+                  "recursion_limit": "max_recursion_limit"}
+"""The setting that bounds each limit a spec may set (``Settings.task_limit_bounds`` gives their values)."""
+_UNITS = {"timeout": " seconds", "memory_limit_mb": " MiB", "output_cap": " bytes", "result_cap": " bytes",
+          "recursion_limit": " nested calls"}
+
+
+def parse_spec(data: Any, *, max_timeout: float | None = None, max_retries: int | None = None,
+               bounds: dict[str, float] | None = None) -> TaskSpec:
+    """Validate ``data`` into a ``TaskSpec`` or raise ``InvalidSpec`` naming the first bad field.
+
+    ``bounds`` maps limit fields (``timeout``, ``max_retries``, ``memory_limit_mb``, ``output_cap``,
+    ``result_cap``, ``recursion_limit``) to their configured upper bounds; ``max_timeout`` and
+    ``max_retries`` are the older spelling of two of them.
+    """
     if not isinstance(data, dict):
         raise InvalidSpec("", f"a task spec must be a JSON object, not {type(data).__name__}")
-    _refuse_non_finite(data)
     try:
+        _refuse_non_finite(data)
         spec = TaskSpec.model_validate(data)
-    except InvalidSpec:
-        raise
+    except InvalidSpec as exc:
+        raise _clipped(exc) from None
     except ValidationError as exc:
-        raise _first_error(exc) from None
-    if max_timeout is not None and spec.timeout is not None and spec.timeout > max_timeout:
-        raise InvalidSpec("timeout", f"must be at most {max_timeout:g} seconds (the configured max_timeout)")
-    if max_retries is not None and spec.max_retries > max_retries:
-        raise InvalidSpec("max_retries", f"must be at most {max_retries}")
+        raise _clipped(_first_error(exc)) from None
+    limits = dict(bounds or {})
+    if max_timeout is not None:
+        limits["timeout"] = max_timeout
+    if max_retries is not None:
+        limits["max_retries"] = max_retries
+    for name, bound in limits.items():
+        value = getattr(spec, name, None)
+        if value is not None and bound is not None and value > bound:
+            raise InvalidSpec(name, f"must be at most {bound:g}{_UNITS.get(name, '')} "
+                                    f"(the configured {BOUND_SETTINGS[name]})")
     return spec
 
 
 KIND_FIELDS = {
-    Kind.CODE: ("function_code", "function_name"),
+    Kind.CODE: ("function_code", "function_name", *sandbox.TASK_LIMIT_FIELDS),
     Kind.API: ("api_url", "method", "headers", "params", "data", "json"),
     Kind.REGISTERED: ("task_name", "queue"),
 }
@@ -263,7 +321,7 @@ def merge_changes(spec: TaskSpec, changes: dict[str, Any]) -> dict[str, Any]:
         for name in (name for fields in MODE_FIELDS.values() for name in fields):
             merged.pop(name, None)
     new_kinds = {kind for kind, fields in KIND_FIELDS.items() if fields[0] in changes}
-    if changes.get("kind"):
+    if changes.get("kind") and isinstance(changes["kind"], str):  # anything else is refused by validation
         new_kinds.add(changes["kind"])
     if new_kinds and spec.kind not in new_kinds:
         for name in KIND_FIELDS[spec.kind]:
@@ -274,16 +332,32 @@ def merge_changes(spec: TaskSpec, changes: dict[str, Any]) -> dict[str, Any]:
 
 def _refuse_non_finite(data: dict) -> None:
     """Refuse NaN and ±Infinity anywhere in the spec: JSON has no such numbers, and storing the spec
-    would silently turn them into null (or emit invalid JSON). Iterative, so deep nesting cannot overflow."""
+    would silently turn them into null (or emit invalid JSON). Refuse nesting deeper than ``MAX_DEPTH``
+    too. Iterative, so deep nesting cannot overflow here."""
     stack: list[tuple[tuple[str, ...], Any]] = [((str(key),), value) for key, value in reversed(data.items())]
     while stack:
         path, value = stack.pop()
+        if len(path) > MAX_DEPTH:
+            raise InvalidSpec(path[0], f"is nested more than {MAX_DEPTH} levels deep")
         if isinstance(value, float) and not math.isfinite(value):
             raise InvalidSpec(".".join(path), "must be a finite number (JSON has no NaN or Infinity)")
         if isinstance(value, dict):
             stack.extend(((*path, str(key)), item) for key, item in reversed(value.items()))
         elif isinstance(value, (list, tuple)):
             stack.extend(((*path, str(index)), item) for index, item in reversed(list(enumerate(value))))
+
+
+MAX_REFUSAL = 300
+"""Characters of a refusal's field name and message: a refusal quoting a megabyte of input helps nobody."""
+
+
+def _clipped(exc: InvalidSpec) -> InvalidSpec:
+    def clip(text: str) -> str:
+        return text if len(text) <= MAX_REFUSAL else f"{text[:MAX_REFUSAL]}… ({len(text)} characters in all)"
+
+    if len(exc.field) <= MAX_REFUSAL and len(exc.reason) <= MAX_REFUSAL:
+        return exc
+    return InvalidSpec(clip(exc.field), clip(exc.reason))
 
 
 def _first_error(exc: ValidationError) -> InvalidSpec:

@@ -21,8 +21,10 @@ Why it is shaped this way:
   allowed for a fixed internal list only, and the caller gets an empty proxy back.
 * **Limits belong to the host.** RestrictedPython does not bound CPU, memory or recursion. The
   worker's Celery time limit bounds CPU; here ``RLIMIT_AS`` (relative to the current size),
-  ``sys.setrecursionlimit`` (relative to the current depth) and an output collector bound the rest
-  for the duration of one call, and everything is restored afterwards so the worker goes on.
+  ``sys.setrecursionlimit`` (relative to the current depth, and never more than the C stack holds:
+  a frame count is not a byte count) and an output collector bound the rest for the duration of one
+  call, and everything is restored afterwards so the worker goes on. Before the limits are lifted
+  the run's garbage is collected, so no generator ``finally`` of the task's runs later, unbounded.
   These settings are process-wide: run one ``execute`` at a time per process (Celery prefork).
 * **Fresh state every run.** The compiled code object is cached (cron tasks fire often), but each
   run gets new globals, a new ``random.Random``, its own ``decimal`` context and its own set of
@@ -35,10 +37,13 @@ Why it is shaped this way:
 
 from __future__ import annotations
 
+import abc
 import ast
 import builtins
+import dataclasses
 import dis
 import functools
+import gc
 import inspect
 import json
 import keyword
@@ -66,6 +71,7 @@ from RestrictedPython.Guards import (
 )
 from RestrictedPython.transformer import INSPECT_ATTRIBUTES, IOPERATOR_TO_STR, copy_locations
 
+from core.config import SANDBOX_IMPORTS
 from core.errors import InvalidSpec
 
 try:  # pragma: no cover - depends on the platform
@@ -90,10 +96,7 @@ __all__ = [
     "execute",
 ]
 
-DEFAULT_IMPORTS: tuple[str, ...] = (
-    "math", "json", "datetime", "re", "random", "statistics", "itertools", "functools",
-    "collections", "decimal", "fractions", "string",
-)
+DEFAULT_IMPORTS: tuple[str, ...] = SANDBOX_IMPORTS
 
 TASK_FILENAME = "<task>"
 """Filename of the user's code in code objects and tracebacks."""
@@ -103,6 +106,9 @@ USER_MODULE = "task"
 _IMPORT_NAME = dis.opmap["IMPORT_NAME"]
 _TIME_LIMIT_NAMES = frozenset({"SoftTimeLimitExceeded", "TimeLimitExceeded"})
 _MAX_RESULT_DEPTH = 100
+MAX_MESSAGE_CHARS = 2000
+"""An error message longer than this (``raise ValueError("x" * 10**8)``) is cut: it is stored and logged."""
+MAX_TRACEBACK_CHARS = 16_000
 
 
 @dataclass(frozen=True)
@@ -117,14 +123,31 @@ class Limits:
 
     @classmethod
     def from_settings(cls, settings: Any, **overrides: Any) -> Limits:
-        """Limits taken from a ``core.config.Settings`` (its caps and memory limit)."""
+        """Limits taken from a ``core.config.Settings`` (its defaults for caps, memory, recursion, imports)."""
         values = {
             "output_cap": settings.output_cap,
             "result_cap": settings.result_cap,
             "memory_limit_mb": settings.memory_limit_mb,
+            "recursion_limit": settings.recursion_limit,
+            "allowed_imports": tuple(settings.sandbox_imports),
         }
         values.update(overrides)
         return cls(**values)
+
+    @classmethod
+    def for_task(cls, settings: Any, spec: Any) -> Limits:
+        """The limits of one run of ``spec``: its own values where it gives them, else the defaults,
+        never above the configured ``max_*`` bounds (which may have been lowered since it was stored)."""
+        overrides = {}
+        for name in TASK_LIMIT_FIELDS:
+            wanted = getattr(spec, name, None)
+            if wanted is not None:
+                overrides[name] = min(wanted, getattr(settings, f"max_{name}"))
+        return cls.from_settings(settings, **overrides)
+
+
+TASK_LIMIT_FIELDS = ("memory_limit_mb", "output_cap", "result_cap", "recursion_limit")
+"""Limits a code task's spec may set for itself, each bounded by the setting ``max_<field>``."""
 
 
 class SandboxError(Exception):
@@ -209,6 +232,9 @@ class _Policy(RestrictingNodeTransformer):
         return statement
 
 
+_TOO_DEEP = "is nested too deeply to compile (simplify the deepest expression or statement)"
+
+
 @functools.lru_cache(maxsize=256)
 def _top_level_defs(source: str) -> dict[str, str]:
     """Map of top-level ``def``/``async def`` names to ``"def"``/``"async"``; InvalidSpec on syntax errors."""
@@ -218,6 +244,8 @@ def _top_level_defs(source: str) -> dict[str, str]:
         raise InvalidSpec("function_code", f"line {exc.lineno}: {exc.msg}") from None
     except ValueError as exc:  # e.g. NUL bytes in the source
         raise InvalidSpec("function_code", str(exc)) from None
+    except (RecursionError, MemoryError):  # the parser's own limits: "-" * 100_000 + "1" and the like
+        raise InvalidSpec("function_code", _TOO_DEEP) from None
     defs: dict[str, str] = {}
     for node in tree.body:
         if isinstance(node, ast.FunctionDef):
@@ -238,6 +266,8 @@ def compile_source(source: str) -> types.CodeType:
         raise InvalidSpec("function_code", f"line {exc.lineno}: {exc.msg}") from None
     except ValueError as exc:
         raise InvalidSpec("function_code", str(exc)) from None
+    except (RecursionError, MemoryError):  # RestrictedPython's transformer and compile() recurse per level
+        raise InvalidSpec("function_code", _TOO_DEEP) from None
     if result.errors or result.code is None:
         raise InvalidSpec("function_code", "; ".join(result.errors) or "does not compile")
     return result.code
@@ -493,8 +523,10 @@ def _called_by_import_statement() -> bool:
 
 
 def _check_name(name: object) -> str:
-    if not isinstance(name, str):
-        raise TypeError("attribute name must be a string")
+    # ``type(...) is str``, not isinstance: a str subclass can override ``startswith`` and so slip a
+    # dunder name past the check (the lesson of RestrictedPython 7.2's safer_getattr fix).
+    if type(name) is not str:
+        raise TypeError("attribute name must be a plain str")
     if name.startswith("_"):
         raise AttributeError(f'"{name}" is an invalid attribute name because it starts with "_"')
     return name
@@ -504,8 +536,13 @@ _NO_DEFAULT = object()
 
 
 def guarded_getattr(obj: object, name: str, default: object = _NO_DEFAULT) -> object:
-    """``getattr`` for tasks: no ``_`` names, no ``str.format``, never a module object."""
+    """``getattr`` for tasks: no ``_`` names, no ``str.format``, never a module object, no ABC registration."""
     _check_name(name)
+    if name == "register" and isinstance(obj, abc.ABCMeta):
+        # ``fractions.Fraction.register(str)`` (or ``register`` on a task's subclass of ``UserList``,
+        # through the ABC's subclass cache) would change isinstance() for the host and every later run.
+        raise AttributeError("'register' of abstract base classes is not available in tasks: it would change "
+                             "isinstance() for every later run")
     if default is _NO_DEFAULT:
         value = safer_getattr_raise(obj, name)
     else:
@@ -620,9 +657,9 @@ def _base_builtins() -> dict[str, Any]:
 _BASE_BUILTINS = _base_builtins()
 
 
-def _make_globals(limits: Limits, sink: _OutputSink) -> dict[str, Any]:
-    """A fresh namespace for one run."""
-    writer = _WriteGuard()
+def _make_globals(limits: Limits, sink: _OutputSink, writer: _WriteGuard | None = None) -> dict[str, Any]:
+    """A fresh namespace for one run (``writer`` remembers the classes the run defines)."""
+    writer = writer if writer is not None else _WriteGuard()
     table = dict(_BASE_BUILTINS)
     table.update(
         __import__=_Importer(limits.allowed_imports),
@@ -695,6 +732,55 @@ def _stack_depth() -> int:
         depth += 1
         frame = frame.f_back
     return depth
+
+
+STACK_BYTES_PER_CALL = 4096
+"""C stack one nested call of user code may take (through ``sorted(key=...)`` it is ~2.4 KiB)."""
+
+
+def stack_safe_recursion_limit(wanted: int) -> int:
+    """``wanted``, lowered so that many nested calls fit in this thread's C stack (RLIMIT_STACK).
+
+    Python counts frames, not bytes: a recursion through C functions with large frames overflows an
+    8 MiB stack at ~3,500 levels and kills the process with SIGSEGV, which no ``except`` can catch.
+    """
+    if resource is None or wanted <= 0 or not hasattr(resource, "RLIMIT_STACK"):
+        return wanted
+    soft, _hard = resource.getrlimit(resource.RLIMIT_STACK)
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    room = soft - 1024 * 1024  # what the host's own frames already use, with a margin
+    return max(1, min(wanted, room // STACK_BYTES_PER_CALL))
+
+
+def _collection_counts() -> tuple[int, int]:
+    stats = gc.get_stats()
+    return stats[1]["collections"], stats[2]["collections"]
+
+
+def _collect_garbage(full: bool, user_classes: set[type]) -> None:
+    """Collect the run's garbage now, while its limits still hold.
+
+    A generator left suspended in a reference cycle runs its ``finally`` block whenever the
+    collector gets to it -- otherwise later, between runs, outside every limit (an endless loop
+    there would hang the pool process for good). Only the young generations are scanned unless a
+    collection of an older one ran during the run (it may have promoted the run's objects), which
+    keeps this cheap for short runs. A time limit raised inside such a finalizer is re-raised.
+    """
+    caught: list[BaseException] = []
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if unraisable.exc_value is not None and _is_time_limit(unraisable.exc_value, user_classes):
+            caught.append(unraisable.exc_value)
+
+    sys.unraisablehook = hook
+    try:
+        gc.collect(2 if full else 1)
+    finally:
+        sys.unraisablehook = previous
+    if caught:
+        raise caught[0]
 
 
 @contextmanager
@@ -787,13 +873,21 @@ def _qualified_name(kind: type) -> str:
     return f"{module}.{kind.__qualname__}"
 
 
+def _clip(text: str, cap: int, what: str) -> str:
+    """``text`` cut to about ``cap`` characters (its start and its end) with a marker saying so."""
+    if len(text) <= cap:
+        return text
+    head, tail = text[: cap // 4], text[-(cap - cap // 4):]
+    return f"{head}\n… [{len(text) - len(head) - len(tail)} characters of the {what} left out] …\n{tail}"
+
+
 def _describe(exc: BaseException) -> str:
     try:
         detail = str(exc)
     except Exception:
         detail = "<unprintable>"
     name = _qualified_name(type(exc))
-    return f"{name}: {detail}" if detail else name
+    return _clip(f"{name}: {detail}" if detail else name, MAX_MESSAGE_CHARS, "message")
 
 
 def _frame_lines(where: tuple[int, str], lines: list[str]) -> list[str]:
@@ -845,13 +939,18 @@ def _format_traceback(exc: BaseException, source: str, last_line: str | None = N
         blocks.append("\n".join(block))
         if index:
             blocks.append(f"\n{links[index - 1]}\n")
-    return "\n".join(blocks) + "\n"
+    return _clip("\n".join(blocks) + "\n", MAX_TRACEBACK_CHARS, "traceback")
 
 
-def _is_time_limit(exc: BaseException) -> bool:
+def _is_time_limit(exc: BaseException, user_classes: set[type] | frozenset[type] = frozenset()) -> bool:
+    """Is ``exc`` the host's time limit? Never for an exception class the task defined itself: a task
+    must not fake a timeout (or, with a BaseException subclass, get past the runner to the pool)."""
+    mro = type(exc).__mro__
+    if any(kind in user_classes or kind.__module__ == USER_MODULE for kind in mro):
+        return False
     if _SoftTimeLimitExceeded is not None and isinstance(exc, _SoftTimeLimitExceeded):
         return True
-    return any(kind.__name__ in _TIME_LIMIT_NAMES for kind in type(exc).__mro__)
+    return any(kind.__name__ in _TIME_LIMIT_NAMES for kind in mro)
 
 
 def _failure(exc: BaseException, source: str, sink: _OutputSink, limits: Limits) -> SandboxError:
@@ -897,10 +996,16 @@ def execute(
     code = compile_source(source)
     call_args = list(args or ())
     call_kwargs = dict(kwargs or {})
+    safe_depth = stack_safe_recursion_limit(limits.recursion_limit)
+    if safe_depth != limits.recursion_limit:
+        log.warning("recursion limit %d lowered to %d to fit the C stack", limits.recursion_limit, safe_depth)
+        limits = dataclasses.replace(limits, recursion_limit=safe_depth)
     sink = _OutputSink(limits.output_cap, on_output)
-    namespace = _make_globals(limits, sink)
+    writer = _WriteGuard()
+    namespace = _make_globals(limits, sink, writer)
     failure: SandboxError | None = None
     result: object = None
+    collections_before = _collection_counts()
     try:
         with _decimal.localcontext(), _memory_limit(limits.memory_limit_mb):
             try:
@@ -920,12 +1025,13 @@ def execute(
             except _ResultTooLarge as exc:
                 failure = SandboxError("result_cap", str(exc), "", sink.text())
             except BaseException as exc:
-                if _is_time_limit(exc):
+                if _is_time_limit(exc, writer.user_classes):
                     raise
                 failure = _failure(exc, source, sink, limits)
             finally:
                 namespace.clear()  # finalise the task's objects while the limits still hold
                 value = None
+                _collect_garbage(_collection_counts() != collections_before, writer.user_classes)
     finally:
         sink.flush()
     if failure is not None:

@@ -368,7 +368,9 @@ def test_fires_are_after_and_strictly_increasing(expr, tz, after, count):
     instants = [f.astimezone(UTC) for f in fires]
     assert all(a < b for a, b in zip(instants, instants[1:]))
     assert len(set(instants)) == count
-    assert next_fire(expr, tz, fires[0] - timedelta(microseconds=1)) == first
+    # subtract in UTC: arithmetic on a zoned datetime is wall-clock, and across a gap it lands
+    # an hour off (Hypothesis found 2010-03-14 03:00 EDT - 1 µs = a nonexistent 02:59:59 EST)
+    assert next_fire(expr, tz, instants[0] - timedelta(microseconds=1)) == first
 
 
 @settings(max_examples=60, deadline=None)

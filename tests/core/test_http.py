@@ -637,3 +637,111 @@ def test_redact_url_masks_secret_query_values_only():
     assert redact_url("http://h/p?api_key=s3cr3t&page=2") == "http://h/p?api_key=***&page=2"
     assert redact_url("http://h/p?page=2") == "http://h/p?page=2"
     assert redact_url("http://h/p") == "http://h/p"
+
+
+# --------------------------------------------------------------------------------------------
+# More spellings, more redirects (issue 4: "every spelling", "again on each redirect")
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["0x7f.0x0.0x0.0x1", "0x7f.1", "0177.1", "127.1.1", "127.000.000.001", "LOCALHOST", "localhost.",
+     "127.0.0.1.", "１２７.０.０.１", "[::127.0.0.1]", "[0:0:0:0:0:ffff:7f00:1]", "[64:ff9b::127.0.0.1]",
+     "[2002:7f00:1::1]", "[fe80::1%25lo]", "[::ffff:100.64.0.1]", "100.100.100.200", "[fd00:ec2::254]",
+     "255.255.255.255", "224.0.0.251", "[ff02::1]", "[::]"],
+)
+def test_more_spellings_of_internal_addresses_never_connect(strict, server, connects, host):
+    """Dotted hex and octal, short forms, trailing dots, upper case, full-width digits, IPv4-compatible,
+    long-form mapped, NAT64 with a dotted tail, 6to4, zone ids, mapped shared space, cloud metadata,
+    broadcast and multicast: each is blocked by the guard, or is not a URL (or a name) at all."""
+    with pytest.raises(HttpTaskError) as info:
+        execute(strict, method="GET", url=f"http://{host}:{server.port}/get", timeout=2)
+    message = info.value.message
+    assert message.startswith("blocked by the SSRF guard: ") or "not a valid URL" in message \
+        or "could not resolve" in message, message
+    assert not message.startswith("blocked") or info.value.retryable is False
+    time.sleep(0.02)
+    assert connects == [] and server.connections == 0
+
+
+@pytest.mark.parametrize(
+    "target, reason",
+    [
+        ("http://2130706434:{port}/get", "loopback"),  # 127.0.0.2, decimal: only 127.0.0.1 is allowed
+        ("http://0x7f000002:{port}/get", "loopback"),
+        ("http://[::ffff:127.0.0.2]:{port}/get", "loopback"),
+        ("http://[64:ff9b::a9fe:a9fe]/latest/meta-data/", "metadata"),
+        ("http://[2002:a00:1::]/", "private"),
+        ("http://100.64.0.1/", "shared address space"),
+        ("http://224.0.0.1/", "multicast"),
+        ("http://[fe80::1]/", "link-local"),
+    ],
+)
+def test_every_redirect_hop_is_checked_again(client, server, connects, target, reason):
+    url = target.format(port=server.port)
+    with pytest.raises(HttpTaskError, match=reason) as info:
+        execute(client, method="GET", url=server.url(f"/redirect-to?url={url}"))
+    assert info.value.message.startswith("blocked by the SSRF guard: ")
+    assert info.value.retryable is False
+    assert [c[0] for c in connects] == ["127.0.0.1"] and len(server.seen) == 1
+
+
+# --------------------------------------------------------------------------------------------
+# Secrets never come back (issue 4: "masked in stored records, logs and the console")
+
+SENT = {"Authorization": "Bearer tok-abc-123", "X-Api-Key": "key-456-def", "Cookie": "sid=cookie-789"}
+
+
+def test_secret_values_are_the_secret_headers_and_query_parameters():
+    from core.http import secret_values
+
+    found = secret_values({**SENT, "Accept": "application/json", "X-Short-Token": "ab"},
+                          "http://h/p?api_key=q%20s+1&page=2", {"token": "par-val"})
+    for value in ("Bearer tok-abc-123", "tok-abc-123", "key-456-def", "sid=cookie-789", "q s 1", "q%20s%201",
+                  "q+s+1", "par-val"):
+        assert value in found, value
+    assert "application/json" not in found and "ab" not in found and "2" not in found
+    assert found == sorted(found, key=len, reverse=True), "longest first, so a value inside another goes too"
+
+
+def test_scrub_masks_secrets_in_nested_data():
+    from core.http import scrub
+
+    data = {"echo": {"Authorization": "Bearer tok-abc-123", "list": ["x tok-abc-123 y", 5, None]},
+            "tok-abc-123": True}
+    assert scrub(data, ["Bearer tok-abc-123", "tok-abc-123"]) == {
+        "echo": {"Authorization": "***", "list": ["x *** y", 5, None]}, "***": True}
+    assert scrub(data, []) is data
+
+
+def test_an_echoed_secret_is_masked_in_the_answer(client, server):
+    result = execute(client, method="GET", url=server.url("/get?api_key=query-secret-1&page=2"), headers=SENT)
+    assert server.seen[0]["headers"]["Authorization"] == "Bearer tok-abc-123"  # sent for real
+    echoed = result["body"]["headers"]
+    assert echoed["Authorization"] == "***" and echoed["X-Api-Key"] == "***" and echoed["Cookie"] == "***"
+    assert result["body"]["args"] == {"api_key": "***", "page": "2"}
+    assert result["url"].endswith("/get?api_key=***&page=2")
+    assert "tok-abc-123" not in json.dumps(result) and "query-secret-1" not in json.dumps(result)
+
+
+def test_errors_never_repeat_a_secret(client, server):
+    with pytest.raises(HttpTaskError) as info:
+        execute(client, method="GET", url=server.url("/status/500?token=query-secret-2"), headers=SENT)
+    assert "token=***" in info.value.message and "query-secret-2" not in info.value.message
+    assert "query-secret-2" not in json.dumps(info.value.response)
+    with pytest.raises(HttpTaskError) as info:
+        execute(client, method="GET", url=server.url("/slow?s=2&api_key=query-secret-3"), timeout=0.3)
+    assert "api_key=***" in info.value.message and "query-secret-3" not in info.value.message
+    with pytest.raises(HttpTaskError) as info:  # a Location the server chose: secret-named parameters masked
+        execute(client, method="GET", url=server.url("/redirect-to?url=ftp://h/?key=k-secret-4"))
+    assert "to 'ftp://h/?key=***'" in info.value.message
+
+
+def test_httpx_request_log_lines_mask_secret_query_parameters(client, server, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="httpx"):
+        execute(client, method="GET", url=server.url("/get?api_key=query-secret-5&page=1"))
+    lines = [record.getMessage() for record in caplog.records if record.name == "httpx"]
+    assert lines and all("query-secret-5" not in line for line in lines)
+    assert any("api_key=***" in line for line in lines)

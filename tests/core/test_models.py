@@ -215,6 +215,80 @@ def test_max_retries_above_the_cap():
     assert parse_spec({**API, "max_retries": 20}, max_retries=20).max_retries == 20
 
 
+BOUNDS = {"timeout": 120, "max_retries": 20, "memory_limit_mb": 1024, "output_cap": 65_536, "result_cap": 262_144,
+          "recursion_limit": 1000}
+
+
+@pytest.mark.parametrize(("field", "above", "words"), [
+    ("memory_limit_mb", 1025, "at most 1024 MiB (the configured max_memory_limit_mb)"),
+    ("output_cap", 65_537, "at most 65536 bytes (the configured max_output_cap)"),
+    ("result_cap", 262_145, "at most 262144 bytes (the configured max_result_cap)"),
+    ("recursion_limit", 1001, "at most 1000 nested calls (the configured max_recursion_limit)"),
+    ("timeout", 121, "at most 120 seconds (the configured max_timeout)"),
+    ("max_retries", 21, "at most 20 (the configured max_retries_cap)"),
+])
+def test_per_task_limits_above_their_bound_are_refused_naming_field_and_bound(field, above, words):
+    error = refused({**CODE, field: above}, field, words, bounds=BOUNDS)
+    assert error.message == f"{field}: must be {words}"
+    assert getattr(parse_spec({**CODE, field: BOUNDS[field]}, bounds=BOUNDS), field) == BOUNDS[field]
+
+
+@pytest.mark.parametrize(("field", "value", "fragment"), [
+    ("memory_limit_mb", 31, "greater than or equal to 32"),
+    ("memory_limit_mb", 0, "greater than or equal to 32"),
+    ("memory_limit_mb", 64.0, "integer"),
+    ("output_cap", -1, "greater than or equal to 0"),
+    ("result_cap", "1000", "integer"),
+    ("recursion_limit", 0, "greater than or equal to 1"),
+    ("recursion_limit", True, "integer"),
+])
+def test_per_task_limits_must_be_sensible_integers(field, value, fragment):
+    refused({**CODE, field: value}, field, fragment, bounds=BOUNDS)
+
+
+@pytest.mark.parametrize("field", ["memory_limit_mb", "output_cap", "result_cap", "recursion_limit"])
+@pytest.mark.parametrize("spec", [API, REG], ids=["api", "registered"])
+def test_only_code_tasks_take_sandbox_limits(spec, field):
+    refused({**spec, field: 64}, field, "only a code task")
+
+
+def test_sandbox_limits_round_trip_and_switching_kind_drops_them():
+    from core.models import merge_changes
+
+    spec = parse_spec({**CODE, "memory_limit_mb": 64, "output_cap": 10, "result_cap": 20, "recursion_limit": 30})
+    assert parse_spec(spec.to_dict()) == spec
+    merged = merge_changes(spec, {"api_url": "http://127.0.0.1:9/x"})
+    assert parse_spec(merged).kind is Kind.API
+
+
+@pytest.mark.parametrize("field", ["data", "json", "args", "kwargs", "params"])
+def test_oversized_payloads_are_refused_naming_the_limit(field):
+    from core.models import MAX_BODY
+
+    big = "x" * MAX_BODY
+    value = {"args": [big], "kwargs": {"k": big}, "params": {"k": big}}.get(field, big)
+    base = REG if field in ("args", "kwargs") else API
+    error = refused({**base, field: value}, field, f"at most {MAX_BODY} bytes")
+    assert "bytes as JSON" in error.reason
+
+
+def test_too_many_query_parameters_are_refused():
+    from core.models import MAX_PARAMS
+
+    refused({**API, "params": {f"p{i}": i for i in range(MAX_PARAMS + 1)}}, "params", f"at most {MAX_PARAMS}")
+
+
+@pytest.mark.parametrize("field", ["data", "args", "kwargs"])
+def test_deeply_nested_values_are_refused_before_any_parser_recurses(field):
+    from core.models import MAX_DEPTH
+
+    value: object = 1
+    for _ in range(100_000):  # deep enough to exhaust any recursive walk
+        value = [value]
+    base = REG if field in ("args", "kwargs") else API
+    refused({**base, field: {"k": value} if field == "kwargs" else value}, field, f"more than {MAX_DEPTH} levels")
+
+
 def test_syntax_error_names_its_line():
     source = "def calc():\n    x = 1\n    y = 2\n    return x +\n"
     error = refused({**CODE, "function_code": source}, "function_code", "line 4")
@@ -336,3 +410,15 @@ def test_shown_tasks_mask_secrets_but_export_keeps_them():
     assert shown["spec"]["headers"] == {"Authorization": "Bearer ***", "X-Trace": "1"}
     assert shown["spec"]["api_url"] == "http://127.0.0.1:9/x?token=***&page=1"
     assert spec.to_dict()["headers"]["Authorization"] == "Bearer abc"
+
+
+@pytest.mark.parametrize(("extra", "field"), [
+    ({"method": "G" * 1_000_000}, "method"),
+    ({"headers": {"X" * 1_000_000: "v"}}, "headers"),
+    ({"cron_expression": "* * * * *", "timezone": "A/" * 500_000}, "timezone"),
+], ids=["method", "header-name", "timezone"])
+def test_a_refusal_never_quotes_megabytes_of_input(extra, field):
+    from core.models import MAX_REFUSAL
+
+    error = refused({**API, **extra}, field)
+    assert len(error.reason) < MAX_REFUSAL + 50 and "characters in all" in error.reason

@@ -367,6 +367,48 @@ def test_compiled_code_is_cached():
     assert compile_source(source) is compile_source(source)
 
 
+def test_a_cron_like_series_of_runs_compiles_once(monkeypatch):
+    """Every fire of a cron task executes the same source: RestrictedPython compiles it the first time
+    only (the cache is keyed by the source text, i.e. by its hash and equality); new code compiles anew."""
+    calls: list[str] = []
+    real = sandbox.compile_restricted_exec
+
+    def counting(source, *args, **kwargs):
+        calls.append(source)
+        return real(source, *args, **kwargs)
+
+    monkeypatch.setattr(sandbox, "compile_restricted_exec", counting)
+    sandbox.compile_source.cache_clear()
+    source = f"import math\ndef tick(n):\n    return math.sqrt(n)  # {random.random()}"
+    before = compile_source.cache_info()
+    results = [execute(source, "tick", [n * n]).result for n in range(25)]
+    assert results == [float(n) for n in range(25)]
+    assert calls == [source], "compiled once for 25 runs"
+    info = compile_source.cache_info()
+    assert info.misses - before.misses == 1 and info.hits - before.hits >= 24
+    edited = source.replace("sqrt(n)", "sqrt(n) + 1")
+    assert execute(edited, "tick", [4]).result == 3.0
+    assert calls == [source, edited], "an edit takes effect at the next run, compiled then"
+
+
+def test_limits_for_a_task_take_its_own_values_within_the_bounds():
+    from core.config import Settings
+    from core.models import TaskSpec
+
+    settings = Settings(memory_limit_mb=512, max_memory_limit_mb=1024, output_cap=100, max_output_cap=1000,
+                        result_cap=200, max_result_cap=2000, recursion_limit=50, max_recursion_limit=500)
+    plain = TaskSpec(name="p", function_code="def f():\n    return 1", function_name="f")
+    assert Limits.for_task(settings, plain) == Limits(output_cap=100, result_cap=200, memory_limit_mb=512,
+                                                      recursion_limit=50)
+    own = plain.model_copy(update={"memory_limit_mb": 64, "output_cap": 10, "result_cap": 20, "recursion_limit": 5})
+    assert Limits.for_task(settings, own) == Limits(output_cap=10, result_cap=20, memory_limit_mb=64,
+                                                    recursion_limit=5)
+    # A bound lowered after the task was stored still holds at run time.
+    greedy = plain.model_copy(update={"memory_limit_mb": 4096, "output_cap": 10**6, "recursion_limit": 900})
+    limits = Limits.for_task(settings, greedy)
+    assert (limits.memory_limit_mb, limits.output_cap, limits.recursion_limit) == (1024, 1000, 500)
+
+
 # --------------------------------------------------------------------------------------------
 # What code cannot do
 
@@ -704,8 +746,11 @@ def test_memory_limit_applies_only_during_the_call():
 def test_limits_from_settings():
     from core.config import Settings
 
-    limits = Limits.from_settings(Settings(output_cap=10, result_cap=20, memory_limit_mb=30))
-    assert (limits.output_cap, limits.result_cap, limits.memory_limit_mb) == (10, 20, 30)
+    limits = Limits.from_settings(Settings(output_cap=10, result_cap=20, memory_limit_mb=40, recursion_limit=70,
+                                           sandbox_imports="math,json"))
+    assert (limits.output_cap, limits.result_cap, limits.memory_limit_mb, limits.recursion_limit) == (10, 20, 40, 70)
+    assert limits.allowed_imports == ("math", "json")
+    limits = Limits.from_settings(Settings())
     assert limits.allowed_imports == DEFAULT_IMPORTS
 
 

@@ -6,9 +6,9 @@ delayed by an hour and deleted at the end.
 
 from __future__ import annotations
 
-import uuid
-
+import json
 import time
+import uuid
 
 import pytest
 from hypothesis import HealthCheck, event, given
@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from core.errors import InvalidSpec, NotFound
 from core.models import Task, TaskSpec
+from core.store import due_member_for_task
 
 CODE = {"name": "calc", "function_code": "def calc():\n    return 1 + 2 * 3", "function_name": "calc"}
 API = {"name": "fetch", "api_url": "http://127.0.0.1:9/data"}
@@ -60,6 +61,20 @@ BAD_SPECS = [
     ("two-kinds", {**CODE, "api_url": "http://127.0.0.1:9/"}, "kind"),
     ("kind-mismatch", {**API, "kind": "code"}, "function_code"),
     ("nan-in-args", {**REG, "args": [float("inf")]}, "args.0"),
+    ("memory-above-max", {**CODE, "memory_limit_mb": 4097}, "memory_limit_mb"),
+    ("output-cap-above-max", {**CODE, "output_cap": 1024 * 1024 + 1}, "output_cap"),
+    ("result-cap-above-max", {**CODE, "result_cap": 1024 * 1024 + 1}, "result_cap"),
+    ("recursion-above-max", {**CODE, "recursion_limit": 1001}, "recursion_limit"),
+    ("limit-on-api-task", {**API, "memory_limit_mb": 64}, "memory_limit_mb"),
+    ("oversized-code", {**CODE, "function_code": "#" * 100_001}, "function_code"),
+    ("code-nested-too-deeply", {**CODE, "function_code": "def calc():\n    return " + "-" * 100_000 + "1"},
+     "function_code"),
+    ("oversized-name", {**CODE, "name": "n" * 201}, "name"),
+    ("oversized-body", {**API, "data": "x" * 1_000_001}, "data"),
+    ("oversized-args", {**REG, "args": ["x" * 1_000_001]}, "args"),
+    ("too-many-headers", {**API, "headers": {f"X-H{i}": "v" for i in range(51)}}, "headers"),
+    ("oversized-header", {**API, "headers": {"X-Big": "v" * 8193}}, "headers"),
+    ("nested-too-deeply", {**REG, "kwargs": {"k": json.loads("[" * 70 + "]" * 70)}}, "kwargs"),
 ]
 
 
@@ -203,6 +218,10 @@ PLAUSIBLE = {
     "timeout": st.one_of(st.floats(min_value=-1, max_value=200), st.integers(min_value=-1, max_value=200)),
     "max_retries": st.integers(min_value=-2, max_value=25),
     "retry_backoff": st.floats(min_value=-1, max_value=90_000),
+    "memory_limit_mb": st.integers(min_value=-1, max_value=5000),
+    "output_cap": st.integers(min_value=-1, max_value=2 * 1024 * 1024),
+    "result_cap": st.integers(min_value=-1, max_value=2 * 1024 * 1024),
+    "recursion_limit": st.integers(min_value=-1, max_value=1500),
 }
 assert set(PLAUSIBLE) == set(FIELD_NAMES)
 
@@ -236,19 +255,140 @@ def own_service(settings, redis_server):
         redis.delete(*leftovers)
 
 
+def queue_of(spec: TaskSpec) -> str:
+    return {"code": "code", "api": "http"}.get(spec.kind.value, spec.queue or "registered")
+
+
+def assert_stored_whole(service, task: Task, before: tuple, queued: dict[str, int]) -> None:
+    """A created task is all there: definition, index entry, and its run + Celery message (immediate) or
+    its due entry (delayed, scheduled) -- and nothing else of it appeared in Redis."""
+    redis, keys = service.store.redis, service.store.keys
+    stored = service.get(task.id)
+    assert stored.spec == task.spec and stored.state is task.state
+    assert task.id in service.store.task_ids()
+    own = {keys.task(task.id), keys.task_runs(task.id)} | {keys.run(run.id) for run in stored.runs}
+    appeared = set(snapshot(service)[0]) - set(before[0])
+    assert appeared - own <= {keys.events, keys.logs, keys.due, keys.tasks, *(k for k in appeared if ":celery" in k
+                                                                          or k.endswith((":audit", ":metrics")))}
+    queue = keys.celery_queue(queue_of(task.spec))
+    if task.mode.value == "immediate":
+        assert task.state.value == "done" and [run.state.value for run in stored.runs] == ["queued"]
+        assert stored.runs[0].max_attempts == task.spec.max_retries + 1
+        assert redis.llen(queue) == queued.get(queue, 0) + 1, "exactly one message sent"
+        assert stored.runs[0].id in redis.lindex(queue, 0)
+        assert service.store.due_score(due_member_for_task(task.id)) is None
+    else:
+        assert stored.runs == [] and redis.llen(queue) == queued.get(queue, 0)
+        assert service.store.due_score(due_member_for_task(task.id)) == pytest.approx(stored.next_run_at)
+
+
+def queue_lengths(service) -> dict[str, int]:
+    keys = service.store.keys
+    return {keys.celery_queue(name): service.store.redis.llen(keys.celery_queue(name))
+            for name in ("code", "http", "registered", "reports")}
+
+
+# Values that defeat naive validation: deep nesting, payloads just over their limits, lone surrogates.
+def _nested(depth: int) -> list:
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+NASTY = st.sampled_from([_nested(70), _nested(5_000), "x" * 1_000_001, ["y" * 600_000, "y" * 600_000], "\ud800",
+                         {"\x00": "\u202e"}, -(2 ** 80), 2 ** 64, 1e308, -0.0])
+nasty_specs = st.builds(lambda base, field, value: {**base, field: value},
+                        st.sampled_from([CODE, API, REG]), st.sampled_from(FIELD_NAMES), NASTY)
+valid_specs = st.builds(
+    lambda base, name, mode, extra: {**base, "name": name, **mode, **extra},
+    st.sampled_from([CODE, API, REG, {**CODE, "memory_limit_mb": 64, "output_cap": 100, "recursion_limit": 50}]),
+    st.text("abcXYZ 0-9_任务", min_size=1, max_size=12).filter(str.strip),
+    st.sampled_from([{}, LATER, {"cron_expression": "0 0 1 1 *"}, {"task_type": "immediate"}]),
+    st.sampled_from([{}, {"max_retries": 2}, {"timeout": 30}, {"description": "d"}]),
+)
+arbitrary_json = st.one_of(arbitrary_json, nasty_specs, valid_specs)
+
+
 @hypothesis_settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=arbitrary_json)
-def test_arbitrary_json_is_a_task_or_a_refusal(own_service, data):
+def test_arbitrary_json_is_a_whole_task_or_a_refusal_that_stores_nothing(own_service, data):
     before = snapshot(own_service)
+    queued = queue_lengths(own_service)
     try:
         task = own_service.create(data)
     except InvalidSpec as exc:
         assert isinstance(exc.field, str) and exc.message
         assert snapshot(own_service) == before
+        assert queue_lengths(own_service) == queued
         event(f"refused: {exc.field.split('.')[0] or '(not an object)'}")
         return
     event(f"created: {task.kind.value} {task.mode.value}")
     assert isinstance(task, Task)
-    assert own_service.get(task.id).spec == task.spec
+    assert_stored_whole(own_service, task, before, queued)
     own_service.delete(task.id)
     assert not own_service.store.redis.exists(own_service.store.keys.task(task.id))
+    assert task.id not in own_service.store.task_ids()
+    assert own_service.store.due_score(due_member_for_task(task.id)) is None
+
+
+@hypothesis_settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batch=st.lists(st.one_of(valid_specs, valid_specs, valid_specs, valid_specs, arbitrary_json), min_size=1,
+                      max_size=5))
+def test_a_batch_is_created_whole_or_not_at_all(own_service, batch):
+    before = snapshot(own_service)
+    try:
+        tasks = own_service.create_many(batch)
+    except InvalidSpec as exc:
+        assert snapshot(own_service) == before
+        assert exc.field.startswith("[") or len(batch) == 1 or exc.field == ""
+        event("batch refused")
+        return
+    event("batch created")
+    assert len(tasks) == len(batch) and len({task.id for task in tasks}) == len(tasks)
+    for task in tasks:
+        assert own_service.get(task.id).spec == task.spec
+        own_service.delete(task.id)
+
+
+@hypothesis_settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(changes=st.one_of(st.dictionaries(st.sampled_from(FIELD_NAMES), json_values, max_size=3),
+                         st.lists(st.sampled_from(FIELD_NAMES).flatmap(field_value), max_size=3).map(dict),
+                         json_values))
+def test_an_arbitrary_edit_applies_whole_or_changes_nothing(own_service, changes):
+    task = own_service.create({**CODE, **LATER, "name": "prop-edit"})
+    try:
+        key = own_service.store.keys.task(task.id)
+        stored = own_service.store.redis.hgetall(key)
+        before = snapshot(own_service)
+        try:
+            edited = own_service.update(task.id, changes)
+        except InvalidSpec:
+            assert own_service.store.redis.hgetall(key) == stored
+            assert snapshot(own_service) == before
+            event("edit refused")
+            return
+        event("edit applied")
+        again = own_service.get(task.id)
+        assert again.spec == edited.spec
+        assert own_service.validate(again.spec.to_dict()) == again.spec, "what was stored validates again"
+    finally:
+        own_service.delete(task.id)
+
+
+def test_list_refuses_bad_paging_naming_the_argument(service):
+    for kwargs, field in (({"limit": 0}, "limit"), ({"offset": -1}, "offset"), ({"state": "bogus"}, "state"),
+                          ({"kind": "shell"}, "kind"), ({"mode": "weekly"}, "mode")):
+        with pytest.raises(InvalidSpec) as info:
+            service.list(**kwargs)
+        assert info.value.field == field
+
+
+def test_malformed_ids_are_not_found_instead_of_reaching_other_keys(service, delayed_task):
+    """``<id>:runs`` would address the task's run index (a sorted set) -- a Redis type error, not a refusal."""
+    for bad in (f"{delayed_task.id}:runs", "", "x" * 65, "a b", "*", "é"):
+        with pytest.raises(NotFound):
+            service.get(bad)
+        with pytest.raises(NotFound):
+            service.get_run(bad)
+    assert service.get(delayed_task.id).id == delayed_task.id
