@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -46,9 +47,12 @@ def main() -> None:
     command = sys.argv[1:] or ["taskman", "up"]
     executable = _bin(command[0])
     if not executable.exists():
-        executable = Path(command[0])
+        executable = Path(shutil.which(command[0]) or command[0])
     os.chdir(ROOT)
-    os.execv(str(executable), [str(executable), *command[1:]])
+    try:
+        os.execv(str(executable), [str(executable), *command[1:]])
+    except OSError as exc:
+        sys.exit(f"boot: cannot run {command[0]!r}: {exc.strerror}")
 
 
 if __name__ == "__main__":

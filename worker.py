@@ -79,7 +79,12 @@ def _registered_succeeded(sender=None, result=None, **_):
 def _failed(sender=None, task_id=None, exception=None, einfo=None, **_):
     """A registered task raised, or any run was killed by its hard time limit."""
     name = type(exception).__name__
-    if name in ("TimeLimitExceeded", "SoftTimeLimitExceeded"):
+    hard = exception.args[0] if name == "TimeLimitExceeded" and exception.args else None
+    if isinstance(hard, (int, float)):  # Celery's hard limit: timeout + kill_grace, sent by the pool's parent
+        state, error = RunState.TIMED_OUT, (
+            f"timed out: the run exceeded its timeout of {hard - settings.kill_grace:g} s, did not stop, and its "
+            f"process was killed at the hard time limit ({settings.kill_grace:g} s later)")
+    elif name in ("TimeLimitExceeded", "SoftTimeLimitExceeded"):
         state, error = RunState.TIMED_OUT, "timed out: the run exceeded its timeout and was killed"
     else:
         state, error = RunState.FAILED, f"{name}: {exception}"
@@ -92,3 +97,21 @@ def _report_registered(sender=None, **_):
     queues = [queue.name for queue in sender.app.amqp.queues.consume_from.values()] if sender else []
     names = [name for name in app.tasks if not name.startswith("celery.") and name not in OWN_TASKS]
     runner().store.record_registered(names, sender.hostname if sender else socket.gethostname(), queues)
+
+
+@signals.heartbeat_sent.connect
+def _heartbeat(sender=None, **_):
+    """Celery's event heartbeat (every 2 s, in the worker's main process) also marks it alive in Redis."""
+    try:
+        runner().store.heartbeat(sender.eventer.hostname if sender is not None else socket.gethostname())
+    except Exception:  # a missed beat only makes the worker look late; never let it disturb the consumer
+        pass
+
+
+@signals.worker_shutdown.connect
+def _worker_gone(sender=None, **_):
+    """A worker that stops cleanly stops counting as alive at once (a killed one ages out)."""
+    try:
+        runner().store.worker_gone(getattr(sender, "hostname", None) or socket.gethostname())
+    except Exception:
+        pass

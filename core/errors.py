@@ -55,3 +55,17 @@ class NoRedis(TaskmanError):
 
     title = "Redis unavailable"
     status = 503
+
+
+class Unauthorized(TaskmanError):
+    """No credentials, or ones taskman does not know (a wrong, revoked or mistyped token)."""
+
+    title = "Not signed in"
+    status = 401
+
+
+class Forbidden(TaskmanError):
+    """The caller is known but its role does not allow this action; the message names the role needed."""
+
+    title = "Not allowed"
+    status = 403

@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from core import http, sandbox
+from core import http, metrics, sandbox
 from core.config import Settings
 from core.models import Kind, Run, RunState, Task
 from core.store import Store, due_member_for_run
@@ -137,7 +137,7 @@ class Runner:
         if started is None:
             return
         spec = started.task.spec
-        limits = sandbox.Limits.from_settings(self.settings)
+        limits = sandbox.Limits.for_task(self.settings, spec)
         try:
             execution = sandbox.execute(spec.function_code or "", spec.function_name or "", list(spec.args),
                                         dict(spec.kwargs), limits, on_output=lambda line: started.logs.add("print", line))
@@ -201,6 +201,8 @@ class Runner:
             pipe=pipe,
         )
         self.store.set_last_run(run.task_id, run.id, state, duration_ms, pipe)
+        self.store.count_finished(run.id, state, now, *metrics.run_increments(
+            started.task.kind.value if started.task else "unknown", state, duration_ms), pipe=pipe)
         self.store.expire_run(run.id, pipe)
         started.logs.flush(pipe)
         previous = pipe.execute()[0]

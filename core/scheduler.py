@@ -15,7 +15,7 @@ import time
 import uuid
 from datetime import datetime, timezone
 
-from core import cron
+from core import cron, metrics
 from core.dispatch import Dispatcher
 from core.models import Mode, Run, RunState
 from core.runner import new_id, run_event
@@ -47,11 +47,17 @@ class Scheduler:
         if not leader:
             return min(self.lock_ttl / 3, 1.0)
         now = time.time() if now is None else now
+        lags = []
         for member, due_at in self.store.claim_due(now, self.lease):
+            lags.append(now - due_at)
             try:
                 self.fire(member, due_at, now)
             except Exception:
                 log.exception("could not fire %s; it is retried after the lease", member)
+        try:
+            metrics.record_lags(self.store, lags)
+        except Exception:
+            log.exception("could not record the scheduler's lag")
         next_due = self.store.next_due()
         wait = self.interval if next_due is None else max(0.0, min(self.interval, next_due - time.time()))
         return wait

@@ -3,15 +3,21 @@
 The command line, the console and the REST API hold no logic of their own; they call a
 ``Service`` and render what it returns. Each method validates first and writes once: a refused
 input leaves Redis exactly as it was.
+
+A service acts for someone: ``acting_as("cli:alice")`` (or ``"api:<token>"`` with the token's role)
+returns a copy that checks the role against ``core.auth``'s policy before each change and appends
+an audit entry in the change's own pipeline. A service with no role (the local command line, the
+console, the scheduler) may do everything; it is still audited.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
-from core import cron
+from core import audit, auth, cron, metrics
 from core.config import Settings
 from core.dispatch import Dispatcher, make_celery
 from core.embedded import resolve_redis_url
@@ -24,13 +30,35 @@ EDITABLE_WHILE_RUNNING = True
 MAX_BATCH = 1000
 
 
+def _well_formed_id(value: object) -> bool:
+    """Could ``value`` be a task or run id? (``abc:runs`` would address another key of the task.)"""
+    return isinstance(value, str) and 0 < len(value) <= 64 and value.replace("-", "").replace("_", "").isalnum() \
+        and value.isascii()
+
+
 class Service:
     """The service layer over one Redis namespace."""
 
-    def __init__(self, store: Store, dispatcher: Dispatcher, settings: Settings) -> None:
+    def __init__(self, store: Store, dispatcher: Dispatcher, settings: Settings, *, actor: str = "system",
+                 role: auth.Role | None = None) -> None:
         self.store = store
         self.dispatcher = dispatcher
         self.settings = settings
+        self.actor = actor
+        self.role = role
+
+    def acting_as(self, actor: str, role: auth.Role | None = None) -> Service:
+        """A shallow copy that audits its changes as ``actor`` and, given a ``role``, enforces it."""
+        clone = copy.copy(self)
+        clone.actor, clone.role = actor, role
+        return clone
+
+    def _allow(self, action: str, *kinds: Kind | None, what: str = "") -> None:
+        for kind in kinds:
+            auth.require(self.role, action, kind, what)
+
+    def _audit(self, action: str, target: str, detail: dict | None, pipe) -> None:
+        self.store.add_audit(audit.entry(self.actor, action, target, detail), pipe)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Service:
@@ -43,7 +71,7 @@ class Service:
 
     def validate(self, data: Any) -> TaskSpec:
         """Check a spec without storing anything; raises ``InvalidSpec`` naming the field."""
-        spec = parse_spec(data, max_timeout=self.settings.max_timeout, max_retries=self.settings.max_retries_cap)
+        spec = parse_spec(data, bounds=self.settings.task_limit_bounds())
         if spec.kind is Kind.REGISTERED:
             known = self.store.registered()
             if known and spec.task_name not in known:
@@ -57,19 +85,32 @@ class Service:
         """Validate and store one task, then run or schedule it as its mode says."""
         return self.create_many([data])[0]
 
-    def create_many(self, items: Iterable[Any]) -> list[Task]:
-        """Validate every spec first; then create all of them (or, on a refusal, none)."""
+    def create_many(self, items: Iterable[Any], *, only: Mode | None = None) -> list[Task]:
+        """Validate every spec first; then create all of them (or, on a refusal, none).
+
+        ``only``: refuse specs of any other mode (``POST /api/scheduled-tasks`` creates scheduled ones);
+        a spec that names no mode is read as that mode.
+        """
         items = list(items)
         if len(items) > MAX_BATCH:
             raise InvalidSpec("", f"at most {MAX_BATCH} specs can be submitted at once, got {len(items)}")
         specs = []
         for index, item in enumerate(items):
             try:
-                specs.append(self.validate(item))
+                if only is not None and isinstance(item, dict) and "task_type" not in item and "mode" not in item:
+                    item = {**item, "task_type": only.value}
+                spec = self.validate(item)
+                if only is not None and spec.task_type is not only:
+                    raise InvalidSpec("task_type", f"only {only.value} tasks can be created here, "
+                                                   f"this one is {spec.task_type.value!r}")
+                specs.append(spec)
             except InvalidSpec as exc:
                 if len(items) == 1:
                     raise
                 raise InvalidSpec(f"[{index}].{exc.field}" if exc.field else f"[{index}]", exc.reason) from None
+        for index, spec in enumerate(specs):
+            where = f" (spec [{index}])" if len(specs) > 1 else ""
+            self._allow("create", spec.kind, what=f"{spec.kind.value} tasks{where}")
         now = time.time()
         tasks = [Task(id=new_id(), spec=spec, state=TaskState.ACTIVE, created_at=now + index * 1e-6, updated_at=now)
                  for index, spec in enumerate(specs)]
@@ -88,6 +129,7 @@ class Service:
                 self.store.add_task(task, pipe)
                 self.store.set_due(due_member_for_task(task.id), task.next_run_at, pipe)
             self.store.add_event({"type": "task.created", "task_id": task.id, "ts": now}, pipe)
+            self._audit("create", task.id, {"name": task.name, "kind": task.kind.value, "mode": task.mode.value}, pipe)
         pipe.execute()
         for task, run in to_send:
             self._send(task, run)
@@ -122,7 +164,8 @@ class Service:
             if value is not None and value not in {item.value for item in allowed}:
                 raise InvalidSpec(field, f"must be one of {', '.join(item.value for item in allowed)}")
         if limit < 1 or offset < 0:
-            raise InvalidSpec("limit", "limit must be positive and offset not negative")
+            raise InvalidSpec("limit" if limit < 1 else "offset", "must be at least 1" if limit < 1 else
+                              "must not be negative")
         filtered = any(value is not None for value in (state, kind, mode, name))
         if not filtered:
             return self.store.get_tasks(self.store.task_ids(offset, offset + limit - 1))
@@ -150,14 +193,30 @@ class Service:
 
     def get(self, task_id: str, *, runs: int = 20) -> Task:
         """One task with its latest ``runs`` runs, newest first."""
-        task = self.store.get_task(task_id)
+        task = self.store.get_task(task_id) if _well_formed_id(task_id) else None
         if task is None:
             raise NotFound(f"no task with id {task_id!r}")
         task.runs = self.store.recent_runs(task_id, runs)
         return task
 
+    def runs(self, task_id: str, *, limit: int = 50, offset: int = 0, state: str | None = None) -> list[Run]:
+        """A page of the task's run history, newest first (kept after a delete until it expires)."""
+        if state is not None and state not in {item.value for item in RunState}:
+            raise InvalidSpec("state", f"must be one of {', '.join(item.value for item in RunState)}")
+        if limit < 1 or offset < 0:
+            raise InvalidSpec("limit" if limit < 1 else "offset", "must be at least 1" if limit < 1 else
+                              "must not be negative")
+        if not _well_formed_id(task_id):
+            raise NotFound(f"no task with id {task_id!r}")
+        runs = self.store.recent_runs(task_id, self.store.history_per_task if state else offset + limit)
+        if not runs and self.store.get_task(task_id) is None:
+            raise NotFound(f"no task with id {task_id!r}")
+        if state:
+            runs = [run for run in runs if run.state.value == state]
+        return runs[offset:offset + limit]
+
     def get_run(self, run_id: str) -> Run:
-        run = self.store.get_run(run_id)
+        run = self.store.get_run(run_id) if _well_formed_id(run_id) else None
         if run is None:
             raise NotFound(f"no run with id {run_id!r}")
         return run
@@ -177,8 +236,10 @@ class Service:
         if not isinstance(changes, dict):
             raise InvalidSpec("", "changes must be a JSON object of spec fields")
         task = self.get(task_id, runs=0)
+        self._allow("edit", task.kind)
         merged = merge_changes(task.spec, changes)
         spec = self.validate(merged)
+        self._allow("edit", spec.kind)
         now = time.time()
         old = task.spec
         task.spec = spec
@@ -195,17 +256,20 @@ class Service:
                 self.store.set_due(due_member_for_task(task.id), task.next_run_at, pipe)
         self.store.save_task(task, pipe)
         self.store.add_event({"type": "task.updated", "task_id": task.id, "ts": now}, pipe)
+        self._audit("edit", task.id, {"name": task.name, "fields": sorted(changes)}, pipe)
         pipe.execute()
         return task
 
     def run_now(self, task_id: str) -> Run:
         """Queue a run of the task at once, whatever its mode or state."""
         task = self.get(task_id, runs=0)
+        self._allow("run", task.kind)
         now = time.time()
         run = self._new_run(task, "manual", now)
         pipe = self.store.pipeline()
         self.store.add_run(run, pipe)
         self.store.add_event(run_event("run.queued", run), pipe)
+        self._audit("run", task.id, {"name": task.name, "run_id": run.id}, pipe)
         pipe.execute()
         self._send(task, run)
         return run
@@ -213,6 +277,7 @@ class Service:
     def pause(self, task_id: str) -> Task:
         """Stop future fires of a delayed or cron task; runs already going carry on."""
         task = self.get(task_id, runs=0)
+        self._allow("pause", task.kind)
         if task.mode is Mode.IMMEDIATE:
             raise Conflict(f"task {task_id} runs once, immediately; it has no schedule to pause (use stop)")
         if task.state is TaskState.DONE:
@@ -221,6 +286,7 @@ class Service:
         self.store.remove_due(due_member_for_task(task.id), pipe)
         self.store.set_task_state(task.id, TaskState.PAUSED, None, pipe)
         self.store.add_event({"type": "task.paused", "task_id": task.id, "ts": time.time()}, pipe)
+        self._audit("pause", task.id, {"name": task.name}, pipe)
         pipe.execute()
         task.state, task.next_run_at = TaskState.PAUSED, None
         return task
@@ -228,6 +294,7 @@ class Service:
     def resume(self, task_id: str) -> Task:
         """Let a paused task fire again: a cron task from its next fire, a delayed one when due (or now)."""
         task = self.get(task_id, runs=0)
+        self._allow("resume", task.kind)
         if task.state is not TaskState.PAUSED:
             raise Conflict(f"task {task_id} is {task.state.value}, not paused")
         now = time.time()
@@ -242,12 +309,14 @@ class Service:
             self.store.set_due(due_member_for_task(task.id), task.next_run_at, pipe)
         self.store.set_task_state(task.id, task.state, task.next_run_at, pipe)
         self.store.add_event({"type": "task.resumed", "task_id": task.id, "ts": now}, pipe)
+        self._audit("resume", task.id, {"name": task.name}, pipe)
         pipe.execute()
         return task
 
     def stop(self, task_id: str) -> Task:
         """Stop a task: queued runs never start, running ones are killed, its schedule is paused."""
         task = self.get(task_id, runs=0)
+        self._allow("stop", task.kind)
         now = time.time()
         if task.state is TaskState.ACTIVE and task.mode is not Mode.IMMEDIATE:
             pipe = self.store.pipeline()
@@ -256,7 +325,10 @@ class Service:
             pipe.execute()
             task.state, task.next_run_at = TaskState.PAUSED, None
         stopped = self._stop_runs(task, now)
-        self.store.add_event({"type": "task.stopped", "task_id": task.id, "ts": now, "runs": stopped})
+        pipe = self.store.pipeline()
+        self.store.add_event({"type": "task.stopped", "task_id": task.id, "ts": now, "runs": stopped}, pipe)
+        self._audit("stop", task.id, {"name": task.name, "runs": stopped}, pipe)
+        pipe.execute()
         return task
 
     def _stop_runs(self, task: Task, now: float) -> list[str]:
@@ -277,6 +349,7 @@ class Service:
             self.store.expire_run(run.id, pipe)
             self.store.add_logs([{"ts": repr(now), "task": task.id, "run": run.id, "level": "warning",
                                   "msg": f"run {run.id} stopped by an operator (was {previous})"}], pipe)
+            self.store.add_metrics(*metrics.run_increments(task.kind.value, RunState.STOPPED, None), pipe=pipe)
             pipe.execute()
             if previous == RunState.RUNNING.value:
                 self.dispatcher.revoke(run.id, terminate=task.kind is not Kind.API)
@@ -287,8 +360,10 @@ class Service:
     def delete(self, task_id: str) -> None:
         """Stop the task, then remove its definition and schedule; its run history expires later."""
         task = self.get(task_id, runs=0)
-        self._stop_runs(task, time.time())
+        self._allow("delete", task.kind)
+        stopped = self._stop_runs(task, time.time())
         pipe = self.store.pipeline()
         self.store.remove_task(task.id, pipe)
         self.store.add_event({"type": "task.deleted", "task_id": task.id, "ts": time.time()}, pipe)
+        self._audit("delete", task.id, {"name": task.name, "kind": task.kind.value, "runs_stopped": stopped}, pipe)
         pipe.execute()

@@ -13,6 +13,12 @@ Layout (every key under the namespace prefix ``{ns}:``, see ``Keys``):
 - ``events``, ``logs`` capped streams that front ends tail with XREAD BLOCK.
 - ``scheduler:lock``   the scheduler's lock; its value is the owner's token.
 - ``registered``       hash of registered Celery task names the workers reported → JSON details.
+- ``tokens``           hash: API token name → JSON record (role, created_at, sha256 of the secret).
+- ``tokens:by-hash``   hash: sha256 of a secret → JSON {name, role}; the secret itself is never stored.
+- ``tokens:used``      hash: token name → when it last authenticated a request (coarse).
+- ``audit``            capped stream of changes: ts, actor, action, target, detail (JSON).
+- ``metrics``          hash of counters kept incrementally (see ``core.metrics`` for its fields).
+- ``workers``          sorted set: worker hostname scored by its last heartbeat.
 
 Every state change that depends on what is stored is one Lua script (KEYS/ARGV documented with
 each), so two actors (a worker finishing, an operator stopping) can never interleave.
@@ -80,6 +86,39 @@ class Keys:
     def celery_prefix(self) -> str:
         """Prefix kombu puts before Celery's own keys (queues, unacked), so namespaces never mix."""
         return self._key("celery") + ":"
+
+    def celery_queue(self, queue: str) -> str:
+        """The Redis list kombu keeps a Celery queue's waiting messages in."""
+        return self.celery_prefix + queue
+
+    @property
+    def celery_unacked(self) -> str:
+        """kombu's hash of messages delivered to workers and not yet acknowledged."""
+        return self.celery_prefix + "unacked"
+
+    @property
+    def tokens(self) -> str:
+        return self._key("tokens")
+
+    @property
+    def token_hashes(self) -> str:
+        return self._key("tokens", "by-hash")
+
+    @property
+    def token_used(self) -> str:
+        return self._key("tokens", "used")
+
+    @property
+    def audit(self) -> str:
+        return self._key("audit")
+
+    @property
+    def metrics(self) -> str:
+        return self._key("metrics")
+
+    @property
+    def workers(self) -> str:
+        return self._key("workers")
 
 
 def due_member_for_task(task_id: str) -> str:
@@ -189,6 +228,47 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+# KEYS[1] run hash, KEYS[2] metrics hash
+# ARGV[1] the state a finish just moved the run to, ARGV[2] the finished_at it wrote,
+# ARGV[3] JSON {"int": {field: n}, "float": {field: x}} of counter increments.
+# Queued right after that finish's TRANSITION in the same MULTI: the run holds exactly this state and
+# finished_at only if the transition happened, so a finish that lost to a stop is never counted.
+COUNT_FINISHED = """
+if redis.call('HGET', KEYS[1], 'state') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'finished_at') ~= ARGV[2] then
+  return 0
+end
+local incr = cjson.decode(ARGV[3])
+for k, v in pairs(incr['int'] or {}) do redis.call('HINCRBY', KEYS[2], k, v) end
+for k, v in pairs(incr['float'] or {}) do redis.call('HINCRBYFLOAT', KEYS[2], k, tostring(v)) end
+return 1
+"""
+
+# KEYS[1] tokens, KEYS[2] tokens:by-hash, KEYS[3] audit stream, KEYS[4] tokens:used
+# ARGV[1] name, ARGV[2] record JSON, ARGV[3] sha256 of the secret, ARGV[4] {name, role} JSON,
+# ARGV[5] audit maxlen, ARGV[6..] audit entry field, value pairs.
+# Returns 1 if the token was stored (and audited), 0 if the name is taken.
+TOKEN_CREATE = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
+redis.call('HDEL', KEYS[4], ARGV[1])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', unpack(ARGV, 6))
+return 1
+"""
+
+# KEYS[1] tokens, KEYS[2] tokens:by-hash, KEYS[3] tokens:used, KEYS[4] audit stream
+# ARGV[1] name, ARGV[2] audit maxlen, ARGV[3..] audit entry field, value pairs.
+# Returns the revoked token's record JSON, or false if there is no token of that name.
+TOKEN_REVOKE = """
+local record = redis.call('HGET', KEYS[1], ARGV[1])
+if not record then return false end
+redis.call('HDEL', KEYS[2], cjson.decode(record)['sha256'])
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
+return record
+"""
+
 
 def _encode(value: Any) -> str:
     if value is None:
@@ -210,21 +290,26 @@ class Store:
         """A store on the Redis at ``url`` with the caps and retention ``settings`` name."""
         return cls(connect(url), settings.namespace, events_maxlen=settings.events_maxlen,
                    logs_maxlen=settings.logs_maxlen, history_per_task=settings.history_per_task,
-                   run_ttl=settings.run_ttl_days * 86400)
+                   run_ttl=settings.run_ttl_days * 86400,
+                   audit_maxlen=settings.audit_maxlen)
 
     def __init__(self, client: redis.Redis, namespace: str, *, events_maxlen: int = 10_000,
-                 logs_maxlen: int = 50_000, history_per_task: int = 200, run_ttl: float = 14 * 86400) -> None:
+                 logs_maxlen: int = 50_000, history_per_task: int = 200, run_ttl: float = 14 * 86400,
+                 audit_maxlen: int = 100_000) -> None:
         self.redis = client
         self.keys = Keys(namespace)
         self.events_maxlen = events_maxlen
         self.logs_maxlen = logs_maxlen
         self.history_per_task = history_per_task
         self.run_ttl = int(run_ttl)
+        self.audit_maxlen = audit_maxlen
         self._transition = client.register_script(TRANSITION)
         self._fire = client.register_script(FIRE)
         self._claim = client.register_script(CLAIM)
         self._lock = client.register_script(LOCK)
         self._unlock = client.register_script(UNLOCK)
+        self._token_create = client.register_script(TOKEN_CREATE)
+        self._token_revoke = client.register_script(TOKEN_REVOKE)
 
     # -- tasks ---------------------------------------------------------------------------------
 
@@ -282,7 +367,7 @@ class Store:
             return None
         return Task(
             id=fields["id"],
-            spec=TaskSpec.model_validate(json.loads(fields["spec"])),
+            spec=TaskSpec.model_validate(json.loads(fields["spec"]), context={"stored": True}),
             state=TaskState(fields["state"]),
             created_at=float(fields["created_at"]),
             updated_at=float(fields["updated_at"]),
@@ -317,6 +402,8 @@ class Store:
 
     def recent_runs(self, task_id: str, limit: int = 20) -> list[Run]:
         """The task's runs, newest first."""
+        if limit <= 0:
+            return []
         run_ids = self.redis.zrevrange(self.keys.task_runs(task_id), 0, limit - 1)
         pipe = self.redis.pipeline(transaction=False)
         for run_id in run_ids:
@@ -432,12 +519,12 @@ class Store:
 
     def read_stream(self, stream: str, last_id: str, block_ms: int | None, count: int = 500) -> list[tuple[str, dict]]:
         """Entries after ``last_id`` of ``events`` or ``logs``; waits up to ``block_ms`` for new ones."""
-        key = {"events": self.keys.events, "logs": self.keys.logs}[stream]
+        key = {"events": self.keys.events, "logs": self.keys.logs, "audit": self.keys.audit}[stream]
         answer = self.redis.xread({key: last_id}, count=count, block=block_ms)
         return answer[0][1] if answer else []
 
     def stream_tail(self, stream: str, count: int) -> list[tuple[str, dict]]:
-        key = {"events": self.keys.events, "logs": self.keys.logs}[stream]
+        key = {"events": self.keys.events, "logs": self.keys.logs, "audit": self.keys.audit}[stream]
         return list(reversed(self.redis.xrevrange(key, count=count)))
 
     # -- workers -------------------------------------------------------------------------------
@@ -451,6 +538,97 @@ class Store:
 
     def registered(self) -> dict[str, dict]:
         return {name: json.loads(detail) for name, detail in self.redis.hgetall(self.keys.registered).items()}
+
+    def heartbeat(self, worker: str, when: float | None = None) -> None:
+        """Note that ``worker`` is alive (``core.metrics`` counts workers seen recently)."""
+        self.redis.zadd(self.keys.workers, {worker: time.time() if when is None else when})
+
+    def worker_gone(self, worker: str) -> None:
+        self.redis.zrem(self.keys.workers, worker)
+
+    def workers_seen(self, since: float) -> dict[str, float]:
+        """Workers whose last heartbeat is at or after ``since``, with its time."""
+        return dict(self.redis.zrangebyscore(self.keys.workers, since, "+inf", withscores=True))
+
+    # -- audit ---------------------------------------------------------------------------------
+
+    def add_audit(self, entry: dict[str, str], pipe: redis.client.Pipeline | None = None) -> None:
+        """Append one audit entry (see ``core.audit.entry``), in the change's own pipeline when given."""
+        (pipe or self.redis).xadd(self.keys.audit, entry, maxlen=self.audit_maxlen, approximate=True)
+
+    def audit_entries(self, count: int, before: str | None = None) -> list[tuple[str, dict]]:
+        """Up to ``count`` audit entries, newest first, older than the entry id ``before`` if given."""
+        return self.redis.xrevrange(self.keys.audit, max=f"({before}" if before else "+", count=count)
+
+    # -- API tokens ----------------------------------------------------------------------------
+
+    def add_token(self, name: str, digest: str, record: dict, audit: dict[str, str]) -> bool:
+        """Store a token's record and hash (and its audit entry) unless the name is taken."""
+        pairs = [item for pair in audit.items() for item in pair]
+        return bool(self._token_create(
+            keys=[self.keys.tokens, self.keys.token_hashes, self.keys.audit, self.keys.token_used],
+            args=[name, json.dumps(record), digest, json.dumps({"name": name, "role": record["role"]}),
+                  str(self.audit_maxlen), *pairs]))
+
+    def remove_token(self, name: str, audit: dict[str, str]) -> dict | None:
+        """Delete a token (and audit it); its record, or None if there was no such token."""
+        pairs = [item for pair in audit.items() for item in pair]
+        record = self._token_revoke(keys=[self.keys.tokens, self.keys.token_hashes, self.keys.token_used,
+                                          self.keys.audit], args=[name, str(self.audit_maxlen), *pairs])
+        return json.loads(record) if record else None
+
+    def token_records(self) -> list[dict]:
+        """Every token's record with its ``last_used_at`` (no secrets: only their hashes are stored)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(self.keys.tokens)
+        pipe.hgetall(self.keys.token_used)
+        records, used = pipe.execute()
+        return [json.loads(record) | {"last_used_at": _float(used.get(name))} for name, record in records.items()]
+
+    def token_by_hash(self, digest: str) -> dict | None:
+        found = self.redis.hget(self.keys.token_hashes, digest)
+        return json.loads(found) if found else None
+
+    def mark_token_used(self, name: str, when: float) -> None:
+        self.redis.hset(self.keys.token_used, name, repr(when))
+
+    # -- metrics -------------------------------------------------------------------------------
+
+    def count_finished(self, run_id: str, state: RunState, finished_at: float, counts: dict[str, int],
+                       sums: dict[str, float], pipe: redis.client.Pipeline) -> None:
+        """Queue counter increments that apply only if the finish queued just before them happened."""
+        pipe.eval(COUNT_FINISHED, 2, self.keys.run(run_id), self.keys.metrics, state.value, _encode(finished_at),
+                  json.dumps({"int": counts or {}, "float": sums or {}}))
+
+    def add_metrics(self, counts: dict[str, int], sums: dict[str, float] | None = None,
+                    values: dict[str, float] | None = None, pipe: redis.client.Pipeline | None = None) -> None:
+        """Increment counters (``counts``, ``sums``) and set values in the metrics hash."""
+        target = pipe or self.redis.pipeline(transaction=True)
+        for field, amount in counts.items():
+            target.hincrby(self.keys.metrics, field, amount)
+        for field, amount in (sums or {}).items():
+            target.hincrbyfloat(self.keys.metrics, field, amount)
+        if values:
+            target.hset(self.keys.metrics, mapping={field: repr(float(value)) for field, value in values.items()})
+        if pipe is None:
+            target.execute()
+
+    def gauges(self, queues: Iterable[str], alive_since: float) -> dict[str, Any]:
+        """In one round trip: the metrics hash, due-set size, task count, queue lengths, workers alive."""
+        queues = list(queues)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(self.keys.metrics)
+        pipe.zcard(self.keys.due)
+        pipe.zcard(self.keys.tasks)
+        pipe.zcount(self.keys.workers, alive_since, "+inf")
+        pipe.hlen(self.keys.celery_unacked)
+        pipe.exists(self.keys.scheduler_lock)
+        for queue in queues:
+            pipe.llen(self.keys.celery_queue(queue))
+        answers = pipe.execute()
+        return {"counters": answers[0], "due": answers[1], "tasks": answers[2], "workers": answers[3],
+                "unacked": answers[4], "scheduler": bool(answers[5]),
+                "queues": dict(zip(queues, answers[6:]))}
 
     def pipeline(self) -> redis.client.Pipeline:
         return self.redis.pipeline(transaction=True)

@@ -18,10 +18,22 @@ from core.config import Settings
 from core.errors import NoRedis, TaskmanError
 
 
+def _user() -> str:
+    """The local user's name, for the audit trail's actor (``cli:<user>``, ``console:<user>``)."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        import os
+
+        return f"uid{os.getuid()}"
+
+
 def _service():
     from core.service import Service
 
-    return Service.from_settings(Settings())
+    return Service.from_settings(Settings()).acting_as(f"cli:{_user()}")
 
 
 def handles_errors(func):
@@ -70,6 +82,9 @@ def _when(timestamp: float | None) -> str:
     return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
 
 
+LOG_LEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """taskman: define, schedule and watch Celery tasks from the terminal."""
@@ -86,6 +101,8 @@ def submit(file, as_json: bool) -> None:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise TaskmanError(f"{file.name}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})")
+    except RecursionError:
+        raise TaskmanError(f"{file.name}: the JSON is nested too deeply") from None
     service = _service()
     tasks = service.create_many(data if isinstance(data, list) else [data])
     if as_json:
@@ -96,12 +113,12 @@ def submit(file, as_json: bool) -> None:
 
 
 @main.command("list")
-@click.option("--state", help="active | paused | done")
-@click.option("--kind", help="code | api | registered")
-@click.option("--mode", help="immediate | delayed | scheduled")
+@click.option("--state", type=click.Choice(["active", "paused", "done"]), help="Only tasks in this state.")
+@click.option("--kind", type=click.Choice(["code", "api", "registered"]), help="Only tasks of this kind.")
+@click.option("--mode", type=click.Choice(["immediate", "delayed", "scheduled"]), help="Only tasks of this mode.")
 @click.option("--name", help="Only tasks whose name contains this text.")
-@click.option("--limit", default=100, show_default=True)
-@click.option("--offset", default=0)
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--offset", default=0, type=click.IntRange(min=0))
 @click.option("--json", "as_json", is_flag=True)
 @handles_errors
 def list_tasks(state, kind, mode, name, limit, offset, as_json) -> None:
@@ -121,7 +138,8 @@ def list_tasks(state, kind, mode, name, limit, offset, as_json) -> None:
 
 @main.command()
 @click.argument("task_id")
-@click.option("--runs", default=20, show_default=True, help="How many recent runs to show.")
+@click.option("--runs", default=20, show_default=True, type=click.IntRange(0, 1000),
+              help="How many recent runs to show.")
 @click.option("--json", "as_json", is_flag=True)
 @handles_errors
 def show(task_id, runs, as_json) -> None:
@@ -174,6 +192,8 @@ def edit(task_id, file, assignments, as_json) -> None:
     if file is not None:
         try:
             changes = json.loads(file.read())
+        except RecursionError:
+            raise TaskmanError(f"{file.name}: the JSON is nested too deeply") from None
         except json.JSONDecodeError as exc:
             raise TaskmanError(f"{file.name}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
     for assignment in assignments:
@@ -182,7 +202,7 @@ def edit(task_id, file, assignments, as_json) -> None:
             raise TaskmanError(f"--set {assignment!r}: write it as FIELD=VALUE")
         try:
             changes[field] = json.loads(raw)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             changes[field] = raw
     if not changes:
         raise TaskmanError("nothing to change: give a JSON file of fields or --set FIELD=VALUE")
@@ -251,7 +271,10 @@ def cron(expression, tz, start, count) -> None:
     from core import cron as cron_rules
     from core.errors import InvalidSpec
 
-    cron_rules.check_timezone(tz)
+    try:
+        cron_rules.check_timezone(tz)
+    except InvalidSpec as exc:
+        raise InvalidSpec("--tz", exc.reason) from None
     cron_rules.check_expression(expression, tz)
     if start:
         try:
@@ -269,7 +292,8 @@ def cron(expression, tz, start, count) -> None:
 @main.command()
 @click.argument("task_id", required=False)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines as they come.")
-@click.option("-n", "--lines", default=50, show_default=True, help="How many past lines to show first.")
+@click.option("-n", "--lines", default=50, show_default=True, type=click.IntRange(0, 100_000),
+              help="How many past lines to show first.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @handles_errors
 def logs(task_id, follow, lines, as_json) -> None:
@@ -306,8 +330,8 @@ def logs(task_id, follow, lines, as_json) -> None:
 @main.command()
 @click.option("--queue", "queues", multiple=True, type=click.Choice(["code", "http", "registered"]),
               help="Serve only this queue (repeatable); default: all three.")
-@click.option("--concurrency", "-c", type=int, help="Processes (code) or threads (http).")
-@click.option("--loglevel", "-l", default="INFO", show_default=True)
+@click.option("--concurrency", "-c", type=click.IntRange(1, 1024), help="Processes (code) or threads (http).")
+@click.option("--loglevel", "-l", default="INFO", show_default=True, type=LOG_LEVELS)
 @handles_errors
 def worker(queues, concurrency, loglevel) -> None:
     """Start workers: by default one prefork pool for code + registered and a threads pool for http."""
@@ -317,7 +341,7 @@ def worker(queues, concurrency, loglevel) -> None:
 
 
 @main.command()
-@click.option("--loglevel", "-l", default="INFO", show_default=True)
+@click.option("--loglevel", "-l", default="INFO", show_default=True, type=LOG_LEVELS)
 @handles_errors
 def beat(loglevel) -> None:
     """Start the scheduler (only one acts at a time; others stand by)."""
@@ -334,7 +358,7 @@ def tui() -> None:
 
     service = _service()
     service.store.redis.ping()
-    TaskmanApp(service).run()
+    TaskmanApp(service.acting_as(f"console:{_user()}")).run()
 
 
 @main.command()
@@ -355,10 +379,122 @@ def up(no_console) -> None:
             from core.service import Service
             from tui.app import TaskmanApp
 
-            app = TaskmanApp(Service.from_settings(stack.settings))
+            app = TaskmanApp(Service.from_settings(stack.settings).acting_as(f"console:{_user()}"))
             for signum in (signal.SIGTERM, signal.SIGHUP):
                 signal.signal(signum, lambda *_: app.call_later(app.exit))
             app.run()
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on (0.0.0.0: all).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free port.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+@click.option("--access-log/--no-access-log", default=True, show_default=True, help="Log every request.")
+@handles_errors
+def api(host, port, log_level, access_log) -> None:
+    """Serve the REST API (OpenAPI docs at /docs); every endpoint but /api/health needs a token."""
+    import uvicorn
+
+    from core.service import Service
+    from tui.api import create_app
+
+    settings = Settings()
+    service = Service.from_settings(settings)
+    service.store.redis.ping()
+    uvicorn.run(create_app(service, settings), host=host, port=port, log_level=log_level, access_log=access_log,
+                server_header=False, timeout_graceful_shutdown=3)
+
+
+@main.group()
+def token() -> None:
+    """Create, list and revoke REST API tokens (roles: viewer, operator, admin)."""
+
+
+@token.command("create")
+@click.option("--name", required=True, help="What the token is for, e.g. ci-bot (unique).")
+@click.option("--role", required=True, type=click.Choice(["viewer", "operator", "admin"]))
+@click.option("--json", "as_json", is_flag=True, help="Print an object with a `token` field.")
+@handles_errors
+def token_create(name, role, as_json) -> None:
+    """Create a token and print its secret: shown this once, only its hash is kept."""
+    from core import auth
+
+    service = _service()
+    secret, record = auth.create(service.store, name, role, actor=service.actor)
+    if as_json:
+        _emit_json({"token": secret, **record})
+        return
+    click.echo(f"token {name!r} ({role}) created; this is the only time its secret is shown:", err=True)
+    click.echo(secret)
+
+
+@token.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@handles_errors
+def token_list(as_json) -> None:
+    """List tokens: name, role, who created them, when last used (never the secrets)."""
+    from core import auth
+
+    records = auth.list_tokens(_service().store)
+    if as_json:
+        _emit_json(records)
+        return
+    click.echo(f"{'NAME':24}  {'ROLE':8}  {'CREATED':29}  {'BY':20}  {'LAST USED':29}  FINGERPRINT")
+    for record in records:
+        click.echo(f"{_cell(record['name'], 24)}  {record['role']:8}  {record['created_at'] or '–':29}  "
+                   f"{_cell(record['created_by'] or '–', 20)}  {record['last_used_at'] or '–':29}  "
+                   f"{record['fingerprint']}")
+
+
+@token.command("revoke")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@handles_errors
+def token_revoke(name, as_json) -> None:
+    """Revoke the token called NAME; requests with it get 401 from now on."""
+    from core import auth
+
+    service = _service()
+    record = auth.revoke(service.store, name, actor=service.actor)
+    if as_json:
+        _emit_json(record)
+    else:
+        click.echo(f"revoked {name} ({record['role']})")
+
+
+@main.command("audit")
+@click.option("-n", "--lines", default=50, show_default=True, type=click.IntRange(1, 1000),
+              help="How many recent entries.")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new entries as they come.")
+@click.option("--json", "as_json", is_flag=True,
+              help="JSON: an array, newest first (as GET /api/audit); with -f one object per line.")
+@handles_errors
+def audit_trail(lines, follow, as_json) -> None:
+    """Print the audit trail: who changed what, when, from which front end."""
+    from core import audit
+    from core.events import follow as follow_stream
+
+    service = _service()
+    entries = audit.recent(service.store, lines)
+    if as_json and not follow:
+        _emit_json(entries)
+        return
+
+    def emit(entry: dict) -> None:
+        if as_json:
+            click.echo(json.dumps(entry, ensure_ascii=False))
+            return
+        stamp = datetime.fromisoformat(entry["ts"]).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+        detail = json.dumps(entry["detail"], ensure_ascii=False) if entry["detail"] else ""
+        click.echo(f"{stamp}  {_cell(entry['actor'], 20)}  {entry['action']:12}  {entry['target']:16}  {detail}")
+
+    for entry in reversed(entries):
+        emit(entry)
+    if follow:
+        last_id = entries[0]["id"] if entries else "$"
+        for entry_id, fields in follow_stream(service.store, "audit", last_id):
+            emit(audit.decode(entry_id, fields))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,14 @@ def test_key_strings_are_pinned():
     assert keys.scheduler_lock == "taskman:scheduler:lock"
     assert keys.registered == "taskman:registered"
     assert keys.celery_prefix == "taskman:celery:"
+    assert keys.celery_queue("code") == "taskman:celery:code"
+    assert keys.celery_unacked == "taskman:celery:unacked"
+    assert keys.tokens == "taskman:tokens"
+    assert keys.token_hashes == "taskman:tokens:by-hash"
+    assert keys.token_used == "taskman:tokens:used"
+    assert keys.audit == "taskman:audit"
+    assert keys.metrics == "taskman:metrics"
+    assert keys.workers == "taskman:workers"
 
 
 def test_due_members():
@@ -37,7 +45,8 @@ def test_due_members():
 def test_namespace_prefixes_every_key():
     keys = Keys("other")
     every = [keys.task("1"), keys.task_runs("1"), keys.run("1"), keys.tasks, keys.due, keys.events, keys.logs,
-             keys.scheduler_lock, keys.registered, keys.celery_prefix]
+             keys.scheduler_lock, keys.registered, keys.celery_prefix, keys.celery_queue("http"), keys.celery_unacked,
+             keys.tokens, keys.token_hashes, keys.token_used, keys.audit, keys.metrics, keys.workers]
     assert all(key.startswith("other:") for key in every)
     assert len(set(every)) == len(every)
     assert Keys("a") == Keys("a") and hash(Keys("a")) == hash(Keys("a"))
