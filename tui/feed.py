@@ -11,6 +11,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from core import metrics
 from core.service import Service
 
 RATE_BUCKETS = 30
@@ -67,12 +68,7 @@ def recent_activity(service: Service) -> tuple[Activity, str]:
 
 
 def status(service: Service) -> dict:
-    """What the status line shows, read in one pipelined round trip."""
-    store = service.store
-    pipe = store.redis.pipeline(transaction=False)
-    pipe.ping()
-    pipe.zcard(store.keys.due)
-    pipe.hgetall(store.keys.registered)
-    ping, due, registered = pipe.execute()
-    workers = {json.loads(detail).get("worker") for detail in registered.values()}
-    return {"ok": bool(ping), "due": due, "workers": len(workers)}
+    """What the status line shows: the same numbers ``GET /metrics`` serves (``core.metrics``)."""
+    snap = metrics.snapshot(service.store, service.settings.heartbeat_ttl)
+    return {"ok": True, "due": snap.due, "workers": snap.workers, "queued": sum(snap.queues.values()),
+            "scheduler": snap.scheduler}

@@ -324,3 +324,15 @@ async def test_palette_offers_every_action_and_no_color_works(stack, monkeypatch
         run = next(c for c in app.get_system_commands(pilot.app.screen) if c.title == "Run")
         run.callback()
         await until(pilot, lambda: stack.get(task.id).runs, message="a run queued from the palette")
+
+
+async def test_status_line_reads_workers_queue_and_due_set(stack):
+    stack.create({"name": unique("due"), "cron_expression": FAR_CRON, "function_code": "def f():\n    return 1",
+                  "function_name": "f"})
+    async with TaskmanApp(stack).run_test(size=SIZE) as pilot:
+        facts = pilot.app.screen.query_one("#facts", Static)
+        text = await until(pilot, lambda: "workers" in (t := str(facts.render())) and t, message="the status")
+        assert "workers 2" in text, text
+        due = int(text.split("due ")[1].split()[0])
+        assert due == stack.store.due_count() and due >= 1
+        assert "queued" in text and "scheduler ○" not in text

@@ -19,7 +19,7 @@ from tui.screens.detail import DetailScreen
 from tui.screens.new_task import NewTaskScreen
 from tui.widgets.task_table import TaskTable
 
-SIZE = (100, 30)
+SIZE = (120, 32)
 T0 = 1_780_000_000.0
 LABEL = "redis.test:6379"
 

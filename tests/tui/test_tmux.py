@@ -43,8 +43,11 @@ def test_create_a_code_task_in_the_console_and_watch_it_run(tmp_path):
         tmux("send-keys", "-t", session, "-l", "typed-in-tmux")
         time.sleep(0.3)
         tmux("send-keys", "-t", session, "C-s")
-        wait_for(lambda: "typed-in-tmux" in screen(session) and "✔" in screen(session), timeout=30,
-                 interval=0.3, message="the task and its result in the list")
+        try:
+            wait_for(lambda: "typed-in-tmux" in screen(session) and "✔" in screen(session), timeout=30,
+                     interval=0.3, message="the task and its result in the list")
+        except AssertionError:
+            raise AssertionError(f"the screen was:\n{screen(session)}") from None
         wait_for(lambda: "hello" in screen(session), timeout=10, interval=0.3,
                  message="the printed line in the log pane")
         address = json.loads((tmp_path / "data" / "redis.json").read_text())

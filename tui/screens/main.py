@@ -31,6 +31,7 @@ from tui.widgets.task_table import TaskTable
 
 PAGE = 20_000
 STATUS_EVERY = 2.0
+NARROW = 110
 
 
 class TasksLoaded(Message):
@@ -100,6 +101,10 @@ class MainScreen(Screen):
     @property
     def logs(self) -> LogPane:
         return self.query_one(LogPane)
+
+    def on_resize(self, event) -> None:
+        """Below 110 columns the editor opens only while editing (``e``), so the list keeps its width."""
+        self.set_class(event.size.width < NARROW, "narrow")
 
     def on_mount(self) -> None:
         self.table.border_title = "Tasks"
@@ -223,7 +228,8 @@ class MainScreen(Screen):
             banner.display = False
             values = message.values
             self.query_one(StatusBar).update(redis=location, ok=True, workers=values["workers"],
-                                             due=values["due"], per_minute=self.activity.per_minute(),
+                                             due=values["due"], queued=values["queued"],
+                                             scheduler=values["scheduler"], per_minute=self.activity.per_minute(),
                                              failed_hour=self.activity.failures_last_hour())
         self.set_timer(STATUS_EVERY, self.poll_status)
 
@@ -244,6 +250,9 @@ class MainScreen(Screen):
     def _saved(self, task: Task) -> None:
         self.editor.saved(task)
         self.table.upsert([task])
+        if self.has_class("narrow"):
+            self.remove_class("editing")
+            self.table.focus()
 
     # -- actions -----------------------------------------------------------------------------------
 
@@ -313,6 +322,7 @@ class MainScreen(Screen):
 
     def action_edit_task(self) -> None:
         if self._need_task():
+            self.add_class("editing")
             self.editor.area.focus()
 
     def action_save(self) -> None:
@@ -321,10 +331,10 @@ class MainScreen(Screen):
     def action_discard(self) -> None:
         if self.query_one("#filter", Input).display:
             self._close_filter(clear=True)
-        elif self.editor.dirty:
-            self.editor.discard()
-            self.table.focus()
         else:
+            if self.editor.dirty:
+                self.editor.discard()
+            self.remove_class("editing")
             self.table.focus()
 
     def action_delete_task(self) -> None:

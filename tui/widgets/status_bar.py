@@ -17,10 +17,11 @@ class StatusBar(Horizontal):
         yield Static("", id="rate-text")
 
     def update(self, *, redis: str, ok: bool, workers: int, due: int, per_minute: list[float],
-               failed_hour: int, extra: str = "") -> None:
+               failed_hour: int, queued: int = 0, scheduler: bool = True) -> None:
         dot = "●" if ok else "○"
+        beat = "" if scheduler or not ok else "   scheduler ○"
         self.query_one("#facts", Static).update(
-            f"redis {dot} {redis}   workers {workers}   due {due}{extra}")
+            f"redis {dot} {redis}   workers {workers}   queued {queued}   due {due}{beat}")
         self.query_one("#rate", Sparkline).data = per_minute or [0.0]
         self.query_one("#rate-text", Static).update(
             f" {per_minute[-1] if per_minute else 0:.0f} runs/min   failed/h {failed_hour}")

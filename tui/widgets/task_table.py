@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from rich.cells import cell_len
 from rich.text import Text
 from textual.message import Message
 from textual.widgets import DataTable
@@ -22,7 +23,7 @@ MODE_LABELS = {"immediate": "now", "delayed": "delay", "scheduled": "cron"}
 
 
 def relative(timestamp: float | None) -> str:
-    """A due time as the list shows it: +28s, +4m, 09:00, or 2027-01-01."""
+    """A due time as the list shows it: +28s, +4m, 09:00, Nov 30, or 2028."""
     if timestamp is None:
         return "–"
     delta = timestamp - time.time()
@@ -35,7 +36,9 @@ def relative(timestamp: float | None) -> str:
     local = time.localtime(timestamp)
     if delta < 86400:
         return time.strftime("%H:%M", local)
-    return time.strftime("%Y-%m-%d", local)
+    if delta < 300 * 86400:
+        return time.strftime("%b %d", local)
+    return time.strftime("%Y", local)
 
 
 def last_cell(task: Task) -> Text:
@@ -81,8 +84,14 @@ class TaskTable(DataTable):
         self.query_filter = Query()
 
     def on_mount(self) -> None:
-        for column in COLUMNS:
-            self.add_column(column, key=column.lower())
+        self._add_columns([])
+
+    def _add_columns(self, tasks: list[Task]) -> None:
+        """Columns with explicit widths (the name column as wide as the longest shown name, up to 32),
+        so the layout depends only on what is shown, never on the order rows arrived in."""
+        name_width = min(32, max([4, *(cell_len(task.name) for task in tasks)]))
+        for column, width in zip(COLUMNS, (name_width, 4, 5, 7, 6, 9)):
+            self.add_column(column, key=column.lower(), width=width)
 
     def _cells(self, task: Task) -> tuple:
         return (task.name, KIND_LABELS[task.kind.value], MODE_LABELS[task.mode.value],
@@ -93,10 +102,11 @@ class TaskTable(DataTable):
         """Replace every row (first load, reconnect, or a new filter)."""
         selected = self.selected_id
         self.tasks = {task.id: task for task in tasks}
-        self.clear()
-        for task in tasks:
-            if self.query_filter.matches(task):
-                self.add_row(*self._cells(task), key=task.id)
+        shown = [task for task in tasks if self.query_filter.matches(task)]
+        self.clear(columns=True)
+        self._add_columns(shown)
+        for task in shown:
+            self.add_row(*self._cells(task), key=task.id)
         if selected in self.rows:
             self.move_cursor(row=self.get_row_index(selected))
         self._announce()
