@@ -36,6 +36,7 @@ ACTIONS: tuple[Action, ...] = (
     Action("logs", "l", "toggle_log_scope", "logs all/task", "Show logs of all tasks or of the selected one"),
     Action("follow", "f", "toggle_follow", "follow", "Follow new log lines or hold the log pane still"),
     Action("import", "i", "import_json", "import", "Create tasks from a JSON file in the seed's format", footer=False),
+    Action("audit", "a", "audit", "audit", "Show the audit trail: who changed what, from which front end", footer=False),
     Action("save", "ctrl+s", "save", "save", "Save the editor's changes to the task", footer=False),
     Action("discard", "escape", "discard", "discard", "Discard the editor's changes", footer=False),
     Action("help", "question_mark", "help", "keys", "Show every key"),

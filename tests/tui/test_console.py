@@ -336,3 +336,39 @@ async def test_status_line_reads_workers_queue_and_due_set(stack):
         due = int(text.split("due ")[1].split()[0])
         assert due == stack.store.due_count() and due >= 1
         assert "queued" in text and "scheduler ○" not in text
+
+
+async def test_import_a_json_file_and_see_the_change_in_the_audit_trail(stack, tmp_path):
+    import json as jsonlib
+
+    from tui.screens.audit import AuditScreen
+    from tui.screens.import_file import ImportScreen
+
+    names = [unique("imported"), unique("imported")]
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"name": "x", "task_type": "delayed", "function_code": "def f():\\n  return 1"}]')
+    good = tmp_path / "good.json"
+    good.write_text(jsonlib.dumps([{"name": names[0], "task_type": "scheduled", "cron_expression": FAR_CRON,
+                                    "function_code": "def f():\n    return 1", "function_name": "f"},
+                                   {"name": names[1], "task_type": "scheduled", "cron_expression": FAR_CRON,
+                                    "task_name": "taskman.echo"}]))
+    app = TaskmanApp(stack.acting_as("console:tester"))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("i")
+        screen = await until(pilot, lambda: isinstance(pilot.app.screen, ImportScreen) and pilot.app.screen)
+        box = screen.query_one("#path", Input)
+        box.value = str(bad)
+        await pilot.press("enter")
+        error = screen.query_one("#import-error", Static)
+        await until(pilot, lambda: "function_name" in str(error.render()), message="the refusal")
+        box.value = str(good)
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(pilot.app.screen, MainScreen), message="the import to finish")
+        table = pilot.app.screen.query_one(TaskTable)
+        await until(pilot, lambda: {t.name for t in table.tasks.values()} >= set(names), message="both rows")
+        await pilot.press("a")
+        trail = await until(pilot, lambda: isinstance(pilot.app.screen, AuditScreen) and pilot.app.screen)
+        rows = trail.query_one("#audit", DataTable)
+        await until(pilot, lambda: rows.row_count > 0, message="audit entries")
+        newest = [str(cell) for cell in rows.get_row_at(0)]
+        assert newest[1] == "console:tester" and newest[2] == "create"

@@ -387,6 +387,11 @@ class MainScreen(Screen):
 
         self.app.push_screen(ImportScreen(self.service))
 
+    def action_audit(self) -> None:
+        from tui.screens.audit import AuditScreen
+
+        self.app.push_screen(AuditScreen(self.service))
+
     def action_help(self) -> None:
         from tui.screens.help import HelpScreen
 

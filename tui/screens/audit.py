@@ -1,0 +1,60 @@
+"""The audit trail: who changed what and when, from any front end, newest first."""
+
+from __future__ import annotations
+
+import json
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer
+
+from core import audit
+from core.errors import TaskmanError
+from core.service import Service
+
+SHOWN = 500
+
+
+class AuditScreen(Screen[None]):
+    """The last entries of the audit stream; ``r`` reads it again, escape goes back."""
+
+    CSS_PATH = "audit.tcss"
+    BINDINGS = [Binding("escape,q", "app.pop_screen", "back", id="audit.back"),
+                Binding("r", "reload", "reload", id="audit.reload")]
+
+    def __init__(self, service: Service) -> None:
+        super().__init__()
+        self.service = service
+
+    def compose(self) -> ComposeResult:
+        yield DataTable(id="audit", cursor_type="row", zebra_stripes=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one("#audit", DataTable)
+        table.add_columns("WHEN", "WHO", "ACTION", "TARGET", "DETAIL")
+        table.border_title = "audit trail"
+        self.action_reload()
+        table.focus()
+
+    def action_reload(self) -> None:
+        self.load()
+
+    @work(thread=True, exclusive=True, exit_on_error=False)
+    def load(self) -> None:
+        try:
+            entries = audit.recent(self.service.store, SHOWN)
+        except TaskmanError as exc:
+            self.app.call_from_thread(self.notify, exc.message, severity="error")
+            return
+        self.app.call_from_thread(self._show, entries)
+
+    def _show(self, entries: list[dict]) -> None:
+        table = self.query_one("#audit", DataTable)
+        table.clear()
+        for item in entries:
+            table.add_row((item["ts"] or "")[:19].replace("T", " "), item["actor"], item["action"], item["target"],
+                          json.dumps(item["detail"], ensure_ascii=False)[:80])
+        table.border_title = f"audit trail ({len(entries)} newest)"
