@@ -372,3 +372,21 @@ async def test_import_a_json_file_and_see_the_change_in_the_audit_trail(stack, t
         await until(pilot, lambda: rows.row_count > 0, message="audit entries")
         newest = [str(cell) for cell in rows.get_row_at(0)]
         assert newest[1] == "console:tester" and newest[2] == "create"
+
+
+async def test_duplicate_opens_the_form_filled_in_and_creates_a_copy(stack):
+    name = unique("original")
+    stack.create({"name": name, "cron_expression": FAR_CRON, "timezone": "Asia/Tokyo", "max_retries": 2,
+                  "function_code": "def f(x=1):\n    return x", "function_name": "f", "kwargs": {"x": 5}})
+    async with TaskmanApp(stack).run_test(size=SIZE) as pilot:
+        await select_task(pilot, name)
+        await pilot.press("c")
+        form = await until(pilot, lambda: isinstance(pilot.app.screen, NewTaskScreen) and pilot.app.screen)
+        assert form.query_one("#name", Input).value == f"{name} copy"
+        assert form.query_one("#timezone", Input).value == "Asia/Tokyo"
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: isinstance(pilot.app.screen, MainScreen), message="the form to close")
+    original, copy = stack.list(name=name, limit=2)[::-1]
+    assert copy.name == f"{name} copy"
+    same = {key: value for key, value in original.spec.to_dict().items() if key != "name"}
+    assert {key: value for key, value in copy.spec.to_dict().items() if key != "name"} == same
