@@ -12,7 +12,7 @@ Layout (every key under the namespace prefix ``{ns}:``, see ``Keys``):
                        ``r:{run_id}`` sends an already recorded run (a retry after its backoff).
 - ``events``, ``logs`` capped streams that front ends tail with XREAD BLOCK.
 - ``scheduler:lock``   the scheduler's lock; its value is the owner's token.
-- ``registered``       hash of registered Celery task names the workers reported → JSON details.
+- ``registered``       hash of worker name → JSON of the task names it registered and the queues it serves.
 - ``tokens``           hash: API token name → JSON record (role, created_at, sha256 of the secret).
 - ``tokens:by-hash``   hash: sha256 of a secret → JSON {name, role}; the secret itself is never stored.
 - ``tokens:used``      hash: token name → when it last authenticated a request (coarse).
@@ -530,14 +530,21 @@ class Store:
     # -- workers -------------------------------------------------------------------------------
 
     def record_registered(self, names: Iterable[str], worker: str, queues: Iterable[str]) -> None:
-        """Remember the task names a worker registered (for ``taskman tasks`` and spec checks)."""
-        detail = json.dumps({"worker": worker, "queues": sorted(queues), "seen_at": time.time()})
-        mapping = {name: detail for name in names}
-        if mapping:
-            self.redis.hset(self.keys.registered, mapping=mapping)
+        """Remember the task names ``worker`` registered and the queues it serves (one field per worker,
+        so workers that start together never overwrite each other's report)."""
+        detail = {"tasks": sorted(names), "queues": sorted(queues), "seen_at": time.time()}
+        self.redis.hset(self.keys.registered, worker, json.dumps(detail))
 
     def registered(self) -> dict[str, dict]:
-        return {name: json.loads(detail) for name, detail in self.redis.hgetall(self.keys.registered).items()}
+        """Registered task name → the workers that reported it and the queues those workers serve."""
+        names: dict[str, dict] = {}
+        for worker, raw in sorted(self.redis.hgetall(self.keys.registered).items()):
+            detail = json.loads(raw)
+            for name in detail.get("tasks", ()):
+                entry = names.setdefault(name, {"workers": [], "queues": []})
+                entry["workers"].append(worker)
+                entry["queues"] = sorted(set(entry["queues"]) | set(detail.get("queues", ())))
+        return dict(sorted(names.items()))
 
     def heartbeat(self, worker: str, when: float | None = None) -> None:
         """Note that ``worker`` is alive (``core.metrics`` counts workers seen recently)."""

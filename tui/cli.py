@@ -257,7 +257,7 @@ def tasks(as_json) -> None:
         _emit_json(names)
         return
     for name, detail in sorted(names.items()):
-        click.echo(f"{name:40}  {', '.join(detail.get('queues', []))}  ({detail.get('worker')})")
+        click.echo(f"{name:40}  {', '.join(detail['queues'])}  ({', '.join(detail['workers'])})")
 
 
 @main.command()

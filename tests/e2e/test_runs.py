@@ -250,6 +250,9 @@ def test_registered_task_failure_retries_and_records_the_error(stack):
 def test_registered_tasks_are_listed(stack):
     names = stack.registered_tasks()
     assert {"ops.add", "ops.fail", "taskman.echo", "taskman.sleep"} <= set(names)
+    workers = {worker.split("@")[0] for worker in names["ops.add"]["workers"]}
+    assert workers == {"code", "http"}, "both workers' reports are kept, neither overwrites the other"
+    assert "registered" in names["ops.add"]["queues"]
 
 
 def test_user_code_error_records_traceback(stack):
