@@ -26,7 +26,6 @@ from core.models import Kind, Mode, Run, RunState, Task, TaskSpec, TaskState, me
 from core.runner import new_id, run_event
 from core.store import Store, due_member_for_run, due_member_for_task
 
-EDITABLE_WHILE_RUNNING = True
 MAX_BATCH = 1000
 
 
