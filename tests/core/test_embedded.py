@@ -256,7 +256,7 @@ def test_resolve_nothing_raises_no_redis(tmp_path: Path) -> None:
         resolve_redis_url(settings)
     assert err.value.message == (
         "No Redis is configured or running. Start everything with `taskman up` (it starts a private Redis), "
-        "or point TASKMAN_REDIS_URL at a Redis server, e.g. TASKMAN_REDIS_URL=redis://127.0.0.1:6379/0"
+        "or point TASKMAN_REDIS_URL at a Redis server, e.g. TASKMAN_REDIS_URL=redis://redis.internal:6379/0"
     )
 
 

@@ -604,16 +604,16 @@ def test_secret_header_pattern():
 @pytest.mark.parametrize(
     "url, words",
     [
-        ("ftp://example.com/x", "http://"),
+        ("ftp://billing.internal/x", "http://"),
         ("file:///etc/passwd", "http://"),
-        ("example.com/path", "http://"),
+        ("billing.internal/path", "http://"),
         ("http://", "host"),
         ("http:///path", "host"),
-        ("http://user:pw@example.com/", "credentials"),
-        ("http://user@example.com/", "credentials"),
-        ("http://example.com/" + "a" * 4100, "4096"),
+        ("http://user:pw@billing.internal/", "credentials"),
+        ("http://user@billing.internal/", "credentials"),
+        ("http://billing.internal/" + "a" * 4100, "4096"),
         ("http://exa mple.com/", "spaces"),
-        ("http://example.com:99999/", "port"),
+        ("http://billing.internal:99999/", "port"),
         ("http://[::1/", "not a valid URL"),
         ("", "empty"),
     ],
@@ -627,7 +627,7 @@ def test_check_url_refusals(url, words):
 
 def test_check_url_accepts_without_resolving(monkeypatch):
     monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: pytest.fail("check_url must not resolve"))
-    for url in ("https://api.example.com/v1?q=1", "http://127.0.0.1:8080/", "https://[::1]/", "HTTP://Example.COM"):
+    for url in ("https://api.internal/v1?q=1", "http://127.0.0.1:8080/", "https://[::1]/", "HTTP://Billing.INTERNAL"):
         check_url(url)
 
 
