@@ -134,13 +134,6 @@ class Snapshot:
         }
 
 
-def rates(before: Snapshot, after: Snapshot) -> dict[str, float]:
-    """Finished and failed attempts per minute between two snapshots (for a status line)."""
-    minutes = max(after.at - before.at, 1e-9) / 60
-    return {"runs_per_min": max(0, after.finished - before.finished) / minutes,
-            "failed_per_min": max(0, after.failed - before.failed) / minutes}
-
-
 def snapshot(store: Store, heartbeat_ttl: float = 10.0) -> Snapshot:
     """Read every number: counters from the metrics hash, gauges live (two round trips)."""
     now = time.time()

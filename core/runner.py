@@ -19,7 +19,7 @@ from typing import Any
 
 from core import http, metrics, sandbox
 from core.config import Settings
-from core.models import Kind, Run, RunState, Task
+from core.models import Run, RunState, Task
 from core.store import Store, due_member_for_run
 
 MAX_DELIVERIES = 3

@@ -103,15 +103,6 @@ class Scheduler:
             self.is_leader = False
 
 
-def run_forever(scheduler: Scheduler, should_stop=lambda: False) -> None:
-    """Tick until ``should_stop()``; used by ``taskman beat`` outside Celery's beat service."""
-    try:
-        while not should_stop():
-            time.sleep(scheduler.tick())
-    finally:
-        scheduler.close()
-
-
 def refuse_evicting_redis(store: Store) -> None:
     """Raise if Redis may evict keys: a schedule that can silently vanish is not a schedule."""
     try:

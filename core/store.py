@@ -37,7 +37,6 @@ from core.models import Run, RunState, Task, TaskSpec, TaskState
 
 RUN_FIELDS_JSON = ("result",)
 RUN_FIELDS_FLOAT = ("queued_at", "scheduled_for", "started_at", "finished_at", "duration_ms")
-RUN_FIELDS_INT = ("attempt", "max_attempts")
 
 
 @dataclass(frozen=True)
@@ -552,12 +551,6 @@ class Store:
 
     def worker_gone(self, worker: str) -> None:
         self.redis.zrem(self.keys.workers, worker)
-
-    def workers_seen(self, since: float) -> dict[str, float]:
-        """Workers whose last heartbeat is at or after ``since``, with its time."""
-        return dict(self.redis.zrangebyscore(self.keys.workers, since, "+inf", withscores=True))
-
-    # -- audit ---------------------------------------------------------------------------------
 
     def add_audit(self, entry: dict[str, str], pipe: redis.client.Pipeline | None = None) -> None:
         """Append one audit entry (see ``core.audit.entry``), in the change's own pipeline when given."""
