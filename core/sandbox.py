@@ -7,6 +7,11 @@ Why it is shaped this way:
   (``_getattr_``, ``_getitem_``, ...). This module supplies those guards and a small set of
   builtins; everything not handed over is simply absent. Names starting with ``_`` are refused
   both at compile time (by RestrictedPython) and at run time (by our ``getattr``/``setattr``).
+  The getattr guard also judges what it hands back, whatever the name and whatever the object it
+  was read from (a ``super`` proxy, a str look-alike, a host object): never a module, frame,
+  traceback or code object, never ``str.format``/``format_map`` (bound, unbound, or forwarded to by
+  ``collections.UserString``; their fields read attributes unguarded -- f-strings and ``%`` remain),
+  and never ``AttributeError.obj`` (the object an unguarded walk had reached when it failed).
   One addition to RestrictedPython's policy: ``obj.attr += v`` and ``obj[key] += v``, which it
   refuses outright, compile to guarded read-then-write calls, because everyday code needs them.
   Writes go through ``_write_``, which lets through plain containers and objects of classes the
@@ -15,8 +20,9 @@ Why it is shaped this way:
   ``random._os`` ...), so an allowed import yields a read-only proxy holding only the module's
   public functions, classes and plain constants. A few stdlib helpers that read or write
   attributes by a caller-chosen name or evaluate annotations (``functools.wraps``,
-  ``functools.singledispatch``, ``string.Formatter``) are left out because they would undo the
-  guards. Lazy imports made by C code on the user's behalf (``datetime.strptime`` loads
+  ``functools.singledispatch``, ``string.Formatter``, and ``operator.attrgetter``/``methodcaller``
+  should a deployment allow ``operator``) are left out because they would undo the guards;
+  ``string.Template`` stays (it looks up keys, never attributes). Lazy imports made by C code on the user's behalf (``datetime.strptime`` loads
   ``_strptime``) go through the same hook; they are told apart by the calling instruction and
   allowed for a fixed internal list only, and the caller gets an empty proxy back.
 * **Limits belong to the host.** RestrictedPython does not bound CPU, memory or recursion. The
@@ -51,9 +57,10 @@ import logging
 import math
 import operator
 import random
+import string
 import sys
 import types
-from collections import Counter, OrderedDict, defaultdict, deque
+from collections import Counter, OrderedDict, UserString, defaultdict, deque
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -396,6 +403,9 @@ _EXCLUDED_NAMES: dict[str, frozenset[str]] = {
     "functools": frozenset({"update_wrapper", "wraps", "singledispatch", "singledispatchmethod"}),
     # str.format-style attribute traversal ("{0.__class__}").
     "string": frozenset({"Formatter"}),
+    # Not a default import (and never should be), but if a deployment allows it anyway: these two
+    # fetch attributes by a caller-chosen name in C, past every guard (RestrictedPython PR #330).
+    "operator": frozenset({"attrgetter", "methodcaller"}),
 }
 _INTERNAL_IMPORTS = frozenset({"_strptime", "time"})
 """Modules C code may import lazily while a task's frame is on top (datetime.strptime, strftime ...)."""
@@ -413,7 +423,7 @@ def _is_constant(value: object) -> bool:
 
 
 def _exposable(value: object) -> bool:
-    if isinstance(value, types.ModuleType):
+    if isinstance(value, types.ModuleType) or _is_format_engine(value):
         return False
     return inspect.isroutine(value) or isinstance(value, type) or _is_constant(value)
 
@@ -490,7 +500,10 @@ class _Importer:
         top = name.partition(".")[0] if isinstance(name, str) else ""
         if level != 0 or top not in _INTERNAL_IMPORTS:
             raise ImportError(f"import of {name!r} is not allowed in tasks")
-        builtins.__import__(name)
+        try:
+            builtins.__import__(name)
+        except ImportError:  # its .path/.name would show the host's files to the task: a plain message only
+            raise ImportError(f"import of {name!r} failed") from None
         return ModuleProxy(name, {})
 
     def _proxy(self, name: str) -> ModuleProxy:
@@ -534,21 +547,66 @@ def _check_name(name: object) -> str:
 
 _NO_DEFAULT = object()
 
+_FORMAT_METHOD_NAMES = frozenset({"format", "format_map"})
+_FORMAT_FUNCTIONS: tuple[object, ...] = (
+    str.format, str.format_map,  # unbound: ``str.format(fmt, obj)``, ``map(str.format, ...)``
+    UserString.format, UserString.format_map,  # Python methods that call ``self.data.format(...)``
+    *(value for value in vars(string.Formatter).values() if callable(value)),
+)
+
+
+def _is_format_engine(value: object) -> bool:
+    """Would calling ``value`` resolve a format string's fields (``"{0.attr}"``, ``"{0[key]}"``) in C or
+    in the standard library -- that is, with plain ``getattr``/``[]``, past every guard?
+
+    Judged by what the value *is*, not by the name or the object it was fetched from: ``str.format``
+    bound to a string arrives through ``"".format``, a ``str`` subclass, a ``super`` proxy
+    (``super(S, s).format``) or any object that stores it under another name; unbound through ``str``,
+    ``super(S, S)`` or a subclass; ``collections.UserString`` forwards to it from Python code; and
+    ``string.Formatter`` is the same walk written in Python.
+    """
+    if isinstance(value, types.MethodType):  # a bound Python method: judge its function
+        value = value.__func__
+    if isinstance(value, types.BuiltinMethodType):  # a C method bound to an object ("".format)
+        return value.__name__ in _FORMAT_METHOD_NAMES and isinstance(value.__self__, str)
+    if any(value is engine for engine in _FORMAT_FUNCTIONS):
+        return True
+    return isinstance(value, string.Formatter) or (isinstance(value, type) and issubclass(value, string.Formatter))
+
+
+_INTERNAL_TYPES = (types.FrameType, types.TracebackType, types.CodeType)
+"""Interpreter internals that lead to every global of the host; no public attribute may hand one out."""
+_HIDDEN_EXCEPTION_ATTRIBUTES: tuple[tuple[type, str], ...] = (
+    # The object a failed lookup was made on: whatever an unguarded walk (C code, the standard
+    # library) had reached when it failed -- not necessarily anything the task ever held.
+    (AttributeError, "obj"),
+)
+
 
 def guarded_getattr(obj: object, name: str, default: object = _NO_DEFAULT) -> object:
-    """``getattr`` for tasks: no ``_`` names, no ``str.format``, never a module object, no ABC registration."""
+    """``getattr`` for tasks: no ``_`` names, no ``str.format`` however reached, never a module, frame,
+    traceback or code object, no ``AttributeError.obj``, no ABC registration."""
     _check_name(name)
     if name == "register" and isinstance(obj, abc.ABCMeta):
         # ``fractions.Fraction.register(str)`` (or ``register`` on a task's subclass of ``UserList``,
         # through the ABC's subclass cache) would change isinstance() for the host and every later run.
         raise AttributeError("'register' of abstract base classes is not available in tasks: it would change "
                              "isinstance() for every later run")
+    for kind, hidden in _HIDDEN_EXCEPTION_ATTRIBUTES:
+        if name == hidden and isinstance(obj, kind):
+            raise AttributeError(f"{kind.__name__}.{hidden} is not available in tasks: it may be an object the "
+                                 "code never held")
     if default is _NO_DEFAULT:
         value = safer_getattr_raise(obj, name)
     else:
         value = safer_getattr(obj, name, default)
     if isinstance(value, types.ModuleType):
         raise AttributeError(f"{name!r} is a module; modules are only reachable through import in tasks")
+    if isinstance(value, _INTERNAL_TYPES):
+        raise AttributeError(f"{name!r} is a {type(value).__name__} object, which tasks may not hold")
+    if _is_format_engine(value):
+        raise NotImplementedError("str.format and format_map (however reached) are not safe in tasks: their "
+                                  "fields read attributes unguarded; use f-strings or % instead")
     return value
 
 

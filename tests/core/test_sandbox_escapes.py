@@ -153,7 +153,8 @@ def test_ghsa_wqc8_coroutines_and_async_generators_cannot_be_made(source):
 # GHSA-xjw2-6jm9-rf67 (CVE-2023-41039): format strings
 
 
-@pytest.mark.parametrize("expression", [
+FORMAT_ROUTES = [
+    # str.format / format_map on a str, unbound, through getattr, on a task's str subclass, in map()
     '"{0.__class__.__mro__}".format(1)',
     '"{x.__class__}".format(x=1)',
     '"{0.__class__}".format_map({0: 1})',
@@ -162,13 +163,120 @@ def test_ghsa_wqc8_coroutines_and_async_generators_cannot_be_made(source):
     'getattr("{0.__class__}", "format")(1)',
     'getattr(str, "format_map")("{x}", {"x": 1})',
     'Text("{0.__class__}").format(1)',
+    'Text.format(Text("{0.__class__}"), 1)',
     'list(map(str.format, ["{0.__class__}"], [1]))',
+    'functools.partial(str.format, "{0.__class__}")(1)',
+    'functools.reduce(getattr, ["format"], "{0.__class__}")(1)',
+    # a super proxy: the attribute guard sees a `super` object, the value is str.format bound to a str
+    'super(Text, Text("{0.__class__}")).format(1)',
+    'super(Text, Text("{x.__class__}")).format_map({"x": 1})',
+    'getattr(super(Text, Text("{0.__class__}")), "format")(1)',
+    'super(Text, Text).format("{0.__class__}", 1)',
+    'Text("{0.__class__}").walk(1)',
+    # collections.UserString: a str look-alike (not a str) whose format/format_map call self.data's
+    'collections.UserString("{0.__class__}").format(1)',
+    'collections.UserString("{x.__class__}").format_map({"x": 1})',
+    'collections.UserString.format(collections.UserString("{0.__class__}"), 1)',
+    'Look("{0.__class__}").format(1)',
+    'Look("{0.__class__}").walk(1)',
+    'getattr(collections.UserString("{0}"), "format_map")({0: 1})',
+    # whatever object stores a bound format method under whatever name
+    'holder.fmt(1)',
+    'getattr(holder, "fmt")(1)',
+    'holder.unbound("{0.__class__}", 1)',
+    'holder.formatter_class',
+]
+FORMAT_SETUP = """
+import collections, functools
+class Text(str):
+    def walk(self, obj):
+        return super().format(obj)
+class Look(collections.UserString):
+    def walk(self, obj):
+        return super().format(obj)
+def main(holder):
+    return {expression}
+"""
+
+
+@pytest.mark.parametrize("expression", FORMAT_ROUTES)
+def test_ghsa_xjw2_str_format_and_format_map_are_unavailable_however_reached(expression):
+    """Every route to ``str.format``/``format_map`` -- and to what forwards to them or reimplements them
+    (``UserString``, ``string.Formatter``) -- is refused by what the value *is*, not by the name or the
+    object it came from: a ``super`` proxy, a str look-alike, a host object holding the bound method."""
+    holder = types.SimpleNamespace(fmt="{0.__class__}".format, unbound=str.format, formatter_class=string.Formatter)
+    error = fails(FORMAT_SETUP.format(expression=expression), holder)
+    assert error.message.startswith("NotImplementedError") and "not safe" in error.message, error.message
+
+
+@pytest.mark.parametrize("expression", ['"".format.__self__', 'Text("x").__class__', '"{0}".format.__call__'])
+def test_ghsa_xjw2_the_bound_methods_own_attributes_are_underscore_names(expression):
+    assert refused(FORMAT_SETUP.format(expression=expression))
+
+
+@pytest.mark.parametrize("template", [
+    "collections.UserString('{0.__init__.__globals__[_sys].modules[os].environ[TASKMAN_PROBE]}').format("
+    "collections.UserString)",
+    "collections.UserString('{x.__init__.__globals__[_sys].modules[os].environ[TASKMAN_PROBE]}').format_map("
+    "{'x': collections.UserString})",
+    "super(Text, Text('{0.__init__.__globals__[_sys].modules[os].environ[TASKMAN_PROBE]}')).format("
+    "collections.UserString)",
 ])
-def test_ghsa_xjw2_str_format_and_format_map_are_unavailable(expression):
-    """Every route to ``str.format``/``format_map``: literal, unbound, through ``getattr``, on a user
-    ``str`` subclass, or handed to ``map`` -- none yields the bound method."""
-    error = fails(f"class Text(str):\n    pass\ndef main():\n    return {expression}")
-    assert error.message.startswith("NotImplementedError") and "not safe" in error.message
+def test_ghsa_xjw2_review_proofs_of_concept_read_no_host_environment(template, monkeypatch):
+    """The security review's proofs of concept: before the fix each returned the worker's environment
+    variable (a format field walks ``__init__.__globals__`` of a standard library function to ``os``)."""
+    monkeypatch.setenv("TASKMAN_PROBE", "secret-value")
+    error = fails(FORMAT_SETUP.format(expression=template), None)
+    assert error.message.startswith("NotImplementedError")
+    assert "secret-value" not in error.message + error.traceback + error.output
+
+
+def test_ghsa_xjw2_user_string_and_str_subclasses_still_work_without_format():
+    assert run(
+        """
+        import collections
+        class Text(str):
+            def shout(self):
+                return super().upper() + "!"
+        class Look(collections.UserString):
+            def format(self, *args):
+                return "own " + self.data
+        def main():
+            return [Text("hi").shout(), collections.UserString("ab").upper().data, Look("x").format(1),
+                    "%s-%d" % ("a", 1), f"{1 + 1:>3}"]
+        """
+    ).result == ["HI!", "AB", "own x", "a-1", "  2"]
+
+
+def test_ghsa_xjw2_string_template_looks_up_keys_never_attributes():
+    """``string.Template`` stays: ``substitute`` only ever does ``mapping[name]`` -- with a pattern or
+    idpattern of the task's own that lets dots and underscores into names, the whole dotted text is one
+    key, never an attribute walk. ``Template.pattern`` is a compiled, immutable ``re.Pattern``, and the
+    shared class cannot be changed."""
+    result = run(
+        """
+        import string
+        class Dotted(string.Template):
+            idpattern = r'[_a-z][_a-z0-9.]*'
+        class Angled(string.Template):
+            pattern = r'<(?P<named>[^>]*)>|<(?P<braced>[^>]*)>|(?P<escaped><<)|(?P<invalid><)'
+        def main():
+            out = [Dotted('$x.y').substitute({'x.y': 1}), Angled('<a.__class__>').substitute({'a.__class__': 2})]
+            for template in (Dotted('$x.__class__'), Angled('<x.__class__.__mro__>')):
+                try:
+                    template.substitute(x=1)
+                except KeyError as exc:
+                    out.append(exc.args)
+            out.append(Dotted('$x.__class__').safe_substitute(x=1))
+            out.append(string.Template.pattern.pattern == Dotted.pattern.pattern)
+            return out
+        """
+    ).result
+    assert result == ["1", "2", ["x.__class__"], ["x.__class__.__mro__"], "$x.__class__", False]
+    for statement in ("string.Template.pattern = None", "string.Template.delimiter = '#'"):
+        error = fails(f"import string\ndef main():\n    {statement}")
+        assert error.message.startswith("TypeError")
+    assert string.Template("$a").substitute(a=1) == "1"
 
 
 def test_ghsa_xjw2_format_builtin_and_fstrings_take_only_format_specs():
@@ -191,29 +299,31 @@ def test_ghsa_xjw2_string_formatter_is_not_handed_out():
 # GHSA-5rfv-66g4-jr8h (CVE-2024-47532): AttributeError.obj and the string module
 
 
-def test_ghsa_5rfv_attribute_error_obj_is_only_what_the_code_already_held():
-    """``AttributeError.obj`` is the object the lookup failed on. Tasks only ever hold module proxies,
-    so a failed lookup hands back the proxy, never the module behind it; a guard's refusal carries
-    no object at all."""
-    result = run(
-        """
-        import json, string
+@pytest.mark.parametrize("spelling", ["exc.obj", "getattr(exc, 'obj')", "getattr(exc, 'obj', None)"])
+@pytest.mark.parametrize("target, name", [("json", "'decoder'"), ("string", "'Formatter'"), ("gen", "'gi_frame'"),
+                                          ("collections.UserString('x')", "'nope'"), ("Mine()", "'nope'")])
+def test_ghsa_5rfv_attribute_error_obj_is_never_handed_out(spelling, target, name):
+    """``AttributeError.obj`` is the object a failed lookup was made on -- when the lookup was C code's
+    or the standard library's, whatever an unguarded walk had reached. It is refused on every
+    ``AttributeError`` (the task's own subclasses included), however it is asked for; ``name`` stays."""
+    error = fails(
+        f"""
+        import collections, json, string
+        class Mine(AttributeError):
+            pass
         def main():
-            seen = []
-            for target, name in ((json, "decoder"), (string, "Formatter")):
-                try:
-                    getattr(target, name)
-                except AttributeError as exc:
-                    seen.append([repr(exc.obj), exc.obj is target])
-            g = (x for x in [1])
+            gen = (x for x in [1])
             try:
-                getattr(g, "gi_frame")
+                getattr({target}, {name})
             except AttributeError as exc:
-                seen.append(exc.obj)
-            return seen
+                assert exc.name in (None, {name})
+                assert not hasattr(exc, 'obj')
+                if {target!r} == "Mine()":
+                    exc = Mine('mine')
+                return {spelling}
         """
-    ).result
-    assert result == [["<module 'json' (task sandbox)>", True], ["<module 'string' (task sandbox)>", True], None]
+    )
+    assert error.message.startswith("AttributeError: AttributeError.obj is not available"), error.message
 
 
 def test_ghsa_5rfv_the_string_module_is_a_proxy_without_internals():
@@ -222,6 +332,88 @@ def test_ghsa_5rfv_the_string_module_is_a_proxy_without_internals():
         error = fails(f"import string\ndef main():\n    return getattr(string, {attribute!r})")
         assert error.message.startswith("AttributeError")
     assert run("import string\ndef main():\n    return string.capwords('a b')").result == "A B"
+
+
+def test_interpreter_internals_are_refused_by_what_they_are_whatever_they_are_called():
+    """Frames, tracebacks and code objects lead to every global of the host. Their usual names
+    (``gi_frame``, ``tb_frame``, ``f_back`` ...) are refused by name; any other object that holds one
+    under a public name -- a host object handed to the task -- is refused by the value's type."""
+    def host_function():
+        return 1
+
+    try:
+        1 / 0
+    except ZeroDivisionError as exc:
+        trace = exc.__traceback__
+    holder = types.SimpleNamespace(frame=sys._getframe(), code=host_function.__code__, trace=trace,
+                                   module=json, fine=[1])
+    for name in ("frame", "code", "trace", "module"):
+        for spelling in (f"holder.{name}", f"getattr(holder, {name!r})", f"getattr(holder, {name!r}, None)"):
+            error = fails(f"def main(holder):\n    return {spelling}", holder)
+            assert error.message.startswith("AttributeError"), (spelling, error.message)
+        assert run(f"def main(holder):\n    return hasattr(holder, {name!r})", holder).result is False
+    assert run("def main(holder):\n    return holder.fine", holder).result == [1]
+
+
+@pytest.mark.parametrize("name", ["__traceback__", "__context__", "__cause__", "__self__", "__globals__",
+                                  "__func__", "__closure__", "__code__", "__dict__", "__reduce_ex__"])
+def test_exception_and_method_internals_are_refused_by_name_in_every_spelling(name):
+    source = ("def main():\n    try:\n        {}['k']\n    except KeyError as exc:\n        "
+              "raise ValueError('x') from exc\n")
+    chained = f"def main():\n    try:\n        int('x')\n    except ValueError as exc:\n        return exc.{name}"
+    assert refused(chained) and refused(f"def main():\n    return ''.upper.{name}")
+    computed = "'_' + '_' + " + repr(name[2:])
+    for target in ("exc", "''.upper", "main", "len"):
+        error = fails(f"def main():\n    try:\n        int('x')\n    except ValueError as exc:\n"
+                      f"        return getattr({target}, {computed})")
+        assert error.message.startswith("AttributeError"), (target, error.message)
+    assert fails(source).message == "ValueError: x"
+
+
+def test_exception_payloads_carry_only_what_the_code_supplied():
+    """``KeyError.args`` from a host dict (or ``string.Template``) is the key the task asked for,
+    ``StopIteration.value`` the task's own generator's value, ``NameError.name`` a plain string; an
+    ``ImportError`` carries neither ``name`` nor ``path`` of anything on the host."""
+    result = run(
+        """
+        import string, collections
+        def gen():
+            return 7
+            yield
+        def main():
+            out = []
+            for attempt in (lambda: {'a': 1}['b'], lambda: string.Template('$who').substitute({}),
+                            lambda: collections.ChainMap({})['c']):
+                try:
+                    attempt()
+                except KeyError as exc:
+                    out.append(exc.args)
+            try:
+                next(gen())
+            except StopIteration as exc:
+                out.append(exc.value)
+            try:
+                undefined_name
+            except NameError as exc:
+                out.append(exc.name)
+            try:
+                import os
+            except ImportError as exc:
+                out.append([exc.name, exc.path])
+            return out
+        """
+    ).result
+    assert result == [["b"], ["who"], ["c"], 7, "undefined_name", [None, None]]
+
+
+def test_a_deployment_allowing_operator_still_gets_no_attribute_fetcher():
+    """``operator`` is no default import and the settings warn against it; if a deployment allows it
+    anyway, ``attrgetter``/``methodcaller`` (which fetch attributes in C, past the guards) are absent."""
+    limits = Limits(allowed_imports=(*sandbox.DEFAULT_IMPORTS, "operator"))
+    for name in ("attrgetter", "methodcaller"):
+        error = fails(f"import operator\ndef main():\n    return operator.{name}('format')", limits=limits)
+        assert error.message.startswith("AttributeError"), error.message
+    assert run("import operator\ndef main():\n    return operator.itemgetter(1)([5, 6])", limits=limits).result == 6
 
 
 # --------------------------------------------------------------------------------------------
@@ -342,13 +534,16 @@ def test_ghsa_hp3v_modules_that_fetch_attributes_by_name_cannot_be_imported(modu
 
 def test_ghsa_hp3v_no_allowed_module_hands_out_an_attribute_by_name_helper_or_shared_mutable_state():
     """Walk what every default module proxy exposes, and one level into each exposed class: no
-    module object, no helper that reads attributes by a caller-chosen name, and no mutable container
-    (one run could leave something there for the next)."""
+    module object, no helper that reads attributes by a caller-chosen name, no mutable container
+    (one run could leave something there for the next), and no format engine but the two methods of
+    ``UserString``, which the getattr guard refuses when they are fetched."""
     mutable = (list, dict, set, bytearray, collections.deque)
+    format_engines: set[str] = set()
     for module in sandbox.DEFAULT_IMPORTS:
         for name, value in sandbox._module_attrs(module).items():
             where = f"{module}.{name}"
             assert not isinstance(value, (types.ModuleType, *mutable)), where
+            assert not sandbox._is_format_engine(value), where
             qualified = f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', '')}"
             assert where not in ATTRIBUTE_BY_NAME and qualified not in ATTRIBUTE_BY_NAME, where
             if isinstance(value, type):
@@ -360,6 +555,10 @@ def test_ghsa_hp3v_no_allowed_module_hands_out_an_attribute_by_name_helper_or_sh
                     except AttributeError:
                         continue
                     assert not isinstance(member, (types.ModuleType, *mutable)), f"{where}.{attribute}"
+                    if sandbox._is_format_engine(member):
+                        format_engines.add(f"{where}.{attribute}")
+    # reachable as class attributes, refused by guarded_getattr when fetched (what the tests above show)
+    assert format_engines == {"collections.UserString.format", "collections.UserString.format_map"}
 
 
 # --------------------------------------------------------------------------------------------
