@@ -38,7 +38,9 @@ Why it is shaped this way:
 * **Failures are data.** Whatever the user's code does -- raise, ``sys.exit``-like exceptions,
   run out of memory -- comes back as ``SandboxError`` with a reason, a message, a traceback that
   shows only the user's own lines, and the output so far. Celery's soft time limit is the one
-  exception let through untouched, so the worker can record a timeout.
+  exception let through untouched, so the worker can record a timeout. Every text that leaves a
+  run -- message, traceback, output, streamed lines, strings and keys of the result -- encodes as
+  UTF-8: a lone surrogate (``"\\udcff"``) becomes U+FFFD instead of failing the JSON or the log later.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ import logging
 import math
 import operator
 import random
+import re
 import string
 import sys
 import types
@@ -116,6 +119,21 @@ _MAX_RESULT_DEPTH = 100
 MAX_MESSAGE_CHARS = 2000
 """An error message longer than this (``raise ValueError("x" * 10**8)``) is cut: it is stored and logged."""
 MAX_TRACEBACK_CHARS = 16_000
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _valid_text(text: str) -> str:
+    """``text`` as a plain ``str`` that encodes as UTF-8: each lone surrogate (``"\\udcff"``, which
+    Python strings may hold but no UTF-8 stream, JSON document or log line can) becomes U+FFFD."""
+    if type(text) is not str:
+        text = str.__str__(text)
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _LONE_SURROGATE.sub("\ufffd", text)
+    return text
 
 
 @dataclass(frozen=True)
@@ -323,7 +341,8 @@ class _OutputSink:
     def write(self, text: str) -> None:
         if self.overflowed:
             raise _OutputCapExceeded()
-        data = text.encode("utf-8", "surrogatepass")
+        text = _valid_text(text)
+        data = text.encode("utf-8")
         if self.used + len(data) <= self.cap:
             self.used += len(data)
             self.parts.append(text)
@@ -891,7 +910,7 @@ def _json_safe(value: object, cap: int) -> object:
             number = float(obj)
             return number if math.isfinite(number) else repr(number)
         if isinstance(obj, str):
-            string = str.__str__(obj)
+            string = _valid_text(obj)
             charge(len(string) + 1)
             return string
         if depth >= _MAX_RESULT_DEPTH:
@@ -904,9 +923,9 @@ def _json_safe(value: object, cap: int) -> object:
                 if isinstance(obj, dict):
                     out = {}
                     for key, item in list(obj.items()):
-                        key_text = key if isinstance(key, str) else str(key)
+                        key_text = _valid_text(key if isinstance(key, str) else str(key))
                         charge(len(key_text) + 3)
-                        out[str.__str__(key_text)] = convert(item, depth + 1, path)
+                        out[key_text] = convert(item, depth + 1, path)
                     return out
                 items: list = list(obj)
                 if isinstance(obj, (set, frozenset)):
@@ -917,7 +936,7 @@ def _json_safe(value: object, cap: int) -> object:
                 return [convert(item, depth + 1, path) for item in items]
             finally:
                 path.discard(id(obj))
-        string = text(obj)
+        string = _valid_text(text(obj))
         charge(len(string) + 1)
         return string
 
@@ -945,7 +964,7 @@ def _describe(exc: BaseException) -> str:
     except Exception:
         detail = "<unprintable>"
     name = _qualified_name(type(exc))
-    return _clip(f"{name}: {detail}" if detail else name, MAX_MESSAGE_CHARS, "message")
+    return _clip(_valid_text(f"{name}: {detail}" if detail else name), MAX_MESSAGE_CHARS, "message")
 
 
 def _frame_lines(where: tuple[int, str], lines: list[str]) -> list[str]:
@@ -997,7 +1016,7 @@ def _format_traceback(exc: BaseException, source: str, last_line: str | None = N
         blocks.append("\n".join(block))
         if index:
             blocks.append(f"\n{links[index - 1]}\n")
-    return _clip("\n".join(blocks) + "\n", MAX_TRACEBACK_CHARS, "traceback")
+    return _clip(_valid_text("\n".join(blocks) + "\n"), MAX_TRACEBACK_CHARS, "traceback")
 
 
 def _is_time_limit(exc: BaseException, user_classes: set[type] | frozenset[type] = frozenset()) -> bool:

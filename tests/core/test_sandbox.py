@@ -678,6 +678,61 @@ def test_output_cap_counts_utf8_bytes_without_splitting_characters():
     assert kept == "é" * 25
 
 
+def _encodes(*texts: str) -> bool:
+    for text in texts:
+        assert type(text) is str
+        text.encode("utf-8")  # raises on a lone surrogate
+    return True
+
+
+@pytest.mark.parametrize("statement, message", [
+    (r"raise ValueError('x\udcff')", "ValueError: x\ufffd"),
+    (r"raise ValueError('\ud800', '\udfff')", "ValueError: ('\\ud800', '\\udfff')"),
+    (r"raise KeyError('\udcff')", "KeyError: '\\udcff'"),
+    (r"raise SystemExit('\udcff')", "the code tried to stop the program (SystemExit: \ufffd)"),
+    (r"raise ValueError('\udcff') from KeyError('\ud801')", "ValueError: \ufffd"),
+    (r"print('a\udcffb', end='\ud800'); print('\udfff' * 3); raise Oops('\udcff' * 5000)", None),
+])
+def test_lone_surrogates_in_messages_and_output_still_end_the_run_cleanly(statement, message):
+    """Python strings may hold lone surrogates; UTF-8 (JSON results, the broker, logs, terminals) may not.
+    A run that raises or prints one must still end in a SandboxError whose message, traceback and
+    output are valid text, each surrogate shown as U+FFFD -- not in a UnicodeEncodeError later."""
+    lines: list[str] = []
+    error = fail(f"class Oops(Exception):\n    pass\ndef main():\n    {statement}", on_output=lines.append)
+    assert _encodes(error.message, error.traceback, error.output, *lines)
+    assert json.dumps(error.to_dict(), ensure_ascii=False).encode("utf-8")
+    if message is not None:
+        assert error.message == message
+        assert error.traceback.endswith("\n") and error.traceback.splitlines()[-1] in message
+    else:
+        assert error.output == "a\ufffdb\ufffd\ufffd\ufffd\ufffd\n" and lines == ["a\ufffdb\ufffd\ufffd\ufffd\ufffd"]
+        assert error.message.startswith("Oops: \ufffd\ufffd") and "characters of the message left out" in error.message
+
+
+def test_lone_surrogates_in_results_and_output_of_a_successful_run_are_replaced():
+    lines: list[str] = []
+    execution = run(
+        r"""
+        class Tag(str):
+            pass
+        def main():
+            print('\udcff', 'ok')
+            return ['\udcff', Tag('t\ud800'), {'k\udcff': '\udfff', 1: ('\ud800',)}, {'\udcff'}, printed]
+        """,
+        on_output=lines.append,
+    )
+    assert execution.output == "\ufffd ok\n" and lines == ["\ufffd ok"]
+    assert execution.result == ["\ufffd", "t\ufffd", {"k\ufffd": "\ufffd", "1": ["\ufffd"]}, ["\ufffd"], "\ufffd ok\n"]
+    assert json.dumps(execution.result, ensure_ascii=False).encode("utf-8")
+
+
+def test_lone_surrogates_do_not_bend_the_output_cap():
+    error = fail("def main():\n    print('\\udcff' * 100)", limits=Limits(output_cap=10))
+    assert error.reason == "output_cap"
+    assert error.output.split("\n")[0] == "\ufffd" * 3  # 3 bytes each in UTF-8, 10 bytes allowed
+    assert _encodes(error.output, error.message, error.traceback)
+
+
 def test_result_cap():
     error = fail("def main():\n    return 'x' * 5000", limits=Limits(result_cap=1000))
     assert error.reason == "result_cap"
