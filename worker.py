@@ -15,7 +15,8 @@ from celery import signals
 
 from core import builtins
 from core.config import Settings
-from core.dispatch import CODE_TASK, HTTP_TASK, OWN_TASKS, make_celery
+from core.dispatch import CODE_QUEUE, CODE_TASK, HTTP_TASK, OWN_TASKS, make_celery
+from core.jail import Jail
 from core.embedded import resolve_redis_url
 from core.models import RunState
 from core.runner import Runner, format_exception
@@ -24,6 +25,8 @@ from core.store import Store
 settings = Settings()
 app = make_celery(settings, resolve_redis_url(settings))
 _runners: dict[int, Runner] = {}
+UNRESTRICTED_CODE = os.environ.get("TASKMAN_TEST_UNRESTRICTED_CODE") == "1"
+"""Test-only: run code tasks as plain Python inside the jail, to prove the jail holds without the language wall."""
 
 
 def runner() -> Runner:
@@ -32,7 +35,7 @@ def runner() -> Runner:
     if pid not in _runners:
         store = Store.from_settings(settings, resolve_redis_url(settings))
         _runners.clear()
-        _runners[pid] = Runner(store, settings, f"{socket.gethostname()}:{pid}")
+        _runners[pid] = Runner(store, settings, f"{socket.gethostname()}:{pid}", unrestricted_code=UNRESTRICTED_CODE)
     return _runners[pid]
 
 
@@ -92,11 +95,37 @@ def _failed(sender=None, task_id=None, exception=None, einfo=None, **_):
     runner().registered_finished(task_id, state, error=error, traceback=trace)
 
 
+@signals.worker_process_init.connect
+def _warm_jail(**_):
+    """Each pool process starts its jail template now (without waiting), so the first code run need not."""
+    if CODE_QUEUE in _served_queues(app):
+        runner().jail.spawn()
+
+
 @signals.worker_ready.connect
 def _report_registered(sender=None, **_):
-    queues = [queue.name for queue in sender.app.amqp.queues.consume_from.values()] if sender else []
+    queues = _served_queues(sender.app) if sender else []
     names = [name for name in app.tasks if not name.startswith("celery.") and name not in OWN_TASKS]
-    runner().store.record_registered(names, sender.hostname if sender else socket.gethostname(), queues)
+    runner().store.record_registered(names, sender.hostname if sender else socket.gethostname(), queues,
+                                     isolation=_isolation() if CODE_QUEUE in queues else None)
+
+
+def _served_queues(celery_app) -> list[str]:
+    return [queue.name for queue in celery_app.amqp.queues.consume_from.values()]
+
+
+def _isolation() -> dict:
+    """The walls this worker's code runs get (probed once by a throwaway jail template)."""
+    probe = Jail(jail_uid=settings.jail_uid, accept_weak=settings.jail_accept_weak, grace=settings.kill_grace)
+    try:
+        report = probe.start()
+    except Exception as exc:
+        return {"up": {}, "why": {"jail": str(exc)}, "missing": ["fresh_process"], "accept_weak": settings.jail_accept_weak,
+                "unrestricted_test_mode": UNRESTRICTED_CODE}
+    finally:
+        probe.close()
+    return {**report.to_dict(), "missing": report.missing(), "accept_weak": settings.jail_accept_weak,
+            "unrestricted_test_mode": UNRESTRICTED_CODE}
 
 
 @signals.heartbeat_sent.connect

@@ -82,6 +82,11 @@ class Settings(BaseSettings):
     """Modules code tasks may import (comma-separated in env); each is handed over as a proxy of its
     public functions, classes and constants. ``a.b`` allows the submodule only. Every name added here
     widens the sandbox: never list modules that reach the OS (os, sys, subprocess, io, operator ...)."""
+    jail_uid: int = Field(64_999, ge=1)
+    """uid and gid code runs take when the worker runs as root (no account needs to exist for it)."""
+    jail_accept_weak: bool = False
+    """Run code even where an isolation wall cannot be raised (no Landlock, no seccomp, ...). Off: such
+    runs are refused with an error naming the missing walls."""
     http_body_cap: int = 256 * 1024
     """Bytes of an API task's response body kept in the run record."""
     max_retries_cap: int = 20

@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from core import http, metrics, sandbox
+from core import http, jail, metrics, sandbox
 from core.config import Settings
 from core.models import Run, RunState, Task
 from core.store import Store, due_member_for_run
@@ -43,11 +43,17 @@ def log_entry(task_id: str, run_id: str, level: str, message: str) -> dict[str, 
 
 
 def json_safe(value: Any) -> Any:
-    """A value as JSON can carry it; anything else becomes its repr."""
+    """A value as JSON and UTF-8 can carry it: anything else becomes its repr, lone surrogates U+FFFD."""
     try:
-        return json.loads(json.dumps(value))
+        text = json.dumps(value, ensure_ascii=False)
     except (TypeError, ValueError):
-        return repr(value)
+        text = json.dumps(repr(value), ensure_ascii=False)
+    return json.loads(text.encode("utf-8", "surrogatepass").decode("utf-8", "replace"))
+
+
+def text_safe(text: str | None) -> str:
+    """``text`` with lone surrogates (which Redis's UTF-8 cannot carry) replaced by U+FFFD."""
+    return (text or "").encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
 class LogBuffer:
@@ -84,11 +90,13 @@ class Started:
 class Runner:
     """Carries out runs for one worker process and records what happened."""
 
-    def __init__(self, store: Store, settings: Settings, worker_name: str) -> None:
+    def __init__(self, store: Store, settings: Settings, worker_name: str, *, unrestricted_code: bool = False) -> None:
         self.store = store
         self.settings = settings
         self.worker_name = worker_name
         self._http_client = None
+        self.jail = jail.Jail(jail_uid=settings.jail_uid, accept_weak=settings.jail_accept_weak,
+                              grace=settings.kill_grace, unrestricted=unrestricted_code)
 
     @property
     def http_client(self):
@@ -132,26 +140,43 @@ class Runner:
         return started
 
     def run_code(self, run_id: str, task_id: str) -> None:
-        """Execute a code task's function in the sandbox and record the outcome."""
+        """Execute a code task's function in a jailed process and record the outcome."""
         started = self._begin_task_run(run_id, task_id)
         if started is None:
             return
         spec = started.task.spec
         limits = sandbox.Limits.for_task(self.settings, spec)
+        timeout = self._timeout(started.task)
         try:
-            execution = sandbox.execute(spec.function_code or "", spec.function_name or "", list(spec.args),
-                                        dict(spec.kwargs), limits, on_output=lambda line: started.logs.add("print", line))
-        except sandbox.SandboxError as exc:
-            self.finish(started, RunState.FAILED, error=exc.message, traceback=exc.traceback, output=exc.output,
-                        retryable=exc.reason == "error")
+            outcome = self.jail.run(spec.function_code or "", spec.function_name or "", list(spec.args),
+                                    dict(spec.kwargs), limits, timeout,
+                                    on_output=lambda line: started.logs.add("print", line))
+        except jail.JailError as exc:
+            self.finish(started, RunState.FAILED, error=f"the jail could not run the code: {exc}", retryable=True)
+            return
         except Exception as exc:
             if type(exc).__name__ == "SoftTimeLimitExceeded":
                 self.finish(started, RunState.TIMED_OUT, retryable=True,
-                            error=f"timed out: the run exceeded its timeout of {self._timeout(started.task):g} s")
+                            error=f"timed out: the run exceeded its timeout of {timeout:g} s")
                 return
             raise
-        else:
-            self.finish(started, RunState.SUCCEEDED, result=execution.result, output=execution.output)
+        self._record_outcome(started, outcome, timeout)
+
+    def _record_outcome(self, started: Started, outcome: jail.Outcome, timeout: float) -> None:
+        if outcome.status == "done":
+            self.finish(started, RunState.SUCCEEDED, result=outcome.result, output=outcome.output)
+        elif outcome.status == "error":
+            self.finish(started, RunState.FAILED, error=outcome.message, traceback=outcome.traceback,
+                        output=outcome.output, retryable=outcome.reason == "error")
+        elif outcome.status == "timed_out":
+            why = "its CPU time limit" if outcome.signal_name == "SIGXCPU" else f"its timeout of {timeout:g} s"
+            self.finish(started, RunState.TIMED_OUT, retryable=True, output=outcome.output,
+                        error=f"timed out: the run exceeded {why} and its process was killed")
+        elif outcome.status == "crashed":
+            self.finish(started, RunState.FAILED, output=outcome.output,
+                        error=f"the run's process crashed: {outcome.signal_name}")
+        else:  # refused (walls down) or broken (the process broke the jail's protocol)
+            self.finish(started, RunState.FAILED, error=outcome.message, output=outcome.output)
 
     def run_http(self, run_id: str, task_id: str) -> None:
         """Send an API task's request and record the response."""
@@ -190,6 +215,7 @@ class Runner:
             run.started_at = now
             duration_ms = 0.0
         result = json_safe(result)
+        error, traceback, output = text_safe(error) or None, text_safe(traceback), text_safe(output)
         summary = self._summary(run, state, duration_ms, result, error)
         started.logs.add("error" if state is not RunState.SUCCEEDED else "info", summary)
         pipe = self.store.redis.pipeline(transaction=True)

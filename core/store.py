@@ -528,10 +528,11 @@ class Store:
 
     # -- workers -------------------------------------------------------------------------------
 
-    def record_registered(self, names: Iterable[str], worker: str, queues: Iterable[str]) -> None:
-        """Remember the task names ``worker`` registered and the queues it serves (one field per worker,
-        so workers that start together never overwrite each other's report)."""
-        detail = {"tasks": sorted(names), "queues": sorted(queues), "seen_at": time.time()}
+    def record_registered(self, names: Iterable[str], worker: str, queues: Iterable[str],
+                          isolation: dict | None = None) -> None:
+        """Remember the task names ``worker`` registered, the queues it serves and the isolation walls its
+        code runs get (one field per worker, so workers that start together never overwrite each other)."""
+        detail = {"tasks": sorted(names), "queues": sorted(queues), "seen_at": time.time(), "isolation": isolation}
         self.redis.hset(self.keys.registered, worker, json.dumps(detail))
 
     def registered(self) -> dict[str, dict]:
@@ -544,6 +545,10 @@ class Store:
                 entry["workers"].append(worker)
                 entry["queues"] = sorted(set(entry["queues"]) | set(detail.get("queues", ())))
         return dict(sorted(names.items()))
+
+    def worker_reports(self) -> dict[str, dict]:
+        """Each worker's last report: task names, queues, when, and the isolation walls of its code runs."""
+        return {worker: json.loads(raw) for worker, raw in sorted(self.redis.hgetall(self.keys.registered).items())}
 
     def heartbeat(self, worker: str, when: float | None = None) -> None:
         """Note that ``worker`` is alive (``core.metrics`` counts workers seen recently)."""

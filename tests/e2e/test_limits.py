@@ -105,19 +105,17 @@ HARD_CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(HARD_CASES))
-def test_work_that_never_yields_to_the_soft_limit_is_killed_at_the_hard_one(limited, case):
+def test_work_that_never_yields_to_the_soft_limit_is_killed_at_it(limited, case):
     """C-level work (a float searched in a range of 10**12 ints) never returns to the interpreter, so
-    the soft limit's exception cannot be raised; code that catches it carries on. Either way the
-    pool's parent kills the process ``kill_grace`` seconds later and records why."""
+    no exception could stop it; code that catches exceptions would carry on. The run is a jailed process
+    of its own, so the worker kills that process at the soft limit and goes on serving: no hard kill."""
     run, took = run_code(limited, HARD_CASES[case], timeout=1)
-    limit = 1 + KILL_GRACE
-    MEASURED[f"{case} (hard limit {limit:g} s)"] = f"{run.duration_ms / 1000:.2f} s in the run, {took:.2f} s end to end"
+    MEASURED[f"{case} (timeout 1 s)"] = f"{run.duration_ms / 1000:.2f} s in the run, {took:.2f} s end to end"
     assert run.state is RunState.TIMED_OUT
-    assert run.error == ("timed out: the run exceeded its timeout of 1 s, did not stop, and its process was killed "
-                         f"at the hard time limit ({KILL_GRACE:g} s later)")
-    assert limit - 0.3 <= run.duration_ms / 1000 <= limit + 1.0
+    assert run.error == "timed out: the run exceeded its timeout of 1 s"
+    assert 0.8 <= run.duration_ms / 1000 <= 1 + KILL_GRACE / 2 + 0.5
     assert len(limited.get(run.task_id).runs) == 1
-    assert next_run_succeeds(limited, run) != pid_of(run), "the killed process was replaced"
+    assert next_run_succeeds(limited, run) == pid_of(run), "the worker's pool process was not killed"
 
 
 # --------------------------------------------------------------------------------------------
