@@ -27,9 +27,11 @@ Why it is shaped this way:
   allowed for a fixed internal list only, and the caller gets an empty proxy back.
 * **Limits belong to the host.** RestrictedPython does not bound CPU, memory or recursion. The
   worker's Celery time limit bounds CPU; here ``RLIMIT_AS`` (relative to the current size),
-  ``sys.setrecursionlimit`` (relative to the current depth, and never more than the C stack holds:
-  a frame count is not a byte count) and an output collector bound the rest for the duration of one
-  call, and everything is restored afterwards so the worker goes on. Before the limits are lifted
+  ``sys.setrecursionlimit`` (relative to the current depth, and never more than the C stack of the
+  calling thread holds: a frame count is not a byte count; that stack is ``Limits.stack_bytes`` if
+  given, else RLIMIT_STACK in the main thread and ``threading.stack_size()`` in any other) and an
+  output collector bound the rest for the duration of one call, and everything is restored
+  afterwards so the worker goes on. Before the limits are lifted
   the run's garbage is collected, so no generator ``finally`` of the task's runs later, unbounded.
   These settings are process-wide: run one ``execute`` at a time per process (Celery prefork).
 * **Fresh state every run.** The compiled code object is cached (cron tasks fire often), but each
@@ -62,6 +64,7 @@ import random
 import re
 import string
 import sys
+import threading
 import types
 from collections import Counter, OrderedDict, UserString, defaultdict, deque
 from contextlib import contextmanager
@@ -138,13 +141,21 @@ def _valid_text(text: str) -> str:
 
 @dataclass(frozen=True)
 class Limits:
-    """Bounds of one run; 0 for ``memory_limit_mb`` (or <= 0 for ``recursion_limit``) disables it."""
+    """Bounds of one run; 0 for ``memory_limit_mb`` (or <= 0 for ``recursion_limit``) disables it.
+
+    ``stack_bytes`` is not a bound but a fact: the size of the C stack of the thread that calls
+    ``execute``, which caps ``recursion_limit`` (see ``stack_safe_recursion_limit``). ``None`` means
+    "find out": ``RLIMIT_STACK`` in the main thread, ``threading.stack_size()`` in any other (right
+    when it was set before the thread started and not changed since). A caller that made the thread
+    knows better and should say so.
+    """
 
     output_cap: int = 64 * 1024
     result_cap: int = 256 * 1024
     memory_limit_mb: int = 512
     recursion_limit: int = 200
     allowed_imports: tuple[str, ...] = DEFAULT_IMPORTS
+    stack_bytes: int | None = None
 
     @classmethod
     def from_settings(cls, settings: Any, **overrides: Any) -> Limits:
@@ -813,20 +824,52 @@ def _stack_depth() -> int:
 
 STACK_BYTES_PER_CALL = 4096
 """C stack one nested call of user code may take (through ``sorted(key=...)`` it is ~2.4 KiB)."""
+HOST_STACK_MARGIN = 1024 * 1024
+"""C stack kept for the host's own frames below the run (a quarter of a smaller stack)."""
+_GLIBC_THREAD_STACK_WITHOUT_RLIMIT = 2 * 1024 * 1024
+"""What glibc gives a new thread by default when RLIMIT_STACK is unlimited (x86-64)."""
 
 
-def stack_safe_recursion_limit(wanted: int) -> int:
-    """``wanted``, lowered so that many nested calls fit in this thread's C stack (RLIMIT_STACK).
+def _rlimit_stack() -> int | None:
+    if resource is None or not hasattr(resource, "RLIMIT_STACK"):
+        return None
+    soft, _hard = resource.getrlimit(resource.RLIMIT_STACK)
+    return None if soft == resource.RLIM_INFINITY else soft
 
+
+def thread_stack_bytes() -> int | None:
+    """Size of the running thread's C stack as far as can be told without asking C; None if unbounded
+    or unknown.
+
+    The main thread grows up to ``RLIMIT_STACK``. Any other thread got a fixed stack when it started:
+    ``threading.stack_size()`` if one was set (and not changed since), else the C library's default,
+    which for glibc is ``RLIMIT_STACK`` as it was at process start, or 2 MiB if that was unlimited.
+    """
+    if threading.current_thread() is threading.main_thread():
+        return _rlimit_stack()
+    size = threading.stack_size()  # reading it also sets it to 0 (the default): put it back
+    if size:
+        threading.stack_size(size)
+        return size
+    limit = _rlimit_stack()
+    return limit if limit is not None else _GLIBC_THREAD_STACK_WITHOUT_RLIMIT
+
+
+def stack_safe_recursion_limit(wanted: int, stack_bytes: int | None = None) -> int:
+    """``wanted``, lowered so that many nested calls fit in this thread's C stack.
+
+    ``stack_bytes`` is the size of that stack; ``None`` (or 0) finds it out (``thread_stack_bytes``):
+    RLIMIT_STACK is right for the main thread only -- a thread made with ``threading.stack_size(64 MiB)``
+    holds far more than an 8 MiB RLIMIT_STACK says, and one with a small stack far less.
     Python counts frames, not bytes: a recursion through C functions with large frames overflows an
     8 MiB stack at ~3,500 levels and kills the process with SIGSEGV, which no ``except`` can catch.
     """
-    if resource is None or wanted <= 0 or not hasattr(resource, "RLIMIT_STACK"):
+    if wanted <= 0:
         return wanted
-    soft, _hard = resource.getrlimit(resource.RLIMIT_STACK)
-    if soft == resource.RLIM_INFINITY:
+    stack = stack_bytes if stack_bytes else thread_stack_bytes()
+    if stack is None:
         return wanted
-    room = soft - 1024 * 1024  # what the host's own frames already use, with a margin
+    room = stack - min(HOST_STACK_MARGIN, stack // 4)  # what the host's own frames already use, with a margin
     return max(1, min(wanted, room // STACK_BYTES_PER_CALL))
 
 
@@ -1068,12 +1111,14 @@ def execute(
     ``on_output`` gets each complete printed line (without newline) as it is printed, and a last
     unterminated line when the run ends. Raises ``InvalidSpec`` for code that does not check,
     ``SandboxError`` for any failure of the user's code; Celery's soft time limit passes through.
+    May run in any thread (one run per process at a time); in one started with a stack size of its
+    own, ``limits.recursion_limit`` is capped by that stack (``Limits.stack_bytes``).
     """
     check_source(source, function_name)
     code = compile_source(source)
     call_args = list(args or ())
     call_kwargs = dict(kwargs or {})
-    safe_depth = stack_safe_recursion_limit(limits.recursion_limit)
+    safe_depth = stack_safe_recursion_limit(limits.recursion_limit, limits.stack_bytes)
     if safe_depth != limits.recursion_limit:
         log.warning("recursion limit %d lowered to %d to fit the C stack", limits.recursion_limit, safe_depth)
         limits = dataclasses.replace(limits, recursion_limit=safe_depth)

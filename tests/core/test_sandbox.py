@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import random
 import signal
+import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 from hypothesis import given, settings
@@ -765,6 +767,122 @@ def test_recursion_limit_is_configurable():
     source = "def down(n):\n    return 0 if n == 0 else 1 + down(n - 1)\ndef main(n):\n    return down(n)"
     assert execute_error(source, "main", [150], {}, Limits(recursion_limit=50)).reason == "recursion"
     assert execute(source, "main", [800], {}, Limits(recursion_limit=1000)).result == 800
+
+
+RECURSIVE = (
+    "def down(n):\n    return 0 if n <= 0 else down(n - 1) + 1\n"
+    "def via_c(n):\n    return 0 if n <= 0 else sorted([n - 1], key=via_c)[0] + 1\n"
+    "def main(n, through_c=False):\n    return via_c(n) if through_c else down(n)\n"
+)
+
+
+def test_stack_safe_recursion_limit_follows_the_stack_it_is_told_of():
+    mib = 1024 * 1024
+    per_call = sandbox.STACK_BYTES_PER_CALL
+    assert sandbox.stack_safe_recursion_limit(1000, 64 * mib) == 1000
+    assert sandbox.stack_safe_recursion_limit(10**6, 64 * mib) == (63 * mib) // per_call
+    assert sandbox.stack_safe_recursion_limit(1000, 2 * mib) == (2 * mib - mib // 2) // per_call
+    assert sandbox.stack_safe_recursion_limit(1000, 1024) == 1
+    assert sandbox.stack_safe_recursion_limit(0, 1024) == 0  # 0 disables the limit, whatever the stack
+    assert sandbox.stack_safe_recursion_limit(1000, None) == sandbox.stack_safe_recursion_limit(
+        1000, sandbox.thread_stack_bytes())
+
+
+def test_a_thread_with_a_large_stack_is_measured_by_its_own_stack_not_rlimit_stack():
+    """The jail runs ``execute`` in a thread started after ``threading.stack_size(...)``; RLIMIT_STACK
+    describes the main thread only. Run in-process: 900 nested calls under a limit of 1000."""
+    seen: dict = {}
+
+    def body():
+        seen["stack"] = sandbox.thread_stack_bytes()
+        seen["result"] = execute(RECURSIVE, "main", [900], None, Limits(recursion_limit=1000)).result
+        seen["told"] = execute(RECURSIVE, "main", [900], None,
+                               Limits(recursion_limit=1000, stack_bytes=64 * 1024 * 1024)).result
+        seen["still set"] = threading.stack_size(64 * 1024 * 1024)  # finding the size out did not reset it
+
+    previous = threading.stack_size(64 * 1024 * 1024)
+    try:
+        runner = threading.Thread(target=body)
+        runner.start()
+        runner.join()
+    finally:
+        threading.stack_size(previous)
+    assert seen == {"stack": 64 * 1024 * 1024, "result": 900, "told": 900, "still set": 64 * 1024 * 1024}
+
+
+@pytest.mark.skipif(resource is None or not hasattr(resource, "RLIMIT_STACK"), reason="needs RLIMIT_STACK")
+def test_deep_recursion_in_a_large_stack_thread_is_a_recursion_error_not_a_crash():
+    """In a subprocess (a SIGSEGV would take the test session with it) whose RLIMIT_STACK is 2 MiB --
+    under which the old reading of RLIMIT_STACK allowed only 256 calls, so 900 failed -- a thread with
+    a 64 MiB stack runs 900 nested calls under a limit of 1000, and 5,000 (plain, or each level through
+    ``sorted(key=...)``, which costs C stack) end as SandboxError reason "recursion"."""
+    code = textwrap.dedent(
+        f"""
+        import json, resource, threading
+        from core.sandbox import Limits, SandboxError, execute, stack_safe_recursion_limit
+        resource.setrlimit(resource.RLIMIT_STACK, (2 * 1024 * 1024, resource.getrlimit(resource.RLIMIT_STACK)[1]))
+        source = {RECURSIVE!r}
+        out = {{"main thread": stack_safe_recursion_limit(1000)}}
+
+        def body():
+            out["thread"] = stack_safe_recursion_limit(1000)
+            limits = Limits(recursion_limit=1000, memory_limit_mb=0)
+            out["900"] = execute(source, "main", [900], None, limits).result
+            out["400 through C"] = execute(source, "main", [400, True], None, limits).result  # 2 counted per level
+            for args in ([5000], [5000, True], [100000, True]):
+                try:
+                    execute(source, "main", args, None, limits)
+                except SandboxError as exc:
+                    out[repr(args)] = [exc.reason, exc.message]
+
+        threading.stack_size(64 * 1024 * 1024)
+        runner = threading.Thread(target=body)
+        runner.start()
+        runner.join()
+        print(json.dumps(out))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          cwd=sandbox.__file__.rsplit("/core/", 1)[0])
+    assert done.returncode == 0 and not done.stderr, (done.returncode, done.stderr[-2000:])
+    out = json.loads(done.stdout)
+    limit_message = "RecursionError: maximum recursion depth exceeded (limit 1000 calls)"
+    assert out == {
+        "main thread": (2 * 1024 * 1024 - 512 * 1024) // sandbox.STACK_BYTES_PER_CALL, "thread": 1000, "900": 900,
+        "400 through C": 400, "[5000]": ["recursion", limit_message], "[5000, True]": ["recursion", limit_message],
+        "[100000, True]": ["recursion", limit_message],
+    }
+
+
+@pytest.mark.skipif(resource is None or not hasattr(resource, "RLIMIT_STACK"), reason="needs RLIMIT_STACK")
+def test_a_thread_with_a_small_stack_gets_a_lower_limit_not_a_crash():
+    """The other side: RLIMIT_STACK (8 MiB here) says nothing of a thread made with 512 KiB. Read that
+    way, a recursion through ``sorted(key=...)`` was allowed 1,792 levels and the process died of
+    SIGSEGV; measured by the thread's own stack it ends as a RecursionError. In a subprocess."""
+    code = textwrap.dedent(
+        f"""
+        import resource, threading
+        from core.sandbox import Limits, SandboxError, execute
+        resource.setrlimit(resource.RLIMIT_STACK, (8 * 1024 * 1024, resource.getrlimit(resource.RLIMIT_STACK)[1]))
+
+        def body():
+            try:
+                execute({RECURSIVE!r}, "main", [100_000, True], None,
+                        Limits(recursion_limit=100_000, memory_limit_mb=0))
+            except SandboxError as exc:
+                print(exc.reason, exc.message)
+
+        threading.stack_size(512 * 1024)
+        runner = threading.Thread(target=body)
+        runner.start()
+        runner.join()
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          cwd=sandbox.__file__.rsplit("/core/", 1)[0])
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    expected = (512 * 1024 - 128 * 1024) // sandbox.STACK_BYTES_PER_CALL
+    assert done.stdout == f"recursion RecursionError: maximum recursion depth exceeded (limit {expected} calls)\n"
 
 
 @pytest.mark.skipif(resource is None or not hasattr(resource, "RLIMIT_AS"), reason="needs RLIMIT_AS")
