@@ -153,7 +153,7 @@ class Limits:
     output_cap: int = 64 * 1024
     result_cap: int = 256 * 1024
     memory_limit_mb: int = 512
-    recursion_limit: int = 200
+    recursion_limit: int = 1000
     allowed_imports: tuple[str, ...] = DEFAULT_IMPORTS
     stack_bytes: int | None = None
 

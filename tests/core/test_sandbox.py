@@ -776,6 +776,12 @@ RECURSIVE = (
 )
 
 
+def test_ordinary_recursion_300_deep_fits_the_default_limit():
+    assert Limits().recursion_limit == 1000
+    assert execute(RECURSIVE, "main", [300]).result == 300
+    assert execute(RECURSIVE, "main", [300, True]).result == 300
+
+
 def test_stack_safe_recursion_limit_follows_the_stack_it_is_told_of():
     mib = 1024 * 1024
     per_call = sandbox.STACK_BYTES_PER_CALL
