@@ -617,13 +617,15 @@ def guarded_getattr(obj: object, name: str, default: object = _NO_DEFAULT) -> ob
     """``getattr`` for tasks: no ``_`` names, no ``str.format`` however reached, never a module, frame,
     traceback or code object, no ``AttributeError.obj``, no ABC registration."""
     _check_name(name)
-    if name == "register" and isinstance(obj, abc.ABCMeta):
+    # A super proxy reads attributes of its __self__ (past some classes of its MRO): judge that.
+    subject = obj.__self__ if isinstance(obj, super) and obj.__self__ is not None else obj
+    if name == "register" and isinstance(subject, abc.ABCMeta):
         # ``fractions.Fraction.register(str)`` (or ``register`` on a task's subclass of ``UserList``,
         # through the ABC's subclass cache) would change isinstance() for the host and every later run.
         raise AttributeError("'register' of abstract base classes is not available in tasks: it would change "
                              "isinstance() for every later run")
     for kind, hidden in _HIDDEN_EXCEPTION_ATTRIBUTES:
-        if name == hidden and isinstance(obj, kind):
+        if name == hidden and isinstance(subject, kind):
             raise AttributeError(f"{kind.__name__}.{hidden} is not available in tasks: it may be an object the "
                                  "code never held")
     if default is _NO_DEFAULT:

@@ -299,7 +299,8 @@ def test_ghsa_xjw2_string_formatter_is_not_handed_out():
 # GHSA-5rfv-66g4-jr8h (CVE-2024-47532): AttributeError.obj and the string module
 
 
-@pytest.mark.parametrize("spelling", ["exc.obj", "getattr(exc, 'obj')", "getattr(exc, 'obj', None)"])
+@pytest.mark.parametrize("spelling", ["exc.obj", "getattr(exc, 'obj')", "getattr(exc, 'obj', None)",
+                                      "super(Mine, Mine('x')).obj"])
 @pytest.mark.parametrize("target, name", [("json", "'decoder'"), ("string", "'Formatter'"), ("gen", "'gi_frame'"),
                                           ("collections.UserString('x')", "'nope'"), ("Mine()", "'nope'")])
 def test_ghsa_5rfv_attribute_error_obj_is_never_handed_out(spelling, target, name):
@@ -400,10 +401,14 @@ def test_exception_payloads_carry_only_what_the_code_supplied():
                 import os
             except ImportError as exc:
                 out.append([exc.name, exc.path])
+            try:
+                from json import decoder
+            except ImportError as exc:
+                out.append([exc.name, exc.path])
             return out
         """
     ).result
-    assert result == [["b"], ["who"], ["c"], 7, "undefined_name", [None, None]]
+    assert result == [["b"], ["who"], ["c"], 7, "undefined_name", [None, None], [None, None]]
 
 
 def test_a_deployment_allowing_operator_still_gets_no_attribute_fetcher():
