@@ -22,17 +22,18 @@ Why it is shaped this way:
   attributes by a caller-chosen name or evaluate annotations (``functools.wraps``,
   ``functools.singledispatch``, ``string.Formatter``, and ``operator.attrgetter``/``methodcaller``
   should a deployment allow ``operator``) are left out because they would undo the guards;
-  ``string.Template`` stays (it looks up keys, never attributes). Lazy imports made by C code on the user's behalf (``datetime.strptime`` loads
-  ``_strptime``) go through the same hook; they are told apart by the calling instruction and
-  allowed for a fixed internal list only, and the caller gets an empty proxy back.
+  ``string.Template`` stays (it looks up keys, never attributes). Lazy imports made by C code on
+  the user's behalf (``datetime.strptime`` loads ``_strptime``) go through the same hook; they are
+  told apart by the calling instruction and allowed for a fixed internal list only, and the caller
+  gets an empty proxy back.
 * **Limits belong to the host.** RestrictedPython does not bound CPU, memory or recursion. The
   worker's Celery time limit bounds CPU; here ``RLIMIT_AS`` (relative to the current size),
   ``sys.setrecursionlimit`` (relative to the current depth, and never more than the C stack of the
   calling thread holds: a frame count is not a byte count; that stack is ``Limits.stack_bytes`` if
   given, else RLIMIT_STACK in the main thread and ``threading.stack_size()`` in any other) and an
   output collector bound the rest for the duration of one call, and everything is restored
-  afterwards so the worker goes on. Before the limits are lifted
-  the run's garbage is collected, so no generator ``finally`` of the task's runs later, unbounded.
+  afterwards so the worker goes on. Before the limits are lifted the run's garbage is collected,
+  so no generator ``finally`` of the task's runs later, unbounded.
   These settings are process-wide: run one ``execute`` at a time per process (Celery prefork).
 * **Fresh state every run.** The compiled code object is cached (cron tasks fire often), but each
   run gets new globals, a new ``random.Random``, its own ``decimal`` context and its own set of
@@ -583,6 +584,7 @@ _FORMAT_FUNCTIONS: tuple[object, ...] = (
     UserString.format, UserString.format_map,  # Python methods that call ``self.data.format(...)``
     *(value for value in vars(string.Formatter).values() if callable(value)),
 )
+_FORMAT_FUNCTION_IDS = frozenset(map(id, _FORMAT_FUNCTIONS))  # the tuple keeps them alive: ids stay theirs
 
 
 def _is_format_engine(value: object) -> bool:
@@ -599,7 +601,7 @@ def _is_format_engine(value: object) -> bool:
         value = value.__func__
     if isinstance(value, types.BuiltinMethodType):  # a C method bound to an object ("".format)
         return value.__name__ in _FORMAT_METHOD_NAMES and isinstance(value.__self__, str)
-    if any(value is engine for engine in _FORMAT_FUNCTIONS):
+    if id(value) in _FORMAT_FUNCTION_IDS:
         return True
     return isinstance(value, string.Formatter) or (isinstance(value, type) and issubclass(value, string.Formatter))
 
@@ -860,7 +862,7 @@ def thread_stack_bytes() -> int | None:
 def stack_safe_recursion_limit(wanted: int, stack_bytes: int | None = None) -> int:
     """``wanted``, lowered so that many nested calls fit in this thread's C stack.
 
-    ``stack_bytes`` is the size of that stack; ``None`` (or 0) finds it out (``thread_stack_bytes``):
+    ``stack_bytes`` is the size of that stack; ``None`` (or <= 0) finds it out (``thread_stack_bytes``):
     RLIMIT_STACK is right for the main thread only -- a thread made with ``threading.stack_size(64 MiB)``
     holds far more than an 8 MiB RLIMIT_STACK says, and one with a small stack far less.
     Python counts frames, not bytes: a recursion through C functions with large frames overflows an
@@ -868,7 +870,7 @@ def stack_safe_recursion_limit(wanted: int, stack_bytes: int | None = None) -> i
     """
     if wanted <= 0:
         return wanted
-    stack = stack_bytes if stack_bytes else thread_stack_bytes()
+    stack = stack_bytes if stack_bytes is not None and stack_bytes > 0 else thread_stack_bytes()
     if stack is None:
         return wanted
     room = stack - min(HOST_STACK_MARGIN, stack // 4)  # what the host's own frames already use, with a margin

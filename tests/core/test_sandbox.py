@@ -790,8 +790,8 @@ def test_stack_safe_recursion_limit_follows_the_stack_it_is_told_of():
     assert sandbox.stack_safe_recursion_limit(1000, 2 * mib) == (2 * mib - mib // 2) // per_call
     assert sandbox.stack_safe_recursion_limit(1000, 1024) == 1
     assert sandbox.stack_safe_recursion_limit(0, 1024) == 0  # 0 disables the limit, whatever the stack
-    assert sandbox.stack_safe_recursion_limit(1000, None) == sandbox.stack_safe_recursion_limit(
-        1000, sandbox.thread_stack_bytes())
+    found = sandbox.stack_safe_recursion_limit(1000, sandbox.thread_stack_bytes())
+    assert [sandbox.stack_safe_recursion_limit(1000, unknown) for unknown in (None, 0, -1)] == [found] * 3
 
 
 def test_a_thread_with_a_large_stack_is_measured_by_its_own_stack_not_rlimit_stack():
