@@ -74,7 +74,7 @@ class Settings(BaseSettings):
     (0 disables; otherwise at least 32, room the interpreter's own stack growth needs)."""
     max_memory_limit_mb: int = Field(4096, ge=MIN_MEMORY_LIMIT_MB)
     """Upper bound on a code task's ``memory_limit_mb``; specs asking for more are refused."""
-    recursion_limit: int = Field(200, ge=1)
+    recursion_limit: int = Field(1000, ge=1)
     """Nested calls a code run may make when its spec sets no ``recursion_limit``."""
     max_recursion_limit: int = Field(1000, ge=1)
     """Upper bound on a code task's ``recursion_limit`` (the worker also lowers it to what its C stack holds)."""

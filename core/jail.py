@@ -136,7 +136,8 @@ def _run_child(request_fd: int, report_fd: int, report: WallReport, config: dict
                                           readable=tuple(config["readable"])))
         sandbox.execute(_WARM_UP, "main", [], {}, sandbox.Limits())  # touch now what every run touches
         request = _read_request(RUN_FD + 1)  # walls are up before the run's code is even known
-        limits = sandbox.Limits(**{**request["limits"], "allowed_imports": tuple(request["limits"]["allowed_imports"])})
+        limits = sandbox.Limits(**{**request["limits"], "allowed_imports": tuple(request["limits"]["allowed_imports"]),
+                                   "stack_bytes": RUN_STACK_BYTES})
         memory = base_size + limits.memory_limit_mb * 1024 * 1024 + RUN_STACK_BYTES if limits.memory_limit_mb > 0 else None
         walls.limit_run(report, memory_bytes=memory, cpu_seconds=max(1, int(request["timeout"]) + 2))
         if report.missing() and not request["accept_weak"]:

@@ -20,7 +20,7 @@ from typing import Any
 from core import http, jail, metrics, sandbox
 from core.config import Settings
 from core.models import Run, RunState, Task
-from core.store import Store, due_member_for_run
+from core.store import Store
 
 MAX_DELIVERIES = 3
 LOG_FLUSH_SECONDS = 0.2
@@ -230,12 +230,12 @@ class Runner:
         self.store.count_finished(run.id, state, now, *metrics.run_increments(
             started.task.kind.value if started.task else "unknown", state, duration_ms), pipe=pipe)
         self.store.expire_run(run.id, pipe)
+        if state is RunState.RETRYING:
+            self._add_retry(started, now, pipe)
         started.logs.flush(pipe)
         previous = pipe.execute()[0]
         if previous is None:
             return None
-        if state is RunState.RETRYING:
-            self._schedule_retry(run, now)
         return state
 
     @staticmethod
@@ -248,17 +248,15 @@ class Runner:
             return f"run {run.id} attempt {run.attempt} failed in {took}: {error}; retrying"
         return f"run {run.id} {state.value.replace('_', ' ')} after {took}: {error}"
 
-    def _schedule_retry(self, run: Run, now: float) -> None:
-        task = self.store.get_task(run.task_id)
+    def _add_retry(self, started: Started, now: float, pipe) -> None:
+        """Queue the next attempt in the finishing transaction: it exists exactly when this one is retrying."""
+        run, task = started.run, started.task
         backoff = (task.spec.retry_backoff if task else 1.0) * (2 ** (run.attempt - 1))
         retry = Run(id=new_id(), task_id=run.task_id, state=RunState.QUEUED, attempt=run.attempt + 1,
                     max_attempts=run.max_attempts, trigger="retry", queued_at=now, scheduled_for=now + backoff,
                     series=run.series or run.id)
-        pipe = self.store.pipeline()
-        self.store.add_run(retry, pipe)
-        self.store.set_due(due_member_for_run(retry.id), now + backoff, pipe)
-        self.store.add_event(run_event("run.queued", retry, attempt=retry.attempt, due_at=now + backoff), pipe)
-        pipe.execute()
+        self.store.add_retry(run.id, retry, now + backoff,
+                             run_event("run.queued", retry, attempt=retry.attempt, due_at=now + backoff), pipe)
 
     # -- registered tasks, observed through Celery's signals -------------------------------------
 

@@ -6,6 +6,12 @@ task is still active, sends the Celery message, and for a cron task puts the nex
 computed by ``core.cron`` in the task's timezone. A cron task whose scheduler was down fires once
 to catch up, not once per missed slot. Only the holder of the lock acts; another scheduler idles
 until the lock expires.
+
+Redis trouble is weather, not a crash: a tick that cannot reach Redis (refused, reset, timed out,
+loading, read-only) logs one line when the outage starts and one when it ends, backs off, and
+leaves leadership to be proven again. Nothing is lost meanwhile: claimed entries come back after
+their lease, and a fired run carries a send guard (its own due entry at the end of the lease), so
+a run whose message was never sent is sent again then.
 """
 
 from __future__ import annotations
@@ -15,13 +21,22 @@ import time
 import uuid
 from datetime import datetime, timezone
 
+import redis
+from kombu.exceptions import OperationalError
+
 from core import cron, metrics
 from core.dispatch import Dispatcher
 from core.models import Mode, Run, RunState
 from core.runner import new_id, run_event
-from core.store import Store
+from core.store import Store, due_member_for_run
 
 log = logging.getLogger("taskman.scheduler")
+
+REDIS_TROUBLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.BusyLoadingError,
+                 redis.exceptions.ReadOnlyError, redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError,
+                 OperationalError, ConnectionError, TimeoutError, OSError)
+"""Errors that mean Redis is unreachable or not ready (not a bug in taskman): wait and try again."""
+MAX_BACKOFF = 5.0
 
 
 class Scheduler:
@@ -37,9 +52,35 @@ class Scheduler:
         self.token = uuid.uuid4().hex
         self.is_leader = False
         self.last_lag: float = 0.0
+        self.outage_since: float | None = None
+        self.backoff = 0.0
 
     def tick(self, now: float | None = None) -> float:
-        """Do one round of work if this scheduler holds the lock; return seconds until the next look."""
+        """Do one round of work if this scheduler holds the lock; return seconds until the next look.
+
+        Never raises for Redis trouble: it is logged once per outage and the next look is backed off.
+        """
+        try:
+            wait = self._tick(now)
+        except REDIS_TROUBLE as exc:
+            return self._in_outage(exc)
+        if self.outage_since is not None:
+            log.warning("Redis is reachable again after %.1f s; scheduling resumes (missed fires are caught up)",
+                        time.monotonic() - self.outage_since)
+            self.outage_since = None
+            self.backoff = 0.0
+        return wait
+
+    def _in_outage(self, exc: BaseException) -> float:
+        if self.outage_since is None:
+            self.outage_since = time.monotonic()
+            log.warning("Redis is unreachable (%s: %s); the scheduler keeps trying", type(exc).__name__, exc)
+        if self.is_leader:
+            self.is_leader = False  # the lock may have expired meanwhile: prove it again
+        self.backoff = min(MAX_BACKOFF, max(self.interval, self.backoff * 2 or 0.1))
+        return self.backoff
+
+    def _tick(self, now: float | None) -> float:
         leader = self.store.acquire_lock(self.token, self.lock_ttl)
         if leader != self.is_leader:
             log.info("scheduler %s %s the lock", self.token[:8], "took" if leader else "lost")
@@ -52,6 +93,8 @@ class Scheduler:
             lags.append(now - due_at)
             try:
                 self.fire(member, due_at, now)
+            except REDIS_TROUBLE:
+                raise
             except Exception:
                 log.exception("could not fire %s; it is retried after the lease", member)
         try:
@@ -81,20 +124,24 @@ class Scheduler:
             after = datetime.fromtimestamp(max(now, due_at), tz=timezone.utc)
             next_due = cron.next_fire(task.spec.cron_expression or "", task.spec.timezone, after).timestamp()
         event = run_event("run.queued", run, trigger=run.trigger, lag_ms=round(self.last_lag * 1000, 3))
-        if self.store.fire(task, run, next_due, now, event):
+        if self.store.fire(task, run, next_due, now, event, send_guard_at=now + self.lease):
             self.dispatcher.send(task, run)
+            self.store.remove_due(due_member_for_run(run.id))
 
     def _send_retry(self, member: str, run_id: str) -> None:
+        """Send a queued run whose due entry came up: a retry's backoff ended, or a send guard's lease did."""
         run = self.store.get_run(run_id)
         task = self.store.get_task(run.task_id) if run else None
-        self.store.remove_due(member)
         if run is None or run.state is not RunState.QUEUED:
+            self.store.remove_due(member)
             return
         if task is None:
             self.store.transition(run.id, (RunState.QUEUED,), RunState.STOPPED,
                                   fields={"error": "the task was deleted", "finished_at": time.time()})
+            self.store.remove_due(member)
             return
         self.dispatcher.send(task, run)
+        self.store.remove_due(member)  # only once sent: a failed send leaves the leased entry to come back
 
     def close(self) -> None:
         """Give up the lock so a standby scheduler takes over at once."""

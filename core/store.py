@@ -166,7 +166,9 @@ return 1
 # KEYS[1] task hash, KEYS[2] due set, KEYS[3] run hash, KEYS[4] task's runs set, KEYS[5] events stream
 # ARGV[1] due member, ARGV[2] next due score ('' = one-shot: remove from due set, task becomes done),
 # ARGV[3] run fields as a flat JSON object, ARGV[4] now, ARGV[5] event JSON, ARGV[6] events maxlen,
-# ARGV[7] history size kept per task.
+# ARGV[7] history size kept per task, ARGV[8] send-guard due member ('' = none), ARGV[9] its score.
+# The send guard is the run's own due entry, due when the lease ends: if the message is never sent
+# (the scheduler dies, or the send fails), the run is sent again then; a sent run removes it.
 # Fires a task only while it is active, so a pause or delete racing the scheduler always wins.
 # Returns 1 if a run was created, 0 if the task is gone or not active (its due entry is dropped).
 FIRE = """
@@ -186,9 +188,32 @@ else
   redis.call('HSET', KEYS[1], 'next_run_at', ARGV[2])
 end
 redis.call('HSET', KEYS[1], 'last_run_id', fields['id'], 'last_run_state', 'queued', 'last_duration_ms', '')
+if ARGV[8] ~= '' then redis.call('ZADD', KEYS[2], ARGV[9], ARGV[8]) end
 redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[6], '*', 'event', ARGV[5])
 local excess = redis.call('ZCARD', KEYS[4]) - tonumber(ARGV[7])
 if excess > 0 then redis.call('ZREMRANGEBYRANK', KEYS[4], 0, excess - 1) end
+return 1
+"""
+
+# KEYS[1] failed run hash, KEYS[2] retry run hash, KEYS[3] task's runs set, KEYS[4] task hash,
+# KEYS[5] due set, KEYS[6] events stream
+# ARGV[1] retry run fields as a flat JSON object, ARGV[2] its due member, ARGV[3] its due time,
+# ARGV[4] event JSON, ARGV[5] events maxlen, ARGV[6] history size kept per task.
+# Queued in the same MULTI as the failed attempt's transition: the successor exists exactly when the
+# attempt became 'retrying' (a stop that won the race leaves none), and never without its due entry.
+RETRY = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'retrying' or redis.call('HGET', KEYS[1], 'retry_run') then
+  return 0
+end
+local fields = cjson.decode(ARGV[1])
+for k, v in pairs(fields) do redis.call('HSET', KEYS[2], k, v) end
+redis.call('HSET', KEYS[1], 'retry_run', fields['id'])
+redis.call('ZADD', KEYS[3], ARGV[3], fields['id'])
+redis.call('HSET', KEYS[4], 'last_run_id', fields['id'], 'last_run_state', 'queued', 'last_duration_ms', '')
+redis.call('ZADD', KEYS[5], ARGV[3], ARGV[2])
+redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[5], '*', 'event', ARGV[4])
+local excess = redis.call('ZCARD', KEYS[3]) - tonumber(ARGV[6])
+if excess > 0 then redis.call('ZREMRANGEBYRANK', KEYS[3], 0, excess - 1) end
 return 1
 """
 
@@ -486,16 +511,31 @@ class Store:
     def due_score(self, member: str) -> float | None:
         return self.redis.zscore(self.keys.due, member)
 
-    def fire(self, task: Task, run: Run, next_due: float | None, now: float, event: dict) -> bool:
-        """Atomically record a fired run and move (or drop) the task's due entry; False if not active."""
+    def fire(self, task: Task, run: Run, next_due: float | None, now: float, event: dict,
+             send_guard_at: float | None = None) -> bool:
+        """Atomically record a fired run and move (or drop) the task's due entry; False if not active.
+
+        With ``send_guard_at``, the run's own due entry is set for then, in the same script: the run is
+        sent again at that time unless the caller removes the entry after sending it.
+        """
         fields = self.run_fields(run)
         created = self._fire(
             keys=[self.keys.task(task.id), self.keys.due, self.keys.run(run.id), self.keys.task_runs(task.id),
                   self.keys.events],
             args=[due_member_for_task(task.id), "" if next_due is None else repr(next_due), json.dumps(fields),
-                  repr(now), json.dumps(event), str(self.events_maxlen), str(self.history_per_task)],
+                  repr(now), json.dumps(event), str(self.events_maxlen), str(self.history_per_task),
+                  "" if send_guard_at is None else due_member_for_run(run.id),
+                  "" if send_guard_at is None else repr(send_guard_at)],
         )
         return bool(created)
+
+    def add_retry(self, failed_run_id: str, retry: Run, due_at: float, event: dict,
+                  pipe: redis.client.Pipeline) -> None:
+        """Queue the creation of ``retry`` (and its due entry) for when ``failed_run_id`` is ``retrying``."""
+        pipe.eval(RETRY, 6, self.keys.run(failed_run_id), self.keys.run(retry.id), self.keys.task_runs(retry.task_id),
+                  self.keys.task(retry.task_id), self.keys.due, self.keys.events,
+                  json.dumps(self.run_fields(retry)), due_member_for_run(retry.id), repr(due_at), json.dumps(event),
+                  str(self.events_maxlen), str(self.history_per_task))
 
     def acquire_lock(self, token: str, ttl: float) -> bool:
         return bool(self._lock(keys=[self.keys.scheduler_lock], args=[token, int(ttl * 1000)]))
@@ -641,5 +681,6 @@ class Store:
 
 def connect(url: str) -> redis.Redis:
     """A Redis client with the options every taskman process uses."""
-    return redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5, health_check_interval=30)
+    return redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5, socket_timeout=15,
+                                socket_keepalive=True, health_check_interval=30)
 

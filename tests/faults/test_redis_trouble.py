@@ -1,0 +1,118 @@
+"""The stack rides out Redis trouble: a stalled Redis and a Redis killed and restarted on its AOF.
+
+Each test runs against a Redis of its own (append-only) with its own worker and scheduler processes,
+so stopping or killing that Redis disturbs nothing else. The invariants: the scheduler process is
+still alive afterwards, every delayed run that fell due during the outage ran exactly once, and the
+cron schedule fires again, each nominal fire at most once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+
+import pytest
+
+from core.config import Settings
+from core.embedded import RedisServer
+from core.models import RunState
+from tests.conftest import Processes, _process_env, wait_for
+
+WORKER = ("worker", "-Q", "code", "-P", "prefork", "-c", "1", "-n", "trouble@%h", "-l", "INFO",
+          "--without-mingle", "--without-gossip")
+EVERY_2S = "* * * * * */2"
+CODE = "def main():\n    return 'ran'\n"
+
+
+@pytest.fixture
+def troubled(taskman_env, tmp_path):
+    """(service, processes, redis server, settings values) on a private append-only Redis."""
+    from core.service import Service
+
+    server = RedisServer(tmp_path / "redis", appendonly=True)
+    (tmp_path / "redis").mkdir()
+    server.start()
+    env = {**taskman_env, "TASKMAN_REDIS_URL": server.url, "TASKMAN_NAMESPACE": f"trouble{uuid.uuid4().hex[:6]}",
+           "TASKMAN_SCHEDULER_LOCK_TTL": "3", "TASKMAN_CLAIM_LEASE": "20"}
+    procs = Processes(_process_env(env), tmp_path)
+    values = {key.removeprefix("TASKMAN_").lower(): value for key, value in env.items()}
+    service = Service.from_settings(Settings(**values))
+    procs.start("worker", *WORKER)
+    beat = procs.start("beat", "beat", "-l", "INFO", "--pidfile=")
+    wait_for(lambda: service.registered_tasks(), timeout=60, message="the worker to be ready")
+    yield service, procs, server, beat
+    procs.stop_all()
+    server.stop()
+
+
+def runs_of(service, task_id):
+    return wait_for(lambda: _runs(service, task_id), timeout=30, message="Redis to answer")
+
+
+def _runs(service, task_id):
+    try:
+        return service.get(task_id, runs=200).runs
+    except Exception:
+        return None
+
+
+def fires_after(service, task_id, after: float) -> int:
+    return sum(1 for run in runs_of(service, task_id) if (run.scheduled_for or 0) > after)
+
+
+def assert_each_fire_once(service, task_id):
+    nominal = [run.scheduled_for for run in runs_of(service, task_id) if run.trigger == "cron"]
+    assert len(nominal) == len(set(nominal)), f"a nominal fire ran twice: {sorted(nominal)}"
+
+
+def test_a_stalled_redis_stops_nothing_for_good(troubled, tmp_path):
+    service, procs, server, beat = troubled
+    cron = service.create({"name": "every-2s", "function_code": CODE, "function_name": "main",
+                           "cron_expression": EVERY_2S})
+    wait_for(lambda: fires_after(service, cron.id, 0) >= 1, timeout=30, message="the first cron fire")
+    delayed = service.create({"name": "due-in-the-stall", "function_code": CODE, "function_name": "main",
+                              "delay_seconds": 3})
+    os.kill(server.pid, signal.SIGSTOP)
+    try:
+        time.sleep(20)  # past the clients' 15 s socket timeout and the scheduler's 3 s lock
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+    resumed = time.time()
+    assert beat.poll() is None, "the scheduler survived the stall"
+    run = wait_for(lambda: (r := runs_of(service, delayed.id)) and r[0].state.final and r[0], timeout=60,
+                   message="the delayed run that fell due during the stall")
+    assert run.state is RunState.SUCCEEDED
+    wait_for(lambda: fires_after(service, cron.id, resumed) >= 2, timeout=30, message="cron to fire again")
+    assert len(runs_of(service, delayed.id)) == 1
+    assert_each_fire_once(service, cron.id)
+    log = (tmp_path / "beat.log").read_text()
+    assert log.count("Redis is unreachable") <= 1 and "Traceback" not in log
+
+
+def test_redis_killed_and_restarted_on_its_aof(troubled, tmp_path):
+    service, procs, server, beat = troubled
+    cron = service.create({"name": "every-2s", "function_code": CODE, "function_name": "main",
+                           "cron_expression": EVERY_2S})
+    delayed = service.create({"name": "due-while-down", "function_code": CODE, "function_name": "main",
+                              "delay_seconds": 4})
+    wait_for(lambda: fires_after(service, cron.id, 0) >= 1, timeout=30, message="the first cron fire")
+    time.sleep(1.0)  # the AOF is written once a second
+    os.kill(server.pid, signal.SIGKILL)
+    server._proc.wait()
+    time.sleep(6)
+    restarted = RedisServer(server.directory, port=server.port, appendonly=True).start()
+    try:
+        back = time.time()
+        assert beat.poll() is None, "the scheduler survived Redis's death"
+        run = wait_for(lambda: (r := runs_of(service, delayed.id)) and r[0].state.final and r[0], timeout=60,
+                       message="the delayed run that fell due while Redis was down")
+        assert run.state is RunState.SUCCEEDED
+        assert len(runs_of(service, delayed.id)) == 1
+        wait_for(lambda: fires_after(service, cron.id, back) >= 2, timeout=60, message="cron to fire again")
+        assert_each_fire_once(service, cron.id)
+        assert "Traceback" not in (tmp_path / "beat.log").read_text()
+    finally:
+        procs.stop_all()
+        restarted.stop()
