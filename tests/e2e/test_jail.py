@@ -132,3 +132,36 @@ def test_restricted_code_recursing_deep_in_c_does_not_take_the_worker_down(stack
     task = stack.create({"name": "deep-hash", "function_code": source, "function_name": "main"})
     run = final_run(stack, task.id)
     assert run.state is RunState.SUCCEEDED and run.result is True, run.error
+
+
+REVIEW_ESCAPES = {
+    "UserString.format": "collections.UserString('{0.__init__.__globals__[_sys].modules[os].environ}').format("
+                         "collections.UserString)",
+    "UserString.format_map": "collections.UserString('{x.__init__.__globals__[_sys].modules[os].environ}')"
+                             ".format_map({'x': collections.UserString})",
+    "super().format": "super(Text, Text('{0.__init__.__globals__[_sys].modules[os].environ}')).format("
+                      "collections.UserString)",
+    "AttributeError.obj": "[e.obj for e in [None] if False] or catch()",
+}
+ESCAPE_SOURCE = """
+import collections
+class Text(str):
+    pass
+def catch():
+    try:
+        collections.UserString('x').nothing_here
+    except AttributeError as e:
+        return e.obj
+def main():
+    return {expression}
+"""
+
+
+@pytest.mark.parametrize("name", sorted(REVIEW_ESCAPES))
+def test_the_reviews_escapes_fail_through_a_real_worker(stack, name):
+    task = stack.create({"name": f"escape-{name}", "function_name": "main",
+                         "function_code": ESCAPE_SOURCE.format(expression=REVIEW_ESCAPES[name])})
+    run = final_run(stack, task.id)
+    assert run.state is RunState.FAILED, (run.result, run.error)
+    shown = f"{run.result} {run.error} {run.traceback} {run.output}"
+    assert "TASKMAN_" not in shown and "redis://" not in shown
