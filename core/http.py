@@ -42,6 +42,7 @@ from http.cookiejar import CookieJar, CookiePolicy
 import httpcore
 import httpx
 
+from core import redact
 from core.errors import InvalidSpec
 
 __all__ = [
@@ -63,12 +64,10 @@ METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 
 MAX_URL_LENGTH = 4096
 
-SECRET_HEADER_PATTERN = re.compile(
-    r"^.*(?:authorization|cookie|token|key|secret|password|auth).*$", re.IGNORECASE
-)
-"""Header names whose values are secrets; works with ``match``, ``search`` and ``fullmatch``."""
+SECRET_HEADER_PATTERN = redact.SECRET_NAME
+"""Header (and query parameter, and body field) names whose values are secrets: ``core.redact``'s one rule."""
 
-_MASK = "***"
+_MASK = redact.MASK
 _REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -78,31 +77,8 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # Headers and URLs
 
 
-def mask_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
-    """Copy ``headers`` with secret values replaced by ``***`` (``Bearer ***`` keeps the scheme)."""
-    masked: dict[str, str] = {}
-    for name, value in (headers or {}).items():
-        name, value = str(name), str(value)
-        if not SECRET_HEADER_PATTERN.match(name):
-            masked[name] = value
-        elif "authorization" in name.lower() and " " in value.strip():
-            masked[name] = f"{value.strip().split(None, 1)[0]} {_MASK}"
-        else:
-            masked[name] = _MASK
-    return masked
-
-
-def redact_url(url: str) -> str:
-    """``url`` with the values of secret-looking query parameters (``?api_key=…``) replaced by ``***``."""
-    parts = urllib.parse.urlsplit(url)
-    if not parts.query:
-        return url
-    params = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-    if not any(SECRET_HEADER_PATTERN.match(name) for name, _ in params):
-        return url
-    query = urllib.parse.urlencode(
-        [(name, _MASK if SECRET_HEADER_PATTERN.match(name) else value) for name, value in params], safe="*")
-    return urllib.parse.urlunsplit(parts._replace(query=query))
+mask_headers = redact.mask_headers
+redact_url = redact.redact_url
 
 
 def check_url(url: str) -> None:
@@ -633,24 +609,33 @@ def execute(
     Raises :class:`HttpTaskError` for a non-2xx answer (``response`` filled in), connection errors
     and timeouts (retryable), blocked addresses, bad URLs and too many redirects (not retryable).
 
-    The secrets sent (values of secret headers and of secret-named query parameters) never come back:
-    wherever the answer or an error message repeats them -- an echo service, a proxy's error page --
-    they are replaced by ``***``, and secret-named query parameters in URLs are masked.
+    The secrets sent (values of secret headers, of secret-named query parameters and of secret-named
+    body fields) never come back: wherever the answer or an error message repeats them -- an echo
+    service, a proxy's error page -- they are replaced by ``***``, and secret-named query parameters in
+    URLs are masked. Secret-named fields of the answer's body (an OAuth ``access_token``) are masked too.
     """
-    secrets = secret_values(headers, url, params)
+    secrets = secret_values(headers, url, params, body=[json, data])
     try:
         result = _execute(client, method=method, url=url, headers=headers, params=params, json=json, data=data,
                           timeout=timeout, body_cap=body_cap)
     except HttpTaskError as exc:
-        raise HttpTaskError(scrub(exc.message, secrets), scrub(exc.response, secrets), exc.retryable) from exc
-    return scrub(result, secrets)
+        raise HttpTaskError(scrub(exc.message, secrets), _masked_body(scrub(exc.response, secrets)),
+                            exc.retryable) from exc
+    return _masked_body(scrub(result, secrets))
 
 
-def secret_values(headers: Mapping[str, str] | None, url: str = "", params: Mapping[str, object] | None = None
-                  ) -> list[str]:
+def _masked_body(described: typing.Any) -> typing.Any:
+    if isinstance(described, dict) and "body" in described:
+        return {**described, "body": redact.mask_fields(described["body"])}
+    return described
+
+
+def secret_values(headers: Mapping[str, str] | None, url: str = "", params: Mapping[str, object] | None = None,
+                  body: typing.Any = None) -> list[str]:
     """The secrets a request carries, as they may be echoed back: values of secret headers (and the
-    credentials after an ``Authorization`` scheme), values of secret-named query parameters, and their
-    URL-encoded spellings. Values shorter than 4 characters are left out (masking them would garble)."""
+    credentials after an ``Authorization`` scheme), values of secret-named query parameters and body
+    fields (``body``: JSON data or a form string, at any depth), and their URL-encoded spellings. Values
+    shorter than 4 characters are left out (masking them would garble)."""
     found: set[str] = set()
     for name, value in (headers or {}).items():
         if SECRET_HEADER_PATTERN.match(str(name)):
@@ -664,6 +649,7 @@ def secret_values(headers: Mapping[str, str] | None, url: str = "", params: Mapp
         pass
     query += [(str(name), str(value)) for name, value in (params or {}).items()]
     found.update(value for name, value in query if SECRET_HEADER_PATTERN.match(name))
+    found.update(redact.secret_field_values(body))
     spelled = set()
     for value in found:
         spelled.update({value, urllib.parse.quote(value, safe=""), urllib.parse.quote_plus(value)})

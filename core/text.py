@@ -1,0 +1,79 @@
+"""Text that came from data, made safe to put on a terminal.
+
+Task names, descriptions, results, errors, printed lines and log messages are data: whoever wrote a
+task (or whatever its code printed, or whatever an API answered) chose them. A terminal obeys the
+control characters in what it is sent — ``ESC ]52;c;…`` fills the clipboard, ``ESC ]0;…`` retitles
+the window, ``ESC [2J`` clears the screen, ``\\r`` and cursor moves forge lines — so every front end
+that writes to a terminal (the command line, the console) passes data through this module first,
+whether or not its output is a TTY (a file is ``cat``-ed to a terminal later).
+
+What is made visible: C0 controls (except newline and tab, which :func:`visible` keeps and
+:func:`one_line` shows as ``\\n``), DEL, C1 controls, the bidirectional overrides and isolates (they
+reorder what a line appears to say) and lone surrogates (they cannot be encoded and would crash the
+writer). Each becomes its Python escape, ``\\x1b``, ``\\u202e``, ``\\udc80``, so what was there stays
+readable. JSON output keeps its own escaping: :func:`json_text` escapes the few characters
+``json.dumps(ensure_ascii=False)`` lets through, and the result is still valid JSON with the same value.
+
+This module decides nothing about markup: the console shows data as ``rich.text.Text``, never as
+markup (``tui/safe.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+_UNSAFE = "\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff"
+_KEEP_LINES = re.compile(f"[{_UNSAFE}]")
+"""What :func:`visible` escapes: everything unsafe but newline and tab."""
+_ONE_LINE = re.compile(f"[{_UNSAFE}\n]")
+"""What :func:`one_line` escapes: newline too, so one entry can never pose as two."""
+_IN_JSON = re.compile("[\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+"""What ``json.dumps(ensure_ascii=False)`` leaves raw but a terminal must not get (it escapes C0 itself)."""
+CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+"""Control characters that validation refuses in names and descriptions (C0 but newline and tab, DEL, C1)."""
+
+
+def _escape(match: re.Match) -> str:
+    code = ord(match.group())
+    if code == 0x0A:
+        return "\\n"
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def visible(value: Any) -> str:
+    """``value`` as text with every control character made visible; newlines and tabs are kept.
+
+    For multi-line blocks: a run's output, a traceback, a code task's source.
+    """
+    text = value if isinstance(value, str) else str(value)
+    return _KEEP_LINES.sub(_escape, text)
+
+
+def one_line(value: Any) -> str:
+    """``value`` as one line of text: like :func:`visible`, and newlines shown as ``\\n``.
+
+    For names, list cells, single-line fields and log messages (one log entry is one line).
+    """
+    text = value if isinstance(value, str) else str(value)
+    return _ONE_LINE.sub(_escape, text)
+
+
+def json_text(value: Any, **dumps_args: Any) -> str:
+    """``json.dumps(value, ensure_ascii=False, ...)`` with DEL, C1, bidi controls and lone surrogates
+    escaped as ``\\u…`` (the same JSON value; only how it is spelled changes)."""
+    dumps_args.setdefault("ensure_ascii", False)
+    text = json.dumps(value, **dumps_args)
+    return _IN_JSON.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
+
+
+def has_control(text: str, *, allow: str = "") -> bool:
+    """Whether ``text`` holds a control character other than those in ``allow`` (e.g. ``"\\n\\t"``)."""
+    return any(char not in allow for char in CONTROL.findall(text)) or (
+        "\n" not in allow and "\n" in text) or ("\t" not in allow and "\t" in text)
+
+
+def has_surrogate(text: str) -> bool:
+    """Whether ``text`` holds a lone surrogate (not Unicode text: it cannot be encoded)."""
+    return any("\ud800" <= char <= "\udfff" for char in text)
