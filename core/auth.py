@@ -11,7 +11,8 @@ Roles are ordered ``viewer < operator < admin``. The policy lives here, in one t
 - viewer:   read tasks, runs, logs and metrics;
 - operator: also create, edit, run, resume and delete API and registered tasks, and stop or pause
             any task (stopping never runs code);
-- admin:    also everything on code tasks (they run code on the workers), tokens and the audit trail.
+- admin:    also everything on code tasks (they run code on the workers), tokens, the audit trail and
+            ``export`` (the one read that returns secrets unmasked).
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ POLICY: dict[str, tuple[Role, Role]] = {
     "pause": (Role.OPERATOR, Role.OPERATOR),
     "tokens": (Role.ADMIN, Role.ADMIN),
     "audit": (Role.ADMIN, Role.ADMIN),
+    "export": (Role.ADMIN, Role.ADMIN),
 }
 
 
@@ -79,7 +81,7 @@ def require(role: Role | None, action: str, kind: Kind | None = None, what: str 
     if not role.allows(needed):
         subject = what or (f"{kind.value} tasks" if kind else action)
         article = "an" if role is Role.OPERATOR or role is Role.ADMIN else "a"
-        doing = f"use {action}" if action in ("tokens", "audit") else f"{action} {subject}"
+        doing = f"use {action}" if action in ("tokens", "audit", "export") else f"{action} {subject}"
         raise Forbidden(f"{article} {role.value} token may not {doing}; that needs the {needed.value} role")
 
 

@@ -10,6 +10,10 @@ from typing import Any
 
 from core.store import Store
 
+NAMES = ("taskman.echo", "taskman.sleep", "taskman.prune_history")
+"""The names ``worker.py`` registers these under: every worker has them, so a registered task may name
+one even before any worker has reported what it registered."""
+
 
 def echo(*args: Any, **kwargs: Any) -> dict:
     """Return the arguments it was given: a smoke test for the registered-task path."""

@@ -10,15 +10,14 @@ from __future__ import annotations
 from celery import Celery
 
 from core.config import Settings
-from core.models import Kind, Run, Task
+from core.errors import InvalidSpec
+from core.models import (CODE_QUEUE, CODE_TASK, HTTP_QUEUE, HTTP_TASK, INTERNAL_TASKS, REGISTERED_QUEUE, Kind, Run,
+                         Task, internal_task_refusal, queue_refusal)
 from core.store import Keys
 
-CODE_QUEUE = "code"
-HTTP_QUEUE = "http"
-REGISTERED_QUEUE = "registered"
-CODE_TASK = "taskman.code"
-HTTP_TASK = "taskman.http"
-OWN_TASKS = frozenset({CODE_TASK, HTTP_TASK})
+OWN_TASKS = INTERNAL_TASKS
+__all__ = ["CODE_QUEUE", "CODE_TASK", "HTTP_QUEUE", "HTTP_TASK", "OWN_TASKS", "REGISTERED_QUEUE", "Dispatcher",
+           "make_celery"]
 
 
 def make_celery(settings: Settings, redis_url: str) -> Celery:
@@ -73,8 +72,14 @@ class Dispatcher:
         elif task.kind is Kind.API:
             self.app.send_task(HTTP_TASK, args=[run.id, task.id], task_id=run.id, queue=HTTP_QUEUE)
         else:
+            # Validation refuses these; a definition stored before it did must still never reach the broker.
+            queue = spec.queue or REGISTERED_QUEUE
+            if refusal := internal_task_refusal(spec.task_name or ""):
+                raise InvalidSpec("task_name", refusal)
+            if refusal := queue_refusal(queue):
+                raise InvalidSpec("queue", refusal)
             self.app.send_task(spec.task_name, args=list(spec.args), kwargs=dict(spec.kwargs), task_id=run.id,
-                               queue=spec.queue or REGISTERED_QUEUE, **limits)
+                               queue=queue, **limits)
 
     def revoke(self, run_id: str, *, terminate: bool) -> None:
         """Tell every worker to drop ``run_id``; with ``terminate``, kill the process running it."""

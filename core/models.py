@@ -17,9 +17,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from core import cron, http, sandbox
+from core import cron, http, redact, sandbox
 from core.config import MIN_MEMORY_LIMIT_MB
 from core.errors import InvalidSpec
+from core.text import has_control, has_surrogate
 
 MAX_NAME = 200
 MAX_CODE = 100_000
@@ -32,6 +33,39 @@ MAX_DEPTH = 64
 """Nesting depth of any value in a spec (deeper JSON is refused before it can exhaust a parser's stack)."""
 MAX_DELAY = 366 * 24 * 3600
 TASK_NAME_PATTERN = re.compile(r"^[A-Za-z_][\w.:-]{0,199}$")
+
+CODE_TASK = "taskman.code"
+HTTP_TASK = "taskman.http"
+INTERNAL_TASKS = frozenset({CODE_TASK, HTTP_TASK})
+"""taskman's own Celery tasks: they run a stored code or API task by id, so naming one as a registered
+task would run any task (an admin's code task, say) on behalf of whoever may create registered ones."""
+CODE_QUEUE = "code"
+HTTP_QUEUE = "http"
+REGISTERED_QUEUE = "registered"
+BROKER_KEYS = frozenset({"unacked", "unacked_index", "unacked_mutex"})
+"""Keys kombu's Redis transport keeps beside the queues (under the same prefix): a queue of that name
+would push onto a hash and take every worker down with WRONGTYPE."""
+
+
+def queue_refusal(queue: str) -> str | None:
+    """Why ``queue`` may never carry a registered task, or None. The static half of the rule; the
+    service adds the dynamic half (only queues the workers serve)."""
+    lowered = queue.lower()
+    if lowered in BROKER_KEYS or lowered.startswith(("_", "unacked")):
+        return f"{queue!r} is one of the broker's own keys, not a queue"
+    if any(part in lowered for part in ("pidbox", "celeryev", "kombu", "binding")) or lowered.startswith("reply."):
+        return f"{queue!r} is reserved for Celery's and kombu's internals"
+    if lowered in (CODE_QUEUE, HTTP_QUEUE):
+        return (f"{queue!r} is taskman's own queue for {lowered} tasks; registered tasks run on "
+                f"{REGISTERED_QUEUE!r} or a queue of your own that a worker serves")
+    return None
+
+
+def internal_task_refusal(task_name: str) -> str | None:
+    """Why ``task_name`` may never be a registered task (taskman's or Celery's own), or None."""
+    if task_name in INTERNAL_TASKS or task_name.lower().startswith(("taskman.code", "taskman.http", "celery.")):
+        return f"{task_name!r} is internal to taskman or Celery and cannot be run as a registered task"
+    return None
 
 
 class Kind(StrEnum):
@@ -120,8 +154,22 @@ class TaskSpec(BaseModel):
         value = value.strip()
         if not value:
             raise ValueError("must not be blank")
-        if any(ord(c) < 32 for c in value):
-            raise ValueError("must not contain control characters")
+        if has_control(value) or has_surrogate(value):
+            raise ValueError("must not contain control characters (or invalid Unicode)")
+        return value
+
+    @field_validator("description")
+    @classmethod
+    def _description_is_text(cls, value: str) -> str:
+        if has_control(value, allow="\n\t") or has_surrogate(value):
+            raise ValueError("must not contain control characters other than newline and tab (or invalid Unicode)")
+        return value
+
+    @field_validator("function_code")
+    @classmethod
+    def _source_is_text(cls, value: str | None) -> str | None:
+        if value is not None and (has_control(value, allow="\n\t\r\f") or has_surrogate(value)):
+            raise ValueError("must not contain raw control characters; write them as escapes such as '\\x1b'")
         return value
 
     @field_validator("method")
@@ -142,6 +190,8 @@ class TaskSpec(BaseModel):
                 raise ValueError(f"{key!r} is not a valid header name")
             if len(item) > MAX_HEADER_VALUE or "\n" in item or "\r" in item:
                 raise ValueError(f"header {key!r}: value must be one line of at most {MAX_HEADER_VALUE} characters")
+            if has_control(item, allow="\t") or has_surrogate(item):
+                raise ValueError(f"header {key!r}: value must not contain control characters")
         return value
 
     @field_validator("timeout", "delay_seconds", "retry_backoff")
@@ -192,6 +242,9 @@ class TaskSpec(BaseModel):
         self.kind = self._infer_kind()
         if info.context and info.context.get("stored"):
             return self  # read back from Redis: it was checked in full when it was written
+        if self.kind is not Kind.REGISTERED and self.queue is not None:
+            raise InvalidSpec("queue", f"only a registered task takes a queue; {self.kind.value} tasks run on "
+                                       f"taskman's own {CODE_QUEUE!r} and {HTTP_QUEUE!r} queues")
         if self.kind is not Kind.CODE:
             for name in sandbox.TASK_LIMIT_FIELDS:
                 if getattr(self, name) is not None:
@@ -207,6 +260,10 @@ class TaskSpec(BaseModel):
         else:
             if not self.task_name or not TASK_NAME_PATTERN.match(self.task_name):
                 raise InvalidSpec("task_name", "must be a Celery task name such as 'myapp.tasks.report'")
+            if refusal := internal_task_refusal(self.task_name):
+                raise InvalidSpec("task_name", refusal)
+            if self.queue is not None and (refusal := queue_refusal(self.queue)):
+                raise InvalidSpec("queue", refusal)
         if self.task_type is Mode.DELAYED and self.delay_seconds is None:
             raise InvalidSpec("delay_seconds", "a delayed task needs delay_seconds (seconds from now)")
         if self.task_type is not Mode.DELAYED and self.delay_seconds is not None:
@@ -447,12 +504,9 @@ class Task:
         return self.spec.task_type
 
     def to_dict(self) -> dict[str, Any]:
-        """The task as front ends show it: secrets in headers and URL query masked."""
-        spec = self.spec.to_dict()
-        if "headers" in spec:
-            spec["headers"] = http.mask_headers(spec["headers"])
-        if "api_url" in spec:
-            spec["api_url"] = http.redact_url(spec["api_url"])
+        """The task as front ends show it: secrets masked (``core.redact``: headers, URL query, params,
+        body fields at any depth, a registered task's kwargs). Only ``Service.export`` returns them."""
+        spec = redact.mask_spec(self.spec.to_dict())
         return {
             "id": self.id,
             "name": self.name,

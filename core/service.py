@@ -17,12 +17,13 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
-from core import audit, auth, cron, metrics
+from core import audit, auth, builtins, cron, metrics, redact
 from core.config import Settings
 from core.dispatch import Dispatcher, make_celery
 from core.embedded import resolve_redis_url
 from core.errors import Conflict, InvalidSpec, NotFound
-from core.models import Kind, Mode, Run, RunState, Task, TaskSpec, TaskState, merge_changes, parse_spec
+from core.models import (CODE_QUEUE, HTTP_QUEUE, REGISTERED_QUEUE, Kind, Mode, Run, RunState, Task, TaskSpec,
+                         TaskState, merge_changes, parse_spec)
 from core.runner import new_id, run_event
 from core.store import Store, due_member_for_run, due_member_for_task
 
@@ -68,15 +69,39 @@ class Service:
 
     # -- validation ----------------------------------------------------------------------------
 
-    def validate(self, data: Any) -> TaskSpec:
-        """Check a spec without storing anything; raises ``InvalidSpec`` naming the field."""
+    def validate(self, data: Any, *, registry: dict[str, dict] | None = None) -> TaskSpec:
+        """Check a spec without storing anything; raises ``InvalidSpec`` naming the field.
+
+        ``registry``: what ``store.registered()`` returned, when the caller already read it.
+        """
         spec = parse_spec(data, bounds=self.settings.task_limit_bounds())
         if spec.kind is Kind.REGISTERED:
-            known = self.store.registered()
-            if known and spec.task_name not in known:
-                names = ", ".join(sorted(known)[:10])
-                raise InvalidSpec("task_name", f"no worker has registered {spec.task_name!r}; known tasks: {names}")
+            self._check_registered(spec, self.store.registered() if registry is None else registry)
         return spec
+
+    @staticmethod
+    def _check_registered(spec: TaskSpec, known: dict[str, dict]) -> None:
+        """A registered task names a task some worker registered and a queue some worker serves.
+
+        Never fails open: with no worker reported yet only the built-ins are known, and the queue may
+        only be the default one or a queue that a worker running this task consumes from (taskman's
+        own ``code`` and ``http`` queues and the broker's keys are refused by ``core.models`` already).
+        """
+        name = spec.task_name or ""
+        if not known:
+            if name not in builtins.NAMES:
+                raise InvalidSpec("task_name", f"no worker has reported its registered tasks yet, so {name!r} "
+                                               "is not known; start a worker (`taskman worker`) and try again "
+                                               f"(the built-ins are always there: {', '.join(builtins.NAMES)})")
+        elif name not in known:
+            names = ", ".join(sorted(known)[:10])
+            raise InvalidSpec("task_name", f"no worker has registered {name!r}; known tasks: {names}")
+        queue = spec.queue or REGISTERED_QUEUE
+        if queue != REGISTERED_QUEUE:
+            served = sorted(set(known.get(name, {}).get("queues", ())) - {CODE_QUEUE, HTTP_QUEUE})
+            if queue not in served:
+                raise InvalidSpec("queue", f"no worker that runs {name!r} serves {queue!r}; "
+                                           f"queues it can go to: {', '.join(served) or REGISTERED_QUEUE}")
 
     # -- create --------------------------------------------------------------------------------
 
@@ -94,11 +119,14 @@ class Service:
         if len(items) > MAX_BATCH:
             raise InvalidSpec("", f"at most {MAX_BATCH} specs can be submitted at once, got {len(items)}")
         specs = []
+        registry: dict[str, dict] | None = None
         for index, item in enumerate(items):
             try:
                 if only is not None and isinstance(item, dict) and "task_type" not in item and "mode" not in item:
                     item = {**item, "task_type": only.value}
-                spec = self.validate(item)
+                if registry is None and isinstance(item, dict) and "task_name" in item:
+                    registry = self.store.registered()
+                spec = self.validate(item, registry=registry)
                 if only is not None and spec.task_type is not only:
                     raise InvalidSpec("task_type", f"only {only.value} tasks can be created here, "
                                                    f"this one is {spec.task_type.value!r}")
@@ -221,7 +249,10 @@ class Service:
         return run
 
     def export(self) -> list[dict]:
-        """Every definition as a spec list that ``create_many`` accepts (export → submit round-trips)."""
+        """Every definition as a spec list that ``create_many`` accepts (export → submit round-trips).
+
+        The one read that returns secrets unmasked, so it needs the admin role."""
+        self._allow("export", None)
         return [task.spec.to_dict() for task in reversed(self.store.get_tasks(self.store.task_ids()))]
 
     def registered_tasks(self) -> dict[str, dict]:
@@ -236,6 +267,7 @@ class Service:
             raise InvalidSpec("", "changes must be a JSON object of spec fields")
         task = self.get(task_id, runs=0)
         self._allow("edit", task.kind)
+        changes = redact.restore_spec(changes, task.spec.to_dict())  # a masked secret sent back stays as it was
         merged = merge_changes(task.spec, changes)
         spec = self.validate(merged)
         self._allow("edit", spec.kind)

@@ -304,7 +304,8 @@ line and console, with the same JSON.
 Create tokens with `taskman token create --role viewer|operator|admin --name NAME` (the secret is
 shown once). Roles: *viewer* reads; *operator* also creates, edits, runs, resumes and deletes API and
 registered tasks and stops or pauses any task; *admin* also manages code tasks, tokens and reads the
-audit trail. A missing or wrong token gets 401, a role too low 403.
+audit trail and `GET /api/export` (the one read that returns secrets; every other view shows secret
+headers, query parameters and body fields as `***`). A missing or wrong token gets 401, a role too low 403.
 
 **Errors** are JSON: `{"error": "InvalidSpec", "field": "cron_expression", "message": "..."}`.
 """
@@ -475,6 +476,14 @@ def create_app(service: Service, settings: Settings) -> FastAPI:
                        name: NameFilter = None, limit: Limit = 100, offset: Offset = 0) -> JSONResponse:
         tasks = svc.list(state=state, kind=kind, mode=Mode.SCHEDULED, name=name, limit=limit, offset=offset)
         return list_page(request, [task.to_dict() for task in tasks], limit, offset, None)
+
+    @app.get("/api/export", tags=["admin"], summary="Every definition, secrets included (admin only)",
+             responses={200: {"content": {"application/json": {"schema": {"type": "array", "items": {
+                 "$ref": "#/components/schemas/TaskSpec"}}}}}, **_errors(401, 403, 503)})
+    def export(svc: Caller) -> JSONResponse:
+        """The same array as `taskman export`: POST it to /api/tasks to recreate every task. Every other
+        read masks secret headers, query parameters and body fields as `***`; this one does not."""
+        return JSONResponse(svc.export())
 
     @app.get("/api/registered-tasks", tags=["tasks"], summary="Celery task names the workers registered",
              responses={200: {"content": {"application/json": {"schema": {"type": "object"}}}}, **READ_ERRORS})

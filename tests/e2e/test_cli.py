@@ -143,7 +143,7 @@ def test_submit_file_with_one_spec_prints_an_object(cli, tmp_path):
     assert name in human and "code" in human and "delayed" in human
 
 
-def test_submit_stdin_array_prints_an_array(cli, http_server):
+def test_submit_stdin_array_prints_an_array(cli, http_server, workers):  # workers: ops.add must be registered
     name = marker()
     specs = [
         code_spec(f"{name}-code", cron_expression=FAR_CRON, timezone="Europe/Berlin"),
@@ -323,7 +323,7 @@ def test_no_redis_configured_points_at_taskman_up(cli, tmp_path):
 # -- list ------------------------------------------------------------------------------------------
 
 
-def test_list_filters_and_human_output(cli, http_server):
+def test_list_filters_and_human_output(cli, http_server, workers):  # workers: ops.add must be registered
     name = marker()
     specs = [
         code_spec(f"{name}-cron", cron_expression=FAR_CRON),
