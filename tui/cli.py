@@ -2,6 +2,10 @@
 
 Exit codes are a contract: 0 success, 2 refused input (the message on stderr), 1 anything else.
 Read commands take ``--json`` and then print exactly what the REST API returns.
+
+Everything printed that came from data (names, descriptions, results, errors, printed lines, log
+messages, audit details) goes through ``core.text`` first, TTY or not: control characters are shown
+as ``\x1b`` and never reach the terminal as they are.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import click
 
 from core.config import Settings
 from core.errors import NoRedis, TaskmanError
+from core.text import json_text, one_line, visible
 
 
 def _user() -> str:
@@ -44,15 +49,15 @@ def handles_errors(func):
         try:
             return func(*args, **kwargs)
         except NoRedis as exc:
-            click.echo(f"error: {exc.message}", err=True)
+            click.echo(f"error: {visible(exc.message)}", err=True)
             sys.exit(1)
         except TaskmanError as exc:
-            click.echo(f"error: {exc.message}", err=True)
+            click.echo(f"error: {visible(exc.message)}", err=True)
             sys.exit(2)
         except Exception as exc:
             redis_errors = sys.modules.get("redis.exceptions")  # only loaded if a command used Redis
             if redis_errors and isinstance(exc, (redis_errors.ConnectionError, redis_errors.TimeoutError)):
-                click.echo(f"error: cannot reach Redis ({exc}). Check TASKMAN_REDIS_URL, "
+                click.echo(f"error: cannot reach Redis ({visible(exc)}). Check TASKMAN_REDIS_URL, "
                            "or start everything with `taskman up`.", err=True)
                 sys.exit(1)
             raise
@@ -63,7 +68,13 @@ def handles_errors(func):
 
 
 def _emit_json(value) -> None:
-    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
+    click.echo(json_text(value, indent=2))
+
+
+def _block(text: str, indent: str) -> None:
+    """Print ``text`` line by line under ``indent``: no line of data can pose as one of ours."""
+    for line in visible(text).split("\n"):
+        click.echo(f"{indent}{line}")
 
 
 def _cell(text: str, width: int) -> str:
@@ -109,7 +120,8 @@ def submit(file, as_json: bool) -> None:
         _emit_json([task.to_dict() for task in tasks] if isinstance(data, list) else tasks[0].to_dict())
         return
     for task in tasks:
-        click.echo(f"{task.id}  {task.name}  ({task.kind.value}, {task.mode.value}, next {_when(task.next_run_at)})")
+        click.echo(f"{task.id}  {one_line(task.name)}  ({task.kind.value}, {task.mode.value}, "
+                   f"next {_when(task.next_run_at)})")
 
 
 @main.command("list")
@@ -132,7 +144,7 @@ def list_tasks(state, kind, mode, name, limit, offset, as_json) -> None:
         last = f"{task.last_run_state or '–'}"
         if task.last_duration_ms is not None:
             last += f" {task.last_duration_ms:.0f}ms"
-        click.echo(f"{task.id:16}  {_cell(task.name, 24)}  {task.kind.value:10}  {task.mode.value:9}  "
+        click.echo(f"{task.id:16}  {_cell(one_line(task.name), 24)}  {task.kind.value:10}  {task.mode.value:9}  "
                    f"{task.state.value:7}  {_when(task.next_run_at):19}  {last}")
 
 
@@ -151,32 +163,34 @@ def show(task_id, runs, as_json) -> None:
     data = task.to_dict()
     spec = dict(data["spec"])
     code = spec.pop("function_code", None)
-    click.echo(f"{task.name}  [{task.id}]  {task.kind.value} · {task.mode.value} · {task.state.value}")
+    click.echo(f"{one_line(task.name)}  [{task.id}]  {task.kind.value} · {task.mode.value} · {task.state.value}")
     click.echo(f"next run: {data['next_run_at'] or '–'}")
     for key, value in spec.items():
-        if key not in ("name", "kind", "task_type"):
-            click.echo(f"{key}: {value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)}")
+        if key in ("name", "kind", "task_type"):
+            continue
+        if isinstance(value, str) and "\n" in value:
+            click.echo(f"{key}:")
+            _block(value, "    ")
+        else:
+            click.echo(f"{key}: {one_line(value) if isinstance(value, str) else json_text(value)}")
     if code is not None:
         click.echo("function_code:")
-        for line in code.splitlines():
-            click.echo(f"    {line}")
+        _block(code, "    ")
     click.echo(f"runs ({len(task.runs)} shown):")
     for index, run in enumerate(task.runs):
         took = f"{run.duration_ms:.0f} ms" if run.duration_ms is not None else ""
         click.echo(f"  {run.id}  {run.state.value:9}  attempt {run.attempt}/{run.max_attempts}  "
                    f"{_when(run.started_at or run.queued_at)}  {took}")
         if run.error:
-            click.echo(f"      error: {run.error}")
+            click.echo(f"      error: {one_line(run.error)}")
         elif run.state.value == "succeeded":
-            click.echo(f"      result: {json.dumps(run.result, ensure_ascii=False)[:200]}")
+            click.echo(f"      result: {one_line(json_text(run.result)[:200])}")
         if index == 0 and run.output:
             click.echo("      output:")
-            for line in run.output.splitlines()[-20:]:
-                click.echo(f"        {line}")
+            _block("\n".join(visible(run.output).split("\n")[-20:]), "        ")
         if index == 0 and run.traceback:
             click.echo("      traceback:")
-            for line in run.traceback.splitlines()[-20:]:
-                click.echo(f"        {line}")
+            _block("\n".join(visible(run.traceback).split("\n")[-20:]), "        ")
 
 
 @main.command()
@@ -257,7 +271,8 @@ def tasks(as_json) -> None:
         _emit_json(names)
         return
     for name, detail in sorted(names.items()):
-        click.echo(f"{name:40}  {', '.join(detail['queues'])}  ({', '.join(detail['workers'])})")
+        click.echo(f"{one_line(name):40}  {one_line(', '.join(detail['queues']))}  "
+                   f"({one_line(', '.join(detail['workers']))})")
 
 
 @main.command()
@@ -314,10 +329,11 @@ def logs(task_id, follow, lines, as_json) -> None:
 
     def emit(entry: dict) -> None:
         if as_json:
-            click.echo(json.dumps(entry, ensure_ascii=False))
+            click.echo(json_text(entry))
         else:
             stamp = datetime.fromtimestamp(float(entry["ts"])).strftime("%H:%M:%S.%f")[:-3]
-            click.echo(f"{stamp} {_cell(name_of(entry['task']), 16)} {entry['level']:7} {entry['msg']}")
+            click.echo(f"{stamp} {_cell(one_line(name_of(entry['task'])), 16)} {one_line(entry['level']):7} "
+                       f"{one_line(entry['msg'])}")
 
     last_id = "0-0"
     for last_id, entry in recent_logs(service.store, task_id, lines):
@@ -380,9 +396,29 @@ def up(no_console) -> None:
             from tui.app import TaskmanApp
 
             app = TaskmanApp(Service.from_settings(stack.settings).acting_as(f"console:{_user()}"))
+            signalled: list[int] = []
+
+            def stop_console(signum, _frame):
+                signalled.append(signum)
+                app.call_later(app.exit)
+
             for signum in (signal.SIGTERM, signal.SIGHUP):
-                signal.signal(signum, lambda *_: app.call_later(app.exit))
-            app.run()
+                signal.signal(signum, stop_console)
+            try:
+                app.run()
+                crashed = bool(app.return_code)
+            except Exception:
+                import traceback
+
+                traceback.print_exc()
+                crashed = True
+            if crashed and not signalled:
+                # The console died of an unexpected error (printed above). The stack is not its to take
+                # down: Redis, the worker and the scheduler carry on until asked to stop.
+                click.echo(f"\nThe console stopped on an unexpected error (above). Redis, the worker and the "
+                           f"scheduler keep running on {stack.display_url}: `taskman tui` opens the console "
+                           "again; Ctrl-C here stops everything.", err=True)
+                stack.wait()
 
 
 @main.command()
@@ -442,8 +478,8 @@ def token_list(as_json) -> None:
         return
     click.echo(f"{'NAME':24}  {'ROLE':8}  {'CREATED':29}  {'BY':20}  {'LAST USED':29}  FINGERPRINT")
     for record in records:
-        click.echo(f"{_cell(record['name'], 24)}  {record['role']:8}  {record['created_at'] or '–':29}  "
-                   f"{_cell(record['created_by'] or '–', 20)}  {record['last_used_at'] or '–':29}  "
+        click.echo(f"{_cell(one_line(record['name']), 24)}  {record['role']:8}  {record['created_at'] or '–':29}  "
+                   f"{_cell(one_line(record['created_by'] or '–'), 20)}  {record['last_used_at'] or '–':29}  "
                    f"{record['fingerprint']}")
 
 
@@ -483,11 +519,12 @@ def audit_trail(lines, follow, as_json) -> None:
 
     def emit(entry: dict) -> None:
         if as_json:
-            click.echo(json.dumps(entry, ensure_ascii=False))
+            click.echo(json_text(entry))
             return
         stamp = datetime.fromisoformat(entry["ts"]).astimezone().strftime("%Y-%m-%d %H:%M:%S")
-        detail = json.dumps(entry["detail"], ensure_ascii=False) if entry["detail"] else ""
-        click.echo(f"{stamp}  {_cell(entry['actor'], 20)}  {entry['action']:12}  {entry['target']:16}  {detail}")
+        detail = json_text(entry["detail"]) if entry["detail"] else ""
+        click.echo(f"{stamp}  {_cell(one_line(entry['actor']), 20)}  {one_line(entry['action']):12}  "
+                   f"{one_line(entry['target']):16}  {one_line(detail)}")
 
     for entry in reversed(entries):
         emit(entry)
