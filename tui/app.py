@@ -6,18 +6,34 @@ table as the keys (``tui.actions``); everything else lives in ``tui/screens`` an
 
 from __future__ import annotations
 
+import time
+import traceback
 from typing import Iterable
 
 from textual.app import App, SystemCommand
+from textual.notifications import SeverityLevel
 from textual.screen import Screen
+from textual.worker import WorkerFailed
 
 from core.service import Service
+from core.text import one_line, visible
 from tui.actions import ACTIONS
+from tui.guard import CarriesOn
 from tui.screens.main import MainScreen
 
+ERROR_BURST = 5
+"""Unexpected errors within ``ERROR_WINDOW`` seconds after which the console gives up (an error in
+drawing the screen would otherwise repeat every frame); fewer are shown and the console carries on."""
+ERROR_WINDOW = 10.0
 
-class TaskmanApp(App):
-    """taskman's console on one Redis namespace."""
+
+class TaskmanApp(CarriesOn, App):
+    """taskman's console on one Redis namespace.
+
+    An unexpected error in a handler or a worker is shown and the console carries on (``tui.guard``): it
+    is a window on the stack, and under ``taskman up`` the stack must not go down because a window had a
+    bug. Only a burst of them (an error in drawing the screen repeats every frame) ends the console.
+    """
 
     TITLE = "taskman"
 
@@ -26,6 +42,34 @@ class TaskmanApp(App):
         self.service = service
         kwargs = service.store.redis.connection_pool.connection_kwargs
         self.redis_label = redis_label or f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
+        self.errors: list[str] = []
+        """Tracebacks of the unexpected errors the console survived, oldest first (the last 20)."""
+        self._error_times: list[float] = []
+
+    def notify(self, message: str, *, title: str = "", severity: SeverityLevel = "information",
+               timeout: float | None = None, markup: bool = True) -> None:
+        """Every notification is plain text: messages quote names, errors and paths, which are data."""
+        super().notify(visible(message), title=one_line(title), severity=severity, timeout=timeout, markup=False)
+
+    def report_error(self, error: BaseException) -> None:
+        """Show an unexpected error and carry on; a burst of them (or one while starting or stopping)
+        ends the console the way Textual does, with the traceback printed."""
+        cause = error.error if isinstance(error, WorkerFailed) else error
+        now = time.monotonic()
+        self._error_times = [at for at in self._error_times if now - at < ERROR_WINDOW] + [now]
+        if len(self._error_times) > ERROR_BURST or not self.is_running or not isinstance(cause, Exception):
+            super()._handle_exception(cause if isinstance(cause, Exception) else error)
+            return
+        self.errors = [*self.errors[-19:], "".join(traceback.format_exception(cause))]
+        try:
+            self.notify(f"{type(cause).__name__}: {cause}\nThe console carries on; the stack is unaffected.",
+                        title="Unexpected error", severity="error", timeout=30)
+        except Exception:
+            super()._handle_exception(cause)
+
+    def _handle_exception(self, error: Exception) -> None:
+        """Errors Textual would end the app for (in drawing, timers, callbacks): :meth:`report_error`."""
+        self.report_error(error)
 
     def on_mount(self) -> None:
         self.push_screen(MainScreen(self.service))

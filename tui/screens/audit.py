@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -13,11 +11,13 @@ from textual.widgets import DataTable, Footer
 from core import audit
 from core.errors import TaskmanError
 from core.service import Service
+from tui.guard import CarriesOn
+from tui.safe import json_text, plain
 
 SHOWN = 500
 
 
-class AuditScreen(Screen[None]):
+class AuditScreen(CarriesOn, Screen[None]):
     """The last entries of the audit stream; ``r`` reads it again, escape goes back."""
 
     CSS_PATH = "audit.tcss"
@@ -55,6 +55,6 @@ class AuditScreen(Screen[None]):
         table = self.query_one("#audit", DataTable)
         table.clear()
         for item in entries:
-            table.add_row((item["ts"] or "")[:19].replace("T", " "), item["actor"], item["action"], item["target"],
-                          json.dumps(item["detail"], ensure_ascii=False)[:80])
+            table.add_row((item["ts"] or "")[:19].replace("T", " "), plain(item["actor"]), plain(item["action"]),
+                          plain(item["target"]), plain(json_text(item["detail"])[:80]))
         table.border_title = f"audit trail ({len(entries)} newest)"

@@ -8,8 +8,11 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Static
 
+from tui.guard import CarriesOn
+from tui.safe import block
 
-class ConfirmScreen(ModalScreen[bool]):
+
+class ConfirmScreen(CarriesOn, ModalScreen[bool]):
     """Asks before something that cannot be undone; y/enter confirms, n/escape cancels."""
 
     CSS_PATH = "confirm.tcss"
@@ -22,7 +25,7 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
-            yield Static(self.question, id="question")
+            yield Static(block(self.question), id="question")  # the question quotes a task's name: data
             with Horizontal(id="buttons"):
                 yield Button("Yes (y)", variant="error", id="yes")
                 yield Button("No (n)", id="no")

@@ -1,8 +1,11 @@
-"""A task's detail: its definition, its run history, and the selected run's result, output and error."""
+"""A task's detail: its definition, its run history, and the selected run's result, output and error.
+
+Everything here is data and is shown as plain text (``tui.safe``) with its control characters made
+visible; the definition is ``Task.to_dict``'s, so secrets are masked.
+"""
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 
 from rich.syntax import Syntax
@@ -18,6 +21,8 @@ from core.errors import TaskmanError
 from core.events import follow_events
 from core.models import Run, Task
 from core.service import Service
+from tui.guard import CarriesOn
+from tui.safe import block, json_text, one_line, plain, visible
 from tui.widgets.task_table import STATE_STYLES
 from textual.worker import get_current_worker
 
@@ -28,7 +33,7 @@ def _time(timestamp: float | None) -> str:
     return datetime.fromtimestamp(timestamp).strftime("%m-%d %H:%M:%S") if timestamp else "–"
 
 
-class DetailScreen(Screen[None]):
+class DetailScreen(CarriesOn, Screen[None]):
     """Definition on the left, runs on the right, the selected run below; refreshes on its events."""
 
     CSS_PATH = "detail.tcss"
@@ -81,7 +86,8 @@ class DetailScreen(Screen[None]):
 
     def _show(self, task: Task) -> None:
         self.query_one("#spec", Static).update(self._definition(task))
-        self.query_one("#definition").border_title = f"{task.name} · {task.kind.value} · {task.mode.value} · {task.state.value}"
+        self.query_one("#definition").border_title = plain(
+            f"{task.name} · {task.kind.value} · {task.mode.value} · {task.state.value}")
         table = self.query_one("#runs", DataTable)
         selected = None
         if table.row_count:
@@ -91,7 +97,8 @@ class DetailScreen(Screen[None]):
         for run in task.runs:
             took = f"{run.duration_ms:.0f} ms" if run.duration_ms is not None else "–"
             table.add_row(Text(run.state.value, style=STATE_STYLES.get(run.state.value, "")),
-                          f"{run.attempt}/{run.max_attempts}", run.trigger, _time(run.started_at or run.queued_at),
+                          f"{run.attempt}/{run.max_attempts}", plain(run.trigger),
+                          _time(run.started_at or run.queued_at),
                           took, key=run.id)
         table.border_title = f"runs ({len(task.runs)})"
         if selected in self.runs:
@@ -108,14 +115,14 @@ class DetailScreen(Screen[None]):
         for key, value in spec.items():
             if key in ("name", "kind", "task_type"):
                 continue
-            shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-            lines.append(f"{key}: ", style="bold")
+            shown = visible(value) if isinstance(value, str) else json_text(value)
+            lines.append(f"{one_line(key)}: ", style="bold")
             lines.append(f"{shown}\n")
         if code is None:
             return lines
         from rich.console import Group
 
-        return Group(lines, Syntax(code, "python", line_numbers=True, word_wrap=True, theme="ansi_dark"))
+        return Group(lines, Syntax(visible(code), "python", line_numbers=True, word_wrap=True, theme="ansi_dark"))
 
     @on(DataTable.RowHighlighted, "#runs")
     def _show_run(self) -> None:
@@ -129,20 +136,19 @@ class DetailScreen(Screen[None]):
             return
         from rich.console import Group
 
-        parts: list = [Text(f"run {run.id} · {run.state.value} · attempt {run.attempt}/{run.max_attempts} · "
-                            f"worker {run.worker or '–'}", style=STATE_STYLES.get(run.state.value, ""))]
+        parts: list = [plain(f"run {run.id} · {run.state.value} · attempt {run.attempt}/{run.max_attempts} · "
+                             f"worker {run.worker or '–'}", style=STATE_STYLES.get(run.state.value, ""))]
         if run.error:
-            parts.append(Text(f"error: {run.error}", style="red"))
+            parts.append(block(f"error: {run.error}", style="red"))
         if run.result is not None:
             parts.append(Text("result:", style="bold"))
-            parts.append(Syntax(json.dumps(run.result, indent=2, ensure_ascii=False), "json", word_wrap=True,
-                                theme="ansi_dark"))
+            parts.append(Syntax(visible(json_text(run.result, indent=2)), "json", word_wrap=True, theme="ansi_dark"))
         if run.output:
             parts.append(Text("output:", style="bold"))
-            parts.append(Text(run.output))
+            parts.append(block(run.output))
         if run.traceback:
             parts.append(Text("traceback:", style="bold"))
-            parts.append(Syntax(run.traceback, "pytb", word_wrap=True, theme="ansi_dark"))
+            parts.append(Syntax(visible(run.traceback), "pytb", word_wrap=True, theme="ansi_dark"))
         view.update(Group(*parts))
 
     def action_run(self) -> None:

@@ -9,9 +9,10 @@ from textual.screen import ModalScreen
 from textual.widgets import DataTable, Static
 
 from tui.actions import ACTIONS, display_key
+from tui.guard import CarriesOn
 
 
-class HelpScreen(ModalScreen[None]):
+class HelpScreen(CarriesOn, ModalScreen[None]):
     """Lists the keys; escape, q or ? closes it."""
 
     CSS_PATH = "help.tcss"

@@ -14,9 +14,11 @@ from textual.widgets import Input, Static
 
 from core.errors import TaskmanError
 from core.service import Service
+from tui.guard import CarriesOn
+from tui.safe import block
 
 
-class ImportScreen(ModalScreen[int]):
+class ImportScreen(CarriesOn, ModalScreen[int]):
     """Asks for a path; enter imports, escape cancels; errors are shown in place."""
 
     CSS_PATH = "import_file.tcss"
@@ -56,4 +58,4 @@ class ImportScreen(ModalScreen[int]):
         self.app.call_from_thread(self.dismiss, len(tasks))
 
     def _error(self, message: str) -> None:
-        self.query_one("#import-error", Static).update(message)
+        self.query_one("#import-error", Static).update(block(message))

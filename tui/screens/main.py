@@ -11,13 +11,14 @@ import json
 import time
 
 import redis
+from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Static
-from textual.worker import Worker, WorkerState, get_current_worker
+from textual.worker import get_current_worker
 
 from core.errors import TaskmanError
 from core.events import follow_logs, recent_logs
@@ -27,6 +28,8 @@ from tui import actions, feed
 from tui.widgets.editor import EditorPane
 from tui.widgets.log_pane import LogPane
 from tui.widgets.status_bar import StatusBar
+from tui.guard import CarriesOn
+from tui.safe import plain
 from tui.widgets.task_table import TaskTable
 
 PAGE = 20_000
@@ -68,7 +71,7 @@ class StatusRead(Message):
         self.error = error
 
 
-class MainScreen(Screen):
+class MainScreen(CarriesOn, Screen):
     """Lists tasks, edits the selected one, and tails logs."""
 
     CSS_PATH = "main.tcss"
@@ -195,7 +198,8 @@ class MainScreen(Screen):
     def _loaded(self, message: TasksLoaded) -> None:
         self.table.load(message.tasks)
         self.logs.names = {task.id: task.name for task in message.tasks}
-        self.logs.show_scope(self.logs.scope, self.logs.border_title or "")
+        scoped = self.table.tasks.get(self.logs.scope) if self.logs.scope else None
+        self.logs.show_scope(self.logs.scope, self._log_title(scoped))
         self.table.border_title = f"Tasks ({len(message.tasks)})"
 
     @on(TasksChanged)
@@ -216,7 +220,7 @@ class MainScreen(Screen):
         location = self.app.redis_label
         if message.values is None:
             self.redis_ok = False
-            banner.update(f"Redis at {location} is unreachable ({message.error}) — reconnecting…")
+            banner.update(plain(f"Redis at {location} is unreachable ({message.error}) — reconnecting…"))
             banner.display = True
             self.query_one(StatusBar).update(redis=location, ok=False, workers=0, due=0,
                                              per_minute=self.activity.per_minute(),
@@ -239,9 +243,9 @@ class MainScreen(Screen):
         if self.logs.scope is not None and message.task is not None and not self.editor.dirty:
             self.logs.show_scope(message.task.id, self._log_title(message.task))
 
-    def _log_title(self, task: Task | None) -> str:
+    def _log_title(self, task: Task | None) -> Text:
         follow = "follow" if self.logs.following else "held"
-        return f"Logs · {task.name if task else 'all'} ({follow})"
+        return plain(f"Logs · {task.name if task else 'all'} ({follow})")
 
     @on(EditorPane.SaveRequested)
     def _save(self, message: EditorPane.SaveRequested) -> None:
@@ -271,10 +275,6 @@ class MainScreen(Screen):
             self.app.call_from_thread(on_done, result)
         if success:
             self.app.call_from_thread(self.notify, success)
-
-    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        if event.state is WorkerState.ERROR:
-            self.notify(str(event.worker.error), title="Unexpected error", severity="error")
 
     def _need_task(self) -> Task | None:
         task = self.table.selected

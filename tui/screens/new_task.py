@@ -17,11 +17,13 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Label, Select, Static, TextArea
 
-from core import cron
+from core import cron, redact
 from core.errors import InvalidSpec, TaskmanError
 from core.http import METHODS
 from core.models import Kind, Mode, Task
 from core.service import Service
+from tui.guard import CarriesOn
+from tui.safe import block, json_text, one_line, plain, visible
 
 MODES = (("now", Mode.IMMEDIATE.value), ("after a delay", Mode.DELAYED.value), ("on cron", Mode.SCHEDULED.value))
 KINDS = (("code", Kind.CODE.value), ("API request", Kind.API.value), ("registered task", Kind.REGISTERED.value))
@@ -74,7 +76,7 @@ def cron_preview(expression: str, tz: str, count: int = 5) -> tuple[str, bool]:
     return "next: " + ", ".join(fire.strftime("%a %d %b %H:%M:%S") for fire in fires), True
 
 
-class NewTaskScreen(Screen[None]):
+class NewTaskScreen(CarriesOn, Screen[None]):
     """Gathers a spec and creates it through the service; ``template`` pre-fills a duplicate."""
 
     CSS_PATH = "new_task.tcss"
@@ -96,15 +98,18 @@ class NewTaskScreen(Screen[None]):
                     "code": TEMPLATE, "method": "GET", "url": "", "headers": "", "body": "", "queue": "",
                     "args": "", "kwargs": "", "delay": "60", "cron": "*/5 * * * *", "timezone": "UTC",
                     "timeout": "", "retries": "0", "backoff": "1"}
+        # A copy shows secrets masked, as every view does; creating it puts them back (``spec``).
         body = spec.json_body if spec.json_body is not None else spec.data
+        body = redact.mask_fields(body)
         return {
-            "kind": spec.kind.value, "mode": spec.task_type.value, "name": f"{spec.name} copy",
-            "function_name": spec.function_name or "main", "code": spec.function_code or TEMPLATE,
-            "method": spec.method, "url": spec.api_url or "",
-            "headers": "\n".join(f"{name}: {value}" for name, value in spec.headers.items()),
-            "body": "" if body is None else body if isinstance(body, str) else json.dumps(body, indent=2),
-            "queue": spec.queue or "", "args": json.dumps(spec.args) if spec.args else "",
-            "kwargs": json.dumps(spec.kwargs) if spec.kwargs else "",
+            "kind": spec.kind.value, "mode": spec.task_type.value, "name": one_line(f"{spec.name} copy"),
+            "function_name": spec.function_name or "main",
+            "code": visible((spec.function_code or TEMPLATE).replace("\r\n", "\n")),
+            "method": spec.method, "url": one_line(redact.redact_url(spec.api_url or "")),
+            "headers": "\n".join(f"{name}: {one_line(value)}" for name, value in redact.mask_headers(spec.headers).items()),
+            "body": "" if body is None else visible(body) if isinstance(body, str) else json_text(body, indent=2),
+            "queue": spec.queue or "", "args": json_text(spec.args) if spec.args else "",
+            "kwargs": json_text(redact.mask_fields(spec.kwargs)) if spec.kwargs else "",
             "delay": f"{spec.delay_seconds:g}" if spec.delay_seconds is not None else "60",
             "cron": spec.cron_expression or "*/5 * * * *", "timezone": spec.timezone,
             "timeout": f"{spec.timeout:g}" if spec.timeout else "", "retries": str(spec.max_retries),
@@ -119,7 +124,7 @@ class NewTaskScreen(Screen[None]):
 
         title = f"New task (copy of {self.template.name})" if self.template else "New task"
         with VerticalScroll(id="form"):
-            yield Static(title, id="form-title")
+            yield Static(plain(title), id="form-title")
             with Horizontal(classes="row"):
                 yield Label("Kind")
                 yield Select(KINDS, value=d["kind"], allow_blank=False, compact=True, id="kind")
@@ -189,7 +194,7 @@ class NewTaskScreen(Screen[None]):
 
     def _set_registered(self, names: list[str]) -> None:
         select = self.query_one("#task-name", Select)
-        select.set_options([(name, name) for name in names])
+        select.set_options([(plain(name), name) for name in names])
         if self.template and self.template.spec.task_name in names:
             select.value = self.template.spec.task_name
 
@@ -208,7 +213,7 @@ class NewTaskScreen(Screen[None]):
     def _preview(self) -> None:
         text, ok = cron_preview(self.query_one("#cron", Input).value, self.query_one("#timezone", Input).value)
         preview = self.query_one("#cron-preview", Static)
-        preview.update(text)
+        preview.update(plain(text))
         preview.set_class(not ok, "error")
 
     def spec(self) -> dict[str, Any]:
@@ -248,6 +253,8 @@ class NewTaskScreen(Screen[None]):
             number = _number(value(selector), field, kind_of)
             if number is not None:
                 spec[field] = number
+        if self.template is not None:  # the copy's masked secrets, left as they were, are the template's
+            spec = redact.restore_spec(spec, self.template.spec.to_dict())
         return spec
 
     def action_create(self) -> None:
@@ -266,13 +273,13 @@ class NewTaskScreen(Screen[None]):
             self.app.call_from_thread(self._refused, exc)
             return
         except TaskmanError as exc:
-            self.app.call_from_thread(self.query_one("#form-error", Static).update, exc.message)
+            self.app.call_from_thread(self.query_one("#form-error", Static).update, block(exc.message))
             return
         self.app.call_from_thread(self.app.notify, f"created {task.name} ({task.kind.value}, {task.mode.value})")
         self.app.call_from_thread(self.dismiss)
 
     def _refused(self, exc: InvalidSpec) -> None:
-        self.query_one("#form-error", Static).update(exc.message)
+        self.query_one("#form-error", Static).update(block(exc.message))
         selector = FIELD_WIDGETS.get(exc.field.split(".")[0])
         if selector:
             self.query_one(selector).focus()

@@ -1,8 +1,12 @@
 """The editor pane: a code task's source, or an API task's request, edited in place.
 
 API requests are shown in the shape of an HTTP request file — ``METHOD URL``, header lines, a blank
-line, the body — so they read the way they go on the wire. Secret header values are shown masked;
-a masked value saved unchanged keeps the stored secret.
+line, the body — so they read the way they go on the wire. Secrets (header values, secret-named query
+parameters and body fields, a registered task's secret-named kwargs) are shown masked; a masked value
+saved unchanged keeps the stored secret (``core.redact.restore_spec``, applied by the service).
+
+What the editor shows is data: control characters are made visible (``\x1b``) before the text area
+gets it, since a text area writes its characters to the terminal as they are; the title is plain text.
 """
 
 from __future__ import annotations
@@ -10,14 +14,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import Static, TextArea
 
-from core import http
+from core import redact
 from core.errors import InvalidSpec
 from core.models import Kind, Task
+from tui.guard import CarriesOn
+from tui.safe import json_text, one_line, plain, visible
 
 MASK = "***"
 
@@ -25,13 +32,14 @@ MASK = "***"
 def request_text(task: Task) -> str:
     """An API task's request as editable text."""
     spec = task.spec
-    lines = [f"{spec.method} {spec.api_url}"]
-    for name, value in http.mask_headers(spec.headers).items():
-        lines.append(f"{name}: {value}")
+    lines = [f"{spec.method} {one_line(redact.redact_url(spec.api_url or ''))}"]
+    for name, value in redact.mask_headers(spec.headers).items():
+        lines.append(f"{name}: {one_line(value)}")
     body = spec.json_body if spec.json_body is not None else spec.data
     if body is not None:
+        body = redact.mask_fields(body)
         lines.append("")
-        lines.append(body if isinstance(body, str) else json.dumps(body, indent=2, ensure_ascii=False))
+        lines.append(visible(body) if isinstance(body, str) else json_text(body, indent=2))
     return "\n".join(lines)
 
 
@@ -63,10 +71,10 @@ def parse_request(text: str, stored: dict[str, str]) -> dict[str, Any]:
 
 def registered_text(task: Task) -> str:
     spec = task.spec
-    fields = {"task_name": spec.task_name, "args": spec.args, "kwargs": spec.kwargs}
+    fields = {"task_name": spec.task_name, "args": spec.args, "kwargs": redact.mask_fields(spec.kwargs)}
     if spec.queue:
         fields["queue"] = spec.queue
-    return json.dumps(fields, indent=2, ensure_ascii=False)
+    return json_text(fields, indent=2)
 
 
 def parse_registered(text: str) -> dict[str, Any]:
@@ -83,7 +91,7 @@ def parse_registered(text: str) -> dict[str, Any]:
     return fields
 
 
-class EditorPane(Vertical):
+class EditorPane(CarriesOn, Vertical):
     """Title, text area and a hint line that shows the next fires or the last save's error."""
 
     class SaveRequested(Message):
@@ -131,13 +139,13 @@ class EditorPane(Vertical):
     @staticmethod
     def _text_of(task: Task) -> str:
         if task.kind is Kind.CODE:
-            return task.spec.function_code or ""
+            return visible((task.spec.function_code or "").replace("\r\n", "\n"))
         if task.kind is Kind.API:
             return request_text(task)
         return registered_text(task)
 
-    def _title(self, task: Task) -> str:
-        return f"{task.name} · {task.kind.value} · {self._schedule(task)}"
+    def _title(self, task: Task) -> Text:
+        return plain(f"{task.name} · {task.kind.value} · {self._schedule(task)}")
 
     @staticmethod
     def _schedule(task: Task) -> str:
@@ -150,7 +158,7 @@ class EditorPane(Vertical):
 
     def set_hint(self, text: str, *, error: bool = False) -> None:
         hint = self.query_one("#hint", Static)
-        hint.update(text)
+        hint.update(plain(text))
         hint.set_class(error, "error")
 
     def changes(self) -> dict[str, Any]:

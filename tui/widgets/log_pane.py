@@ -1,4 +1,8 @@
-"""The live log pane: lines from the log stream, of every task or of the selected one."""
+"""The live log pane: lines from the log stream, of every task or of the selected one.
+
+Each entry is one line of plain text (``rich.text.Text``, ``markup=False``) with its control characters
+and newlines made visible: a printed line can neither be markup nor pose as another entry.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,14 @@ from datetime import datetime
 from rich.text import Text
 from textual.widgets import RichLog
 
+from tui.guard import CarriesOn
+from tui.safe import one_line
+
 LEVEL_STYLES = {"error": "red", "warning": "yellow", "print": "", "info": "dim"}
 KEPT = 5000
 
 
-class LogPane(RichLog):
+class LogPane(CarriesOn, RichLog):
     """Keeps the recent entries so switching scope re-filters without reading Redis again."""
 
     def __init__(self, **kwargs) -> None:
@@ -28,7 +35,7 @@ class LogPane(RichLog):
             if self.scope is None or entry.get("task") == self.scope:
                 self.write(self._line(entry), scroll_end=self.following)
 
-    def show_scope(self, task_id: str | None, title: str) -> None:
+    def show_scope(self, task_id: str | None, title: str | Text) -> None:
         """Show only ``task_id``'s lines (None: all) and retitle the pane."""
         self.scope = task_id
         self.border_title = title
@@ -47,6 +54,7 @@ class LogPane(RichLog):
         stamp = datetime.fromtimestamp(float(entry.get("ts") or 0)).strftime("%H:%M:%S.%f")[:-3]
         line = Text(f"{stamp} ", style="dim")
         if self.scope is None:
-            line.append(f"{self.names.get(entry.get('task', ''), entry.get('task', ''))[:20]} ", style="bold")
-        line.append(entry.get("msg", ""), style=LEVEL_STYLES.get(entry.get("level", ""), ""))
+            name = one_line(self.names.get(entry.get("task", ""), entry.get("task", "")))
+            line.append(f"{name[:20]} ", style="bold")
+        line.append(one_line(entry.get("msg", "")), style=LEVEL_STYLES.get(entry.get("level", ""), ""))
         return line

@@ -6,8 +6,11 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import Sparkline, Static
 
+from tui.guard import CarriesOn
+from tui.safe import plain
 
-class StatusBar(Horizontal):
+
+class StatusBar(CarriesOn, Horizontal):
     """One line at the top of the main screen; ``update`` takes what ``tui.feed.status`` read."""
 
     def compose(self) -> ComposeResult:
@@ -21,7 +24,7 @@ class StatusBar(Horizontal):
         dot = "●" if ok else "○"
         beat = "" if scheduler or not ok else "   scheduler ○"
         self.query_one("#facts", Static).update(
-            f"redis {dot} {redis}   workers {workers}   queued {queued}   due {due}{beat}")
+            plain(f"redis {dot} {redis}   workers {workers}   queued {queued}   due {due}{beat}"))
         self.query_one("#rate", Sparkline).data = per_minute or [0.0]
         self.query_one("#rate-text", Static).update(
             f" {per_minute[-1] if per_minute else 0:.0f} runs/min   failed/h {failed_hour}")

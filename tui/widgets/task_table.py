@@ -11,6 +11,8 @@ from textual.message import Message
 from textual.widgets import DataTable
 
 from core.models import Task
+from tui.guard import CarriesOn
+from tui.safe import one_line, plain
 
 STATE_STYLES = {
     "active": "green", "paused": "yellow", "done": "dim",
@@ -68,7 +70,7 @@ class Query:
         return True
 
 
-class TaskTable(DataTable):
+class TaskTable(CarriesOn, DataTable):
     """Tasks keyed by id; ``upsert`` and ``remove`` keep rows in place so the cursor never jumps."""
 
     class Selected(Message):
@@ -89,12 +91,12 @@ class TaskTable(DataTable):
     def _add_columns(self, tasks: list[Task]) -> None:
         """Columns with explicit widths (the name column as wide as the longest shown name, up to 32),
         so the layout depends only on what is shown, never on the order rows arrived in."""
-        name_width = min(32, max([4, *(cell_len(task.name) for task in tasks)]))
+        name_width = min(32, max([4, *(cell_len(one_line(task.name)) for task in tasks)]))
         for column, width in zip(COLUMNS, (name_width, 4, 5, 7, 6, 9)):
             self.add_column(column, key=column.lower(), width=width)
 
     def _cells(self, task: Task) -> tuple:
-        return (task.name, KIND_LABELS[task.kind.value], MODE_LABELS[task.mode.value],
+        return (plain(task.name), KIND_LABELS[task.kind.value], MODE_LABELS[task.mode.value],
                 Text(task.state.value, style=STATE_STYLES.get(task.state.value, "")),
                 relative(task.next_run_at), last_cell(task))
 
