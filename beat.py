@@ -24,7 +24,8 @@ class TaskmanScheduler(CeleryScheduler):
         store = Store.from_settings(settings, resolve_redis_url(settings))
         refuse_evicting_redis(store)
         self.core = Scheduler(store, Dispatcher(self.app, settings), interval=settings.scheduler_interval,
-                              lock_ttl=settings.scheduler_lock_ttl, lease=settings.claim_lease)
+                              lock_ttl=settings.scheduler_lock_ttl, lease=settings.claim_lease,
+                              dead_worker_grace=settings.dead_worker_grace)
 
     def tick(self, *args, **kwargs) -> float:
         return self.core.tick()

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 
 from celery import signals
 
 from core import builtins
 from core.config import Settings
-from core.dispatch import CODE_QUEUE, CODE_TASK, HTTP_TASK, OWN_TASKS, make_celery
+from core.dispatch import CODE_QUEUE, CODE_TASK, FENCE_HEADER, HTTP_TASK, OWN_TASKS, make_celery
 from core.jail import Jail
 from core.embedded import resolve_redis_url
 from core.models import RunState
@@ -39,16 +40,22 @@ def runner() -> Runner:
     return _runners[pid]
 
 
-@app.task(name=CODE_TASK)
-def run_code(run_id: str, task_id: str) -> None:
-    """Run a code task's function in the sandbox."""
-    runner().run_code(run_id, task_id)
+def _fence(request) -> int | None:
+    """The fence a run's message was sent with (a header; None for messages from before fences)."""
+    value = getattr(request, FENCE_HEADER, None)
+    return int(value) if isinstance(value, (int, str)) and str(value).isdigit() else None
 
 
-@app.task(name=HTTP_TASK)
-def run_http(run_id: str, task_id: str) -> None:
+@app.task(name=CODE_TASK, bind=True)
+def run_code(self, run_id: str, task_id: str) -> None:
+    """Run a code task's function in the jail."""
+    runner().run_code(run_id, task_id, _fence(self.request), self.request.hostname or "")
+
+
+@app.task(name=HTTP_TASK, bind=True)
+def run_http(self, run_id: str, task_id: str) -> None:
     """Send an API task's request."""
-    runner().run_http(run_id, task_id)
+    runner().run_http(run_id, task_id, _fence(self.request), self.request.hostname or "")
 
 
 @app.task(name="taskman.echo")
@@ -69,13 +76,14 @@ def prune_history():
 @signals.task_prerun.connect
 def _registered_started(sender=None, task_id=None, **_):
     if sender is not None and sender.name not in OWN_TASKS:
-        runner().registered_started(task_id)
+        runner().registered_started(task_id, _fence(sender.request), sender.request.hostname or "")
 
 
 @signals.task_success.connect
 def _registered_succeeded(sender=None, result=None, **_):
     if sender is not None and sender.name not in OWN_TASKS:
-        runner().registered_finished(sender.request.id, RunState.SUCCEEDED, result=result)
+        runner().registered_finished(sender.request.id, RunState.SUCCEEDED, result=result,
+                                     fence=_fence(sender.request))
 
 
 @signals.task_failure.connect
@@ -128,18 +136,35 @@ def _isolation() -> dict:
             "unrestricted_test_mode": UNRESTRICTED_CODE}
 
 
-@signals.heartbeat_sent.connect
-def _heartbeat(sender=None, **_):
-    """Celery's event heartbeat (every 2 s, in the worker's main process) also marks it alive in Redis."""
+HEARTBEAT_SECONDS = 2.0
+_beating = threading.Event()
+
+
+def _beat_forever(node: str) -> None:
+    """Mark this worker alive in Redis every 2 s, whether or not Celery's own events are on: the
+    scheduler hands a silent worker's running runs to another worker after ``dead_worker_grace``."""
+    store = runner().store
+    while not _beating.wait(HEARTBEAT_SECONDS):
+        try:
+            store.heartbeat(node)
+        except Exception:  # a missed beat only makes the worker look late; never let it disturb the consumer
+            pass
+
+
+@signals.worker_ready.connect
+def _start_heartbeat(sender=None, **_):
+    node = sender.hostname if sender is not None else socket.gethostname()
     try:
-        runner().store.heartbeat(sender.eventer.hostname if sender is not None else socket.gethostname())
-    except Exception:  # a missed beat only makes the worker look late; never let it disturb the consumer
+        runner().store.heartbeat(node)
+    except Exception:
         pass
+    threading.Thread(target=_beat_forever, args=(node,), name="taskman-heartbeat", daemon=True).start()
 
 
 @signals.worker_shutdown.connect
 def _worker_gone(sender=None, **_):
     """A worker that stops cleanly stops counting as alive at once (a killed one ages out)."""
+    _beating.set()
     try:
         runner().store.worker_gone(getattr(sender, "hostname", None) or socket.gethostname())
     except Exception:

@@ -110,6 +110,8 @@ class Settings(BaseSettings):
 
     audit_maxlen: int = 100_000
     """Approximate length cap of the audit stream (who changed what, from which front end)."""
+    dead_worker_grace: float = Field(30.0, gt=0)
+    """Seconds a worker may stay silent (no heartbeat) before its running runs are handed to another worker."""
     heartbeat_ttl: float = 10.0
     """Seconds after a worker's last heartbeat that it still counts as alive (workers beat every 2 s)."""
     api_max_body: int = 2 * 1024 * 1024

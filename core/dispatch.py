@@ -16,6 +16,8 @@ from core.models import (CODE_QUEUE, CODE_TASK, HTTP_QUEUE, HTTP_TASK, INTERNAL_
 from core.store import Keys
 
 OWN_TASKS = INTERNAL_TASKS
+FENCE_HEADER = "taskman_fence"
+"""Message header carrying the run's fence (see ``core.store``): a worker refuses a stale one."""
 __all__ = ["CODE_QUEUE", "CODE_TASK", "HTTP_QUEUE", "HTTP_TASK", "OWN_TASKS", "REGISTERED_QUEUE", "Dispatcher",
            "make_celery"]
 
@@ -62,15 +64,16 @@ class Dispatcher:
     def timeout_for(self, task: Task) -> float:
         return min(task.spec.timeout or self.settings.default_timeout, self.settings.max_timeout)
 
-    def send(self, task: Task, run: Run) -> None:
-        """Queue ``run`` of ``task`` on the queue that serves its kind."""
+    def send(self, task: Task, run: Run, fence: int = 0) -> None:
+        """Queue ``run`` of ``task`` on the queue that serves its kind, under ``fence``."""
         timeout = self.timeout_for(task)
-        limits = {"soft_time_limit": timeout, "time_limit": timeout + self.settings.kill_grace}
+        headers = {FENCE_HEADER: fence}
+        options = {"soft_time_limit": timeout, "time_limit": timeout + self.settings.kill_grace, "headers": headers}
         spec = task.spec
         if task.kind is Kind.CODE:
-            self.app.send_task(CODE_TASK, args=[run.id, task.id], task_id=run.id, queue=CODE_QUEUE, **limits)
+            self.app.send_task(CODE_TASK, args=[run.id, task.id], task_id=run.id, queue=CODE_QUEUE, **options)
         elif task.kind is Kind.API:
-            self.app.send_task(HTTP_TASK, args=[run.id, task.id], task_id=run.id, queue=HTTP_QUEUE)
+            self.app.send_task(HTTP_TASK, args=[run.id, task.id], task_id=run.id, queue=HTTP_QUEUE, headers=headers)
         else:
             # Validation refuses these; a definition stored before it did must still never reach the broker.
             queue = spec.queue or REGISTERED_QUEUE
@@ -79,7 +82,7 @@ class Dispatcher:
             if refusal := queue_refusal(queue):
                 raise InvalidSpec("queue", refusal)
             self.app.send_task(spec.task_name, args=list(spec.args), kwargs=dict(spec.kwargs), task_id=run.id,
-                               queue=queue, **limits)
+                               queue=queue, **options)
 
     def revoke(self, run_id: str, *, terminate: bool) -> None:
         """Tell every worker to drop ``run_id``; with ``terminate``, kill the process running it."""

@@ -85,6 +85,8 @@ class Started:
     run: Run
     task: Task | None
     logs: LogBuffer
+    fence: int | None = None
+    """The fence the run was started under (None: unknown, so unchecked); its finish must match it."""
 
 
 class Runner:
@@ -104,13 +106,17 @@ class Runner:
             self._http_client = http.make_client(self.settings.http_allow)
         return self._http_client
 
-    def begin(self, run_id: str, task_id: str | None = None) -> Started | None:
-        """Move the run to running; None if it was stopped, already finished or is not ours."""
+    def begin(self, run_id: str, task_id: str | None = None, *, fence: int | None = None,
+              node: str = "") -> Started | None:
+        """Move the run to running; None if it was stopped, already finished, or the message's ``fence``
+        is stale (the run was handed to another worker since). ``node`` is the Celery worker's name,
+        whose heartbeat the dead-worker watch follows."""
         now = time.time()
         pipe = self.store.redis.pipeline(transaction=True)
         self.store.transition(run_id, (RunState.QUEUED, RunState.RUNNING), RunState.RUNNING,
                               event={"type": "run.started", "run_id": run_id, "ts": now, "worker": self.worker_name},
-                              fields={"started_at": now, "worker": self.worker_name}, pipe=pipe)
+                              fields={"started_at": now, "worker": self.worker_name, "node": node}, pipe=pipe,
+                              fence=fence, running="add")
         pipe.hgetall(self.store.keys.run(run_id))
         if task_id:
             pipe.hgetall(self.store.keys.task(task_id))
@@ -124,24 +130,24 @@ class Runner:
         if previous == RunState.RUNNING.value:
             deliveries = self.store.redis.hincrby(self.store.keys.run(run_id), "deliveries", 1) + 1
             if deliveries > MAX_DELIVERIES:
-                self.finish(Started(run, task, logs), RunState.FAILED,
+                self.finish(Started(run, task, logs, fence), RunState.FAILED,
                             error=f"worker lost {MAX_DELIVERIES} times while running this run; giving up")
                 return None
             logs.add("warning", f"run {run.id} redelivered after its worker was lost (delivery {deliveries})")
         logs.add("info", f"run {run.id} started on {self.worker_name} (attempt {run.attempt}/{run.max_attempts})")
-        return Started(run, task, logs)
+        return Started(run, task, logs, fence)
 
-    def _begin_task_run(self, run_id: str, task_id: str) -> Started | None:
+    def _begin_task_run(self, run_id: str, task_id: str, fence: int | None, node: str) -> Started | None:
         """``begin`` for runs that need their task's definition; a deleted task fails the run."""
-        started = self.begin(run_id, task_id)
+        started = self.begin(run_id, task_id, fence=fence, node=node)
         if started is not None and started.task is None:
             self.finish(started, RunState.FAILED, error="the task was deleted before this run started")
             return None
         return started
 
-    def run_code(self, run_id: str, task_id: str) -> None:
+    def run_code(self, run_id: str, task_id: str, fence: int | None = None, node: str = "") -> None:
         """Execute a code task's function in a jailed process and record the outcome."""
-        started = self._begin_task_run(run_id, task_id)
+        started = self._begin_task_run(run_id, task_id, fence, node)
         if started is None:
             return
         spec = started.task.spec
@@ -178,9 +184,9 @@ class Runner:
         else:  # refused (walls down) or broken (the process broke the jail's protocol)
             self.finish(started, RunState.FAILED, error=outcome.message, output=outcome.output)
 
-    def run_http(self, run_id: str, task_id: str) -> None:
+    def run_http(self, run_id: str, task_id: str, fence: int | None = None, node: str = "") -> None:
         """Send an API task's request and record the response."""
-        started = self._begin_task_run(run_id, task_id)
+        started = self._begin_task_run(run_id, task_id, fence, node)
         if started is None:
             return
         spec = started.task.spec
@@ -224,7 +230,7 @@ class Runner:
             event=run_event(f"run.{state.value}", run, state=state.value, duration_ms=duration_ms),
             fields={"finished_at": now, "duration_ms": duration_ms, "result": result, "error": error or "",
                     "traceback": traceback or "", "output": output},
-            pipe=pipe,
+            pipe=pipe, fence=started.fence, running="rem",
         )
         self.store.set_last_run(run.task_id, run.id, state, duration_ms, pipe)
         self.store.count_finished(run.id, state, now, *metrics.run_increments(
@@ -260,17 +266,18 @@ class Runner:
 
     # -- registered tasks, observed through Celery's signals -------------------------------------
 
-    def registered_started(self, run_id: str) -> Started | None:
-        return self.begin(run_id)
+    def registered_started(self, run_id: str, fence: int | None = None, node: str = "") -> Started | None:
+        return self.begin(run_id, fence=fence, node=node)
 
     def registered_finished(self, run_id: str, state: RunState, *, result: Any = None,
-                            error: str | None = None, traceback: str | None = None) -> None:
+                            error: str | None = None, traceback: str | None = None,
+                            fence: int | None = None) -> None:
         """Record the end of a registered task's run (or a run a hard time limit killed)."""
         run = self.store.get_run(run_id)
         if run is None or run.state.final:
             return
         task = self.store.get_task(run.task_id)
-        self.finish(Started(run, task, LogBuffer(self.store, run.task_id, run.id)), state, result=result,
+        self.finish(Started(run, task, LogBuffer(self.store, run.task_id, run.id), fence), state, result=result,
                     error=error, traceback=traceback, retryable=state is not RunState.SUCCEEDED)
 
 

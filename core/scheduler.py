@@ -43,7 +43,7 @@ class Scheduler:
     """Claims due entries and sends their runs; ``tick`` returns how long to sleep."""
 
     def __init__(self, store: Store, dispatcher: Dispatcher, *, interval: float = 0.25, lock_ttl: float = 10.0,
-                 lease: float = 60.0) -> None:
+                 lease: float = 60.0, dead_worker_grace: float = 30.0) -> None:
         self.store = store
         self.dispatcher = dispatcher
         self.interval = interval
@@ -54,6 +54,8 @@ class Scheduler:
         self.last_lag: float = 0.0
         self.outage_since: float | None = None
         self.backoff = 0.0
+        self.dead_worker_grace = dead_worker_grace
+        self.next_watch = 0.0
 
     def tick(self, now: float | None = None) -> float:
         """Do one round of work if this scheduler holds the lock; return seconds until the next look.
@@ -97,6 +99,9 @@ class Scheduler:
                 raise
             except Exception:
                 log.exception("could not fire %s; it is retried after the lease", member)
+        if time.monotonic() >= self.next_watch:
+            self.next_watch = time.monotonic() + min(2.0, self.dead_worker_grace / 4)
+            self.hand_over_silent_workers_runs(time.time())
         try:
             metrics.record_lags(self.store, lags)
         except Exception:
@@ -128,6 +133,37 @@ class Scheduler:
             self.dispatcher.send(task, run)
             self.store.remove_due(due_member_for_run(run.id))
 
+    def hand_over_silent_workers_runs(self, now: float) -> int:
+        """Requeue, under a new fence, every running run whose worker has sent no heartbeat for the grace.
+
+        The fence makes the dead worker's message (redelivered by the broker much later) and a slow
+        worker's late finish refused, so a run is never carried on by two workers at once.
+        """
+        beats = self.store.heartbeats()
+        handed = 0
+        for run_id, started_at in self.store.running_runs():
+            state, node, fence = self.store.run_owner(run_id)
+            last_sign = beats.get(node, started_at) if node else started_at
+            if state == RunState.RUNNING.value and now - max(last_sign, started_at) < self.dead_worker_grace:
+                continue
+            event = {"type": "run.requeued", "run_id": run_id, "ts": now, "state": "queued",
+                     "reason": f"worker {node or '?'} silent for {now - last_sign:.0f} s"}
+            new_fence = self.store.requeue(run_id, fence, event, send_guard_at=now + self.lease)
+            if new_fence is None:
+                continue
+            run = self.store.get_run(run_id)
+            task = self.store.get_task(run.task_id) if run else None
+            if run is None or task is None:
+                continue  # the send guard's turn stops it (task deleted) or finds it gone
+            self.dispatcher.send(task, run, fence=new_fence)
+            self.store.remove_due(due_member_for_run(run_id))
+            self.store.add_logs([{"ts": repr(now), "task": run.task_id, "run": run_id, "level": "warning",
+                                  "msg": f"run {run_id}: worker {node or '?'} silent for {now - last_sign:.0f} s; "
+                                         "handed to another worker"}])
+            log.warning("run %s: worker %s silent for %.0f s; handed to another worker", run_id, node, now - last_sign)
+            handed += 1
+        return handed
+
     def _send_retry(self, member: str, run_id: str) -> None:
         """Send a queued run whose due entry came up: a retry's backoff ended, or a send guard's lease did."""
         run = self.store.get_run(run_id)
@@ -140,7 +176,7 @@ class Scheduler:
                                   fields={"error": "the task was deleted", "finished_at": time.time()})
             self.store.remove_due(member)
             return
-        self.dispatcher.send(task, run)
+        self.dispatcher.send(task, run, fence=self.store.run_owner(run_id)[2])
         self.store.remove_due(member)  # only once sent: a failed send leaves the leased entry to come back
 
     def close(self) -> None:

@@ -19,6 +19,11 @@ Layout (every key under the namespace prefix ``{ns}:``, see ``Keys``):
 - ``audit``            capped stream of changes: ts, actor, action, target, detail (JSON).
 - ``metrics``          hash of counters kept incrementally (see ``core.metrics`` for its fields).
 - ``workers``          sorted set: worker hostname scored by its last heartbeat.
+- ``running``          sorted set: id of each running run scored by when it started (the dead-worker watch).
+
+A run's hash carries ``fence``: how many times the run was handed to another worker because its
+worker fell silent. Every message carries the fence it was sent with, and every transition a worker
+makes checks it, so a stale message or a worker that was only slow can never start or end the run.
 
 Every state change that depends on what is stored is one Lua script (KEYS/ARGV documented with
 each), so two actors (a worker finishing, an operator stopping) can never interleave.
@@ -119,6 +124,10 @@ class Keys:
     def workers(self) -> str:
         return self._key("workers")
 
+    @property
+    def running(self) -> str:
+        return self._key("running")
+
 
 def due_member_for_task(task_id: str) -> str:
     return f"t:{task_id}"
@@ -131,7 +140,9 @@ def due_member_for_run(run_id: str) -> str:
 # KEYS[1] run hash, KEYS[2] events stream
 # ARGV[1] comma-separated states the run may be in, ARGV[2] new state, ARGV[3] event JSON ('' = none;
 # the script fills in its task_id and state),
-# ARGV[4] events maxlen, ARGV[5..] field, value pairs to set with the new state.
+# ARGV[4] events maxlen, ARGV[5] the fence the caller acts under ('' = unchecked), ARGV[6] 'add' or
+# 'rem' to enter or leave the running set (KEYS[3]) with the transition ('' = neither),
+# ARGV[7..] field, value pairs to set with the new state.
 # Returns the previous state if the transition happened, false otherwise (missing run: false).
 TRANSITION = """
 local current = redis.call('HGET', KEYS[1], 'state')
@@ -141,9 +152,15 @@ for state in string.gmatch(ARGV[1], '[^,]+') do
   if state == current then allowed = true end
 end
 if not allowed then return false end
+if ARGV[5] ~= '' and (redis.call('HGET', KEYS[1], 'fence') or '0') ~= ARGV[5] then return false end
 redis.call('HSET', KEYS[1], 'state', ARGV[2])
-for i = 5, #ARGV, 2 do
+for i = 7, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+if ARGV[6] == 'add' then
+  redis.call('ZADD', KEYS[3], redis.call('TIME')[1], redis.call('HGET', KEYS[1], 'id'))
+elseif ARGV[6] == 'rem' then
+  redis.call('ZREM', KEYS[3], redis.call('HGET', KEYS[1], 'id'))
 end
 if ARGV[3] ~= '' then
   local event = cjson.decode(ARGV[3])
@@ -154,10 +171,32 @@ end
 return current
 """
 
-# KEYS[1] task hash; ARGV[1] run id, ARGV[2] its state, ARGV[3] its duration in ms ('' = none)
-# Updates the task's last-run summary only if that run is still the task's latest.
+# KEYS[1] run hash, KEYS[2] running set, KEYS[3] events stream, KEYS[4] due set
+# ARGV[1] the fence the run was found with, ARGV[2] event JSON, ARGV[3] events maxlen,
+# ARGV[4] send-guard due member, ARGV[5] its score.
+# Hands a running run whose worker fell silent back to the queue under a new fence (so the old
+# worker's message and its late finish are refused) with a send guard; returns the new fence, or
+# false if the run is no longer running under that fence (it is then dropped from the running set).
+REQUEUE = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'running' or (redis.call('HGET', KEYS[1], 'fence') or '0') ~= ARGV[1] then
+  if redis.call('HGET', KEYS[1], 'state') ~= 'running' then redis.call('ZREM', KEYS[2], redis.call('HGET', KEYS[1], 'id') or '') end
+  return false
+end
+local fence = redis.call('HINCRBY', KEYS[1], 'fence', 1)
+redis.call('HSET', KEYS[1], 'state', 'queued', 'worker', '', 'node', '', 'deliveries', '0')
+redis.call('ZREM', KEYS[2], redis.call('HGET', KEYS[1], 'id'))
+redis.call('ZADD', KEYS[4], ARGV[5], ARGV[4])
+local event = cjson.decode(ARGV[2])
+event['task_id'] = redis.call('HGET', KEYS[1], 'task_id')
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'event', cjson.encode(event))
+return fence
+"""
+
+# KEYS[1] task hash, KEYS[2] run hash; ARGV[1] run id, ARGV[2] its state, ARGV[3] its duration in ms ('' = none)
+# Updates the task's last-run summary only if that run is still the task's latest and holds that state
+# (a finish that lost to a stop, or to a newer fence, leaves the summary alone).
 LAST_RUN = """
-if redis.call('HGET', KEYS[1], 'last_run_id') == ARGV[1] then
+if redis.call('HGET', KEYS[1], 'last_run_id') == ARGV[1] and redis.call('HGET', KEYS[2], 'state') == ARGV[2] then
   redis.call('HSET', KEYS[1], 'last_run_state', ARGV[2], 'last_duration_ms', ARGV[3])
 end
 return 1
@@ -328,6 +367,7 @@ class Store:
         self.run_ttl = int(run_ttl)
         self.audit_maxlen = audit_maxlen
         self._transition = client.register_script(TRANSITION)
+        self._requeue = client.register_script(REQUEUE)
         self._fire = client.register_script(FIRE)
         self._claim = client.register_script(CLAIM)
         self._lock = client.register_script(LOCK)
@@ -464,17 +504,21 @@ class Store:
 
     def transition(self, run_id: str, allowed: Iterable[RunState], new: RunState, *,
                    event: dict | None = None, fields: dict[str, Any] | None = None,
-                   pipe: redis.client.Pipeline | None = None) -> str | None:
-        """Move a run to ``new`` only if it is in one of ``allowed``; returns the previous state or None.
+                   pipe: redis.client.Pipeline | None = None, fence: int | None = None,
+                   running: str = "") -> str | None:
+        """Move a run to ``new`` only if it is in one of ``allowed`` (and, given ``fence``, still under that
+        fence); returns the previous state or None. ``running`` is ``"add"``/``"rem"`` to enter or leave
+        the dead-worker watch with the transition.
 
         With ``pipe`` the script is queued (as EVAL: a registered script in a pipeline costs redis-py
         an extra SCRIPT EXISTS round trip) and its answer comes back from ``pipe.execute()``.
         """
         argv: list[str] = [",".join(state.value for state in allowed), new.value,
-                           json.dumps(event) if event else "", str(self.events_maxlen)]
+                           json.dumps(event) if event else "", str(self.events_maxlen),
+                           "" if fence is None else str(fence), running]
         for key, value in (fields or {}).items():
             argv += [key, json.dumps(value) if key in RUN_FIELDS_JSON else _encode(value)]
-        keys = [self.keys.run(run_id), self.keys.events]
+        keys = [self.keys.run(run_id), self.keys.events, self.keys.running]
         if pipe is not None:
             pipe.eval(TRANSITION, len(keys), *keys, *argv)
             return None
@@ -483,7 +527,8 @@ class Store:
     def set_last_run(self, task_id: str, run_id: str, state: RunState, duration_ms: float | None,
                       pipe: redis.client.Pipeline) -> None:
         """Queue the task-side summary of a finished run, if it is still the task's latest run."""
-        pipe.eval(LAST_RUN, 1, self.keys.task(task_id), run_id, state.value, _encode(duration_ms))
+        pipe.eval(LAST_RUN, 2, self.keys.task(task_id), self.keys.run(run_id), run_id, state.value,
+                  _encode(duration_ms))
 
     def expire_run(self, run_id: str, pipe: redis.client.Pipeline) -> None:
         pipe.expire(self.keys.run(run_id), self.run_ttl)
@@ -589,6 +634,26 @@ class Store:
     def worker_reports(self) -> dict[str, dict]:
         """Each worker's last report: task names, queues, when, and the isolation walls of its code runs."""
         return {worker: json.loads(raw) for worker, raw in sorted(self.redis.hgetall(self.keys.registered).items())}
+
+    def running_runs(self) -> list[tuple[str, float]]:
+        """(run id, when it started) of every run in the dead-worker watch."""
+        return self.redis.zrange(self.keys.running, 0, -1, withscores=True)
+
+    def run_owner(self, run_id: str) -> tuple[str, str, int]:
+        """(state, worker node, fence) of a run, as the dead-worker watch needs them."""
+        state, node, fence = self.redis.hmget(self.keys.run(run_id), "state", "node", "fence")
+        return state or "", node or "", int(fence or 0)
+
+    def heartbeats(self) -> dict[str, float]:
+        """Worker node name → time of its last heartbeat."""
+        return dict(self.redis.zrange(self.keys.workers, 0, -1, withscores=True))
+
+    def requeue(self, run_id: str, fence: int, event: dict, send_guard_at: float) -> int | None:
+        """Hand a running run back to the queue under a new fence; the new fence, or None if it moved on."""
+        answer = self._requeue(keys=[self.keys.run(run_id), self.keys.running, self.keys.events, self.keys.due],
+                               args=[str(fence), json.dumps(event), str(self.events_maxlen),
+                                     due_member_for_run(run_id), repr(send_guard_at)])
+        return None if answer is None else int(answer)
 
     def heartbeat(self, worker: str, when: float | None = None) -> None:
         """Note that ``worker`` is alive (``core.metrics`` counts workers seen recently)."""

@@ -42,8 +42,10 @@ DEFAULT_JAIL_UID = 64_999
 """The uid/gid code runs take when the worker is root (no account needs to exist for it)."""
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+if hasattr(_libc, "syscall"):
+    _libc.syscall.restype = ctypes.c_long
+if hasattr(_libc, "prctl"):  # Linux; elsewhere every wall reports itself down
+    _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
@@ -88,7 +90,7 @@ def _errno_text() -> str:
 
 
 def prctl(option: int, arg: int = 0) -> bool:
-    return _libc.prctl(option, arg, 0, 0, 0) == 0
+    return hasattr(_libc, "prctl") and _libc.prctl(option, arg, 0, 0, 0) == 0
 
 
 def die_with_parent() -> None:
@@ -105,6 +107,9 @@ def enter_empty_network(report: WallReport) -> None:
     Root can do it directly. Others need a user namespace first, which maps their own uid and gid
     to themselves, so files and processes outside look exactly as before.
     """
+    if platform.system() != "Linux" or not hasattr(_libc, "unshare"):
+        report.raise_("netns", False, "network namespaces are a Linux feature")
+        return
     if _libc.unshare(CLONE_NEWNET) == 0:
         report.raise_("netns", True)
         return
@@ -407,7 +412,7 @@ def seccomp_program(machine: str, own_pid: int) -> list[tuple[int, int, int, int
 
 def install_seccomp(report: WallReport) -> None:
     """Load the filter into this process (needs no_new_privs first); it can never be removed."""
-    program = seccomp_program(platform.machine(), os.getpid())
+    program = seccomp_program(platform.machine(), os.getpid()) if platform.system() == "Linux" else None
     if program is None:
         report.raise_("seccomp", False, f"no syscall table for {platform.machine()}")
         return

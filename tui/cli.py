@@ -385,7 +385,8 @@ def up(no_console) -> None:
     from tui.processes import Stack
 
     settings = Settings()
-    with Stack(settings) as stack:
+    report = (lambda line: click.echo(f"taskman up: {line}", err=True)) if no_console else None
+    with Stack(settings, on_report=report) as stack:
         if no_console:
             click.echo(f"taskman is up on {stack.display_url}; Ctrl-C stops it", err=True)
             stack.wait()

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.config import Settings
@@ -101,15 +102,54 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-class Stack:
-    """Everything ``taskman up`` starts, stopped again on exit (only what it started)."""
+RESTART_BACKOFF = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 60.0)
+"""Seconds before the 1st, 2nd, ... restart of a child that keeps exiting (the last one repeats)."""
+FLAPPING_WINDOW = 120.0
+FLAPPING_RESTARTS = 5
+"""A child restarted this many times within the window is reported as one that keeps dying."""
 
-    def __init__(self, settings: Settings) -> None:
+
+@dataclass
+class Supervised:
+    """One child of ``taskman up``: how to start it, and what became of it."""
+
+    name: str
+    command: list[str]
+    log_path: Path
+    process: subprocess.Popen | None = None
+    restarts: list[float] = field(default_factory=list)
+    last_exit: int | None = None
+    restart_at: float | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def keeps_dying(self, now: float) -> bool:
+        return len([at for at in self.restarts if now - at < FLAPPING_WINDOW]) >= FLAPPING_RESTARTS
+
+
+class Stack:
+    """Everything ``taskman up`` starts, kept running while it is up, stopped on exit (only what it started).
+
+    A child that exits (a worker, the scheduler, the embedded Redis) is restarted with a growing backoff;
+    each exit and restart is reported through ``on_report`` (stderr for ``up --no-console``, the status
+    line in the console), and a child that keeps dying is reported as such and retried only every minute.
+    """
+
+    def __init__(self, settings: Settings, on_report=None) -> None:
         self.settings = settings
         self.redis: RedisServer | None = None
         self.adopted_redis_pid: int | None = None
         self.children: list[subprocess.Popen] = []
+        self.supervised: list[Supervised] = []
         self.display_url = ""
+        self.reports: list[str] = []
+        self.on_report = on_report
+        self._env: dict[str, str] = {}
+        self._stopping = threading.Event()
+        self._supervisor: threading.Thread | None = None
+        self._lock = threading.Lock()
 
     def __enter__(self) -> Stack:
         if self.settings.redis_url:
@@ -143,26 +183,90 @@ class Stack:
         self.display_url = f"127.0.0.1:{self.redis.port} (embedded, data in {data_dir / 'redis'})"
 
     def _start_children(self, data_dir: Path) -> None:
-        env = {**os.environ, "TASKMAN_REDIS_URL": self.settings.redis_url, "TASKMAN_NAMESPACE": self.settings.namespace}
+        self._env = {**os.environ, "TASKMAN_REDIS_URL": self.settings.redis_url,
+                     "TASKMAN_NAMESPACE": self.settings.namespace}
         logs = private_dir(data_dir / "logs")  # tracebacks of runs end up in these
         code, http = worker_commands([], None, "INFO")
         for name, command in [("worker-code", code), ("worker-http", http),
                               ("beat", celery_command("beat", "-l", "INFO", "--pidfile="))]:
-            log = private_file(logs / f"{name}.log")
-            self.children.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                                  stdin=subprocess.DEVNULL, start_new_session=True,
-                                                  preexec_fn=functools.partial(_die_with_parent, os.getpid())))
+            child = Supervised(name, command, logs / f"{name}.log")
+            self._spawn(child)
+            self.supervised.append(child)
+        self._supervisor = threading.Thread(target=self._supervise, name="taskman-up-supervisor", daemon=True)
+        self._supervisor.start()
+
+    def _spawn(self, child: Supervised) -> None:
+        log = private_file(child.log_path)
+        try:
+            child.process = subprocess.Popen(child.command, env=self._env, stdout=log, stderr=subprocess.STDOUT,
+                                             stdin=subprocess.DEVNULL, start_new_session=True,
+                                             preexec_fn=functools.partial(_die_with_parent, os.getpid()))
+        finally:
             log.close()
+        self.children.append(child.process)
+
+    def _report(self, line: str) -> None:
+        with self._lock:
+            self.reports.append(f"{time.strftime('%H:%M:%S')} {line}")
+            del self.reports[:-50]
+        if self.on_report is not None:
+            self.on_report(line)
+
+    def _supervise(self) -> None:
+        """Restart what exits, with backoff; runs until the stack closes (and is the parent of restarts)."""
+        while not self._stopping.wait(0.5):
+            now = time.monotonic()
+            if self.redis is not None and not self.redis.running():
+                self._restart_redis()
+            for child in self.supervised:
+                if child.running or self._stopping.is_set():
+                    continue
+                if child.restart_at is None:
+                    child.last_exit = child.process.returncode if child.process is not None else None
+                    delay = RESTART_BACKOFF[min(len([at for at in child.restarts if now - at < FLAPPING_WINDOW]),
+                                                len(RESTART_BACKOFF) - 1)]
+                    child.restart_at = now + delay
+                    if child.keeps_dying(now):
+                        self._report(f"{child.name} keeps dying ({len(child.restarts)} restarts, last exit "
+                                     f"{child.last_exit}); next try in {delay:g} s - see {child.log_path}")
+                    else:
+                        self._report(f"{child.name} exited ({child.last_exit}); restarting in {delay:g} s")
+                elif now >= child.restart_at:
+                    child.restart_at = None
+                    child.restarts.append(now)
+                    self._spawn(child)
+                    self._report(f"{child.name} restarted (restart {len(child.restarts)})")
+
+    def _restart_redis(self) -> None:
+        """The embedded Redis died: start it again on the same port, password and append-only file."""
+        old = self.redis
+        self._report("the embedded Redis exited; restarting it on its append-only file")
+        try:
+            self.redis = RedisServer(old.directory, port=old.port, appendonly=True, password=old.password).start()
+        except Exception as exc:  # tried again on the next look
+            self._report(f"the embedded Redis could not restart: {exc}")
+            return
+        write_address(Path(self.settings.data_dir), self.redis.url, self.redis.pid, owner=os.getpid())
+        self._report("the embedded Redis is back")
+
+    def status(self) -> dict[str, dict]:
+        """Each supervised child: running, restarts so far, last exit code, whether it keeps dying."""
+        now = time.monotonic()
+        return {child.name: {"running": child.running, "restarts": len(child.restarts), "last_exit": child.last_exit,
+                             "keeps_dying": child.keeps_dying(now)} for child in self.supervised}
 
     def wait(self) -> None:
-        """Block until SIGINT, SIGTERM or SIGHUP, or until a child exits (then everything stops)."""
+        """Block until SIGINT, SIGTERM or SIGHUP; children that exit meanwhile are restarted."""
         stop = threading.Event()
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, lambda *_: stop.set())
-        while not stop.is_set() and all(child.poll() is None for child in self.children):
+        while not stop.is_set():
             stop.wait(0.5)
 
     def close(self) -> None:
+        self._stopping.set()
+        if self._supervisor is not None:
+            self._supervisor.join(5)
         for child in self.children:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)

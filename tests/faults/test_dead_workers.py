@@ -1,0 +1,105 @@
+"""A dead worker's runs come back in seconds, and never run twice at once.
+
+Each test has a namespace of its own with a short dead-worker grace (4 s), a scheduler and two code
+workers. The run under test is a code task that busy-waits a few seconds, so it is surely running
+when its worker is killed or frozen.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import uuid
+
+import pytest
+
+from core.config import Settings
+from core.models import RunState
+from tests.conftest import Processes, _process_env, wait_for
+
+GRACE = 4.0
+SLOW = ("import datetime\n"
+        "def main(seconds):\n"
+        "    end = datetime.datetime.now() + datetime.timedelta(seconds=seconds)\n"
+        "    while datetime.datetime.now() < end:\n"
+        "        pass\n"
+        "    return 'done'\n")
+
+
+def worker_args(name: str) -> tuple[str, ...]:
+    return ("worker", "-Q", "code", "-P", "prefork", "-c", "1", "-n", f"{name}@%h", "-l", "INFO",
+            "--without-mingle", "--without-gossip")
+
+
+@pytest.fixture
+def pair(taskman_env, tmp_path):
+    """(service, processes, first worker) with a scheduler; the second worker is started by the test."""
+    from core.service import Service
+
+    env = {**taskman_env, "TASKMAN_NAMESPACE": f"dead{uuid.uuid4().hex[:6]}",
+           "TASKMAN_DEAD_WORKER_GRACE": str(GRACE), "TASKMAN_SCHEDULER_LOCK_TTL": "3"}
+    procs = Processes(_process_env(env), tmp_path)
+    values = {key.removeprefix("TASKMAN_").lower(): value for key, value in env.items()}
+    service = Service.from_settings(Settings(**values))
+    procs.start("beat", "beat", "-l", "INFO", "--pidfile=")
+    first = procs.start("worker-1", *worker_args("first"))
+    wait_for(lambda: service.registered_tasks(), timeout=60, message="the first worker")
+    yield service, procs, first
+    procs.stop_all()
+
+
+def running_on(service, task_id, node_prefix: str):
+    def check():
+        runs = service.get(task_id).runs
+        if runs and runs[0].state is RunState.RUNNING:
+            node = service.store.run_owner(runs[0].id)[1]
+            return node.startswith(node_prefix) and runs[0]
+        return None
+    return check
+
+
+def state_events(service, run_id: str, kind: str) -> int:
+    return sum(1 for _, entry in service.store.stream_tail("events", 2000)
+               if (event := json.loads(entry["event"])).get("run_id") == run_id and event.get("type") == kind)
+
+
+def test_a_killed_workers_run_runs_elsewhere_within_seconds(pair):
+    service, procs, first = pair
+    task = service.create({"name": "orphan", "function_code": SLOW, "function_name": "main", "args": [3],
+                           "timeout": 30})
+    run = wait_for(running_on(service, task.id, "first@"), timeout=30, message="the run on the first worker")
+    procs.start("worker-2", *worker_args("second"))
+    os.killpg(first.pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    wait_for(running_on(service, task.id, "second@"), timeout=GRACE + 30, message="the run on the second worker")
+    took = time.monotonic() - killed_at
+    final = wait_for(lambda: (r := service.get_run(run.id)).state.final and r, timeout=30, message="the run to end")
+    assert final.state is RunState.SUCCEEDED and final.result == "done"
+    assert took < GRACE + 10, f"handed over after {took:.1f} s"
+    assert len(service.get(task.id).runs) == 1
+    assert state_events(service, run.id, "run.requeued") == 1
+    assert state_events(service, run.id, "run.succeeded") == 1
+    print(f"\nworker killed -> run running elsewhere: {took:.1f} s (grace {GRACE:g} s)")
+
+
+def test_a_frozen_worker_that_wakes_up_cannot_overwrite_the_new_attempt(pair):
+    service, procs, first = pair
+    task = service.create({"name": "sleeper", "function_code": SLOW, "function_name": "main", "args": [2],
+                           "timeout": 30})
+    run = wait_for(running_on(service, task.id, "first@"), timeout=30, message="the run on the first worker")
+    os.killpg(first.pid, signal.SIGSTOP)
+    try:
+        procs.start("worker-2", *worker_args("second"))
+        wait_for(running_on(service, task.id, "second@"), timeout=GRACE + 30, message="the run on the second worker")
+    finally:
+        os.killpg(first.pid, signal.SIGCONT)
+    final = wait_for(lambda: (r := service.get_run(run.id)).state.final and r, timeout=30, message="the run to end")
+    time.sleep(3)  # the first worker's own finish arrives meanwhile, and must be refused
+    assert final.state is RunState.SUCCEEDED
+    assert service.get_run(run.id).worker == final.worker
+    assert state_events(service, run.id, "run.succeeded") == 1
+    assert first.poll() is None, "the woken worker goes on serving"
+    after = service.create({"name": "after", "function_code": "def main():\n    return 1\n", "function_name": "main"})
+    assert wait_for(lambda: (r := service.get(after.id).runs) and r[0].state.final and r[0], timeout=30).result == 1

@@ -1,0 +1,60 @@
+"""``taskman up`` supervises: a scheduler, a worker or the embedded Redis that dies is restarted."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from tests.conftest import ROOT, _process_env, wait_for
+from tests.e2e.test_processes import TASKMAN, alive, stop, taskman, wait_done
+
+
+def children_of(pid: int, word: str) -> list[int]:
+    found = []
+    for line in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split():
+        try:
+            if word.encode() in Path(f"/proc/{line}/cmdline").read_bytes():
+                found.append(int(line))
+        except FileNotFoundError:
+            pass
+    return found
+
+
+def test_up_restarts_what_dies_and_says_so(tmp_path):
+    env = _process_env({"TASKMAN_DATA_DIR": str(tmp_path / "data"), "TASKMAN_NAMESPACE": "sup",
+                        "TASKMAN_SCHEDULER_INTERVAL": "0.05", "TASKMAN_SCHEDULER_LOCK_TTL": "2"})
+    log_path = tmp_path / "up.log"
+    log = open(log_path, "wb")
+    up = subprocess.Popen([*TASKMAN, "up", "--no-console"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                          start_new_session=True)
+    log.close()
+    try:
+        address = tmp_path / "data" / "redis.json"
+        wait_for(address.exists, timeout=30, message="the address file")
+        beat = wait_for(lambda: children_of(up.pid, "beat"), timeout=30, message="the scheduler")[0]
+        os.kill(beat, signal.SIGKILL)
+        wait_for(lambda: [pid for pid in children_of(up.pid, "beat") if pid != beat], timeout=30,
+                 message="a new scheduler")
+        redis_pid = json.loads(address.read_text())["pid"]
+        os.kill(redis_pid, signal.SIGKILL)
+        wait_for(lambda: json.loads(address.read_text())["pid"] != redis_pid, timeout=30,
+                 message="the embedded Redis to be restarted")
+        created = json.loads(wait_for(lambda: (r := taskman(env, "submit", "-", "--json", input_text=json.dumps(
+            {"name": "after", "delay_seconds": 1, "function_code": "def f():\n    return 'healed'",
+             "function_name": "f"}))).returncode == 0 and r, timeout=30, message="a submit to succeed").stdout)
+        assert wait_done(env, created["id"], timeout=90)["result"] == "healed"
+        worker = children_of(up.pid, "code,registered")[0]
+        os.kill(worker, signal.SIGKILL)
+        wait_for(lambda: [pid for pid in children_of(up.pid, "code,registered") if pid != worker], timeout=30,
+                 message="a new code worker")
+    finally:
+        assert stop(up, signal.SIGINT) == 0
+    text = log_path.read_text()
+    assert "beat exited" in text and "beat restarted (restart 1)" in text
+    assert "the embedded Redis is back" in text
+    assert "worker-code restarted" in text
+    assert not alive(beat)
