@@ -7,11 +7,40 @@ readers here get the recent past and then block on XREAD for what comes next.
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from typing import Callable, Iterator
 
 from core.store import Store
 
 BLOCK_MS = 1000
+
+
+class EventType(StrEnum):
+    """Every ``type`` an events-stream entry can have (members are plain strings on the wire)."""
+
+    TASK_CREATED = "task.created"
+    TASK_UPDATED = "task.updated"
+    TASK_PAUSED = "task.paused"
+    TASK_RESUMED = "task.resumed"
+    TASK_STOPPED = "task.stopped"
+    TASK_DELETED = "task.deleted"
+    RUN_QUEUED = "run.queued"
+    RUN_STARTED = "run.started"
+    RUN_REQUEUED = "run.requeued"
+    RUN_SUCCEEDED = "run.succeeded"
+    RUN_FAILED = "run.failed"
+    RUN_TIMED_OUT = "run.timed_out"
+    RUN_RETRYING = "run.retrying"
+    RUN_STOPPED = "run.stopped"
+
+    @classmethod
+    def run_ended(cls, state: str) -> EventType:
+        """The event of a run that reached ``state`` (a final state, or retrying)."""
+        return cls(f"run.{state}")
+
+
+RUN_ENDINGS = frozenset({EventType.RUN_SUCCEEDED, EventType.RUN_FAILED, EventType.RUN_TIMED_OUT,
+                         EventType.RUN_RETRYING, EventType.RUN_STOPPED})
 
 
 def recent_logs(store: Store, task_id: str | None, count: int) -> list[tuple[str, dict]]:

@@ -19,6 +19,7 @@ from typing import Any
 
 from core import http, jail, metrics, sandbox
 from core.config import Settings
+from core.events import EventType
 from core.models import Run, RunState, Task
 from core.store import Store
 
@@ -114,7 +115,8 @@ class Runner:
         now = time.time()
         pipe = self.store.redis.pipeline(transaction=True)
         self.store.transition(run_id, (RunState.QUEUED, RunState.RUNNING), RunState.RUNNING,
-                              event={"type": "run.started", "run_id": run_id, "ts": now, "worker": self.worker_name},
+                              event={"type": EventType.RUN_STARTED, "run_id": run_id, "ts": now,
+                                     "worker": self.worker_name},
                               fields={"started_at": now, "worker": self.worker_name, "node": node}, pipe=pipe,
                               fence=fence, running="add")
         pipe.hgetall(self.store.keys.run(run_id))
@@ -227,7 +229,7 @@ class Runner:
         pipe = self.store.redis.pipeline(transaction=True)
         self.store.transition(
             run.id, (RunState.RUNNING, RunState.QUEUED), state,
-            event=run_event(f"run.{state.value}", run, state=state.value, duration_ms=duration_ms),
+            event=run_event(EventType.run_ended(state.value), run, state=state.value, duration_ms=duration_ms),
             fields={"finished_at": now, "duration_ms": duration_ms, "result": result, "error": error or "",
                     "traceback": traceback or "", "output": output},
             pipe=pipe, fence=started.fence, running="rem",
@@ -262,7 +264,7 @@ class Runner:
                     max_attempts=run.max_attempts, trigger="retry", queued_at=now, scheduled_for=now + backoff,
                     series=run.series or run.id)
         self.store.add_retry(run.id, retry, now + backoff,
-                             run_event("run.queued", retry, attempt=retry.attempt, due_at=now + backoff), pipe)
+                             run_event(EventType.RUN_QUEUED, retry, attempt=retry.attempt, due_at=now + backoff), pipe)
 
     # -- registered tasks, observed through Celery's signals -------------------------------------
 

@@ -26,6 +26,7 @@ from kombu.exceptions import OperationalError
 
 from core import cron, metrics
 from core.dispatch import Dispatcher
+from core.events import EventType
 from core.models import Mode, Run, RunState
 from core.runner import new_id, run_event
 from core.store import Store, due_member_for_run
@@ -128,7 +129,7 @@ class Scheduler:
         if task.mode is Mode.SCHEDULED:
             after = datetime.fromtimestamp(max(now, due_at), tz=timezone.utc)
             next_due = cron.next_fire(task.spec.cron_expression or "", task.spec.timezone, after).timestamp()
-        event = run_event("run.queued", run, trigger=run.trigger, lag_ms=round(self.last_lag * 1000, 3))
+        event = run_event(EventType.RUN_QUEUED, run, trigger=run.trigger, lag_ms=round(self.last_lag * 1000, 3))
         if self.store.fire(task, run, next_due, now, event, send_guard_at=now + self.lease):
             self.dispatcher.send(task, run)
             self.store.remove_due(due_member_for_run(run.id))
@@ -146,7 +147,7 @@ class Scheduler:
             last_sign = beats.get(node, started_at) if node else started_at
             if state == RunState.RUNNING.value and now - max(last_sign, started_at) < self.dead_worker_grace:
                 continue
-            event = {"type": "run.requeued", "run_id": run_id, "ts": now, "state": "queued",
+            event = {"type": EventType.RUN_REQUEUED, "run_id": run_id, "ts": now, "state": "queued",
                      "reason": f"worker {node or '?'} silent for {now - last_sign:.0f} s"}
             new_fence = self.store.requeue(run_id, fence, event, send_guard_at=now + self.lease)
             if new_fence is None:

@@ -22,6 +22,7 @@ from core.config import Settings
 from core.dispatch import Dispatcher, make_celery
 from core.embedded import resolve_redis_url
 from core.errors import Conflict, InvalidSpec, NotFound
+from core.events import EventType
 from core.models import (CODE_QUEUE, HTTP_QUEUE, REGISTERED_QUEUE, Kind, Mode, Run, RunState, Task, TaskSpec,
                          TaskState, merge_changes, parse_spec)
 from core.runner import new_id, run_event
@@ -155,7 +156,7 @@ class Service:
                 task.next_run_at = self._first_due(task.spec, now)
                 self.store.add_task(task, pipe)
                 self.store.set_due(due_member_for_task(task.id), task.next_run_at, pipe)
-            self.store.add_event({"type": "task.created", "task_id": task.id, "ts": now}, pipe)
+            self.store.add_event({"type": EventType.TASK_CREATED, "task_id": task.id, "ts": now}, pipe)
             self._audit("create", task.id, {"name": task.name, "kind": task.kind.value, "mode": task.mode.value}, pipe)
         pipe.execute()
         for task, run in to_send:
@@ -178,7 +179,7 @@ class Service:
             self.dispatcher.send(task, run)
         except Exception as exc:
             self.store.transition(run.id, (RunState.QUEUED,), RunState.FAILED,
-                                  event=run_event("run.failed", run, state="failed"),
+                                  event=run_event(EventType.RUN_FAILED, run, state="failed"),
                                   fields={"error": f"could not queue the run: {exc}", "finished_at": time.time()})
             raise
 
@@ -286,7 +287,7 @@ class Service:
                 task.next_run_at = self._first_due(spec, now)
                 self.store.set_due(due_member_for_task(task.id), task.next_run_at, pipe)
         self.store.save_task(task, pipe)
-        self.store.add_event({"type": "task.updated", "task_id": task.id, "ts": now}, pipe)
+        self.store.add_event({"type": EventType.TASK_UPDATED, "task_id": task.id, "ts": now}, pipe)
         self._audit("edit", task.id, {"name": task.name, "fields": sorted(changes)}, pipe)
         pipe.execute()
         return task
@@ -299,7 +300,7 @@ class Service:
         run = self._new_run(task, "manual", now)
         pipe = self.store.pipeline()
         self.store.add_run(run, pipe)
-        self.store.add_event(run_event("run.queued", run), pipe)
+        self.store.add_event(run_event(EventType.RUN_QUEUED, run), pipe)
         self._audit("run", task.id, {"name": task.name, "run_id": run.id}, pipe)
         pipe.execute()
         self._send(task, run)
@@ -316,7 +317,7 @@ class Service:
         pipe = self.store.pipeline()
         self.store.remove_due(due_member_for_task(task.id), pipe)
         self.store.set_task_state(task.id, TaskState.PAUSED, None, pipe)
-        self.store.add_event({"type": "task.paused", "task_id": task.id, "ts": time.time()}, pipe)
+        self.store.add_event({"type": EventType.TASK_PAUSED, "task_id": task.id, "ts": time.time()}, pipe)
         self._audit("pause", task.id, {"name": task.name}, pipe)
         pipe.execute()
         task.state, task.next_run_at = TaskState.PAUSED, None
@@ -339,7 +340,7 @@ class Service:
         if task.next_run_at is not None:
             self.store.set_due(due_member_for_task(task.id), task.next_run_at, pipe)
         self.store.set_task_state(task.id, task.state, task.next_run_at, pipe)
-        self.store.add_event({"type": "task.resumed", "task_id": task.id, "ts": now}, pipe)
+        self.store.add_event({"type": EventType.TASK_RESUMED, "task_id": task.id, "ts": now}, pipe)
         self._audit("resume", task.id, {"name": task.name}, pipe)
         pipe.execute()
         return task
@@ -357,7 +358,7 @@ class Service:
             task.state, task.next_run_at = TaskState.PAUSED, None
         stopped = self._stop_runs(task, now)
         pipe = self.store.pipeline()
-        self.store.add_event({"type": "task.stopped", "task_id": task.id, "ts": now, "runs": stopped}, pipe)
+        self.store.add_event({"type": EventType.TASK_STOPPED, "task_id": task.id, "ts": now, "runs": stopped}, pipe)
         self._audit("stop", task.id, {"name": task.name, "runs": stopped}, pipe)
         pipe.execute()
         return task
@@ -367,7 +368,7 @@ class Service:
         for run in self.store.open_runs(task.id):
             previous = self.store.transition(
                 run.id, (RunState.QUEUED, RunState.RUNNING), RunState.STOPPED,
-                event=run_event("run.stopped", run, state="stopped"),
+                event=run_event(EventType.RUN_STOPPED, run, state="stopped"),
                 fields={"finished_at": now, "error": "stopped by an operator",
                         "duration_ms": round((now - run.started_at) * 1000, 3) if run.started_at else 0.0},
             )
@@ -395,6 +396,6 @@ class Service:
         stopped = self._stop_runs(task, time.time())
         pipe = self.store.pipeline()
         self.store.remove_task(task.id, pipe)
-        self.store.add_event({"type": "task.deleted", "task_id": task.id, "ts": time.time()}, pipe)
+        self.store.add_event({"type": EventType.TASK_DELETED, "task_id": task.id, "ts": time.time()}, pipe)
         self._audit("delete", task.id, {"name": task.name, "kind": task.kind.value, "runs_stopped": stopped}, pipe)
         pipe.execute()

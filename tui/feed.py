@@ -12,6 +12,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from core import metrics
+from core.events import RUN_ENDINGS, EventType
 from core.service import Service
 
 RATE_BUCKETS = 30
@@ -26,10 +27,10 @@ class Activity:
 
     def add(self, event: dict) -> None:
         kind = event.get("type", "")
-        if kind in ("run.succeeded", "run.failed", "run.timed_out", "run.retrying", "run.stopped"):
+        if kind in RUN_ENDINGS:
             stamp = float(event.get("ts") or time.time())
             self.finished.append(stamp)
-            if kind in ("run.failed", "run.timed_out"):
+            if kind in (EventType.RUN_FAILED, EventType.RUN_TIMED_OUT):
                 self.failed.append(stamp)
         self._trim()
 
