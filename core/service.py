@@ -260,6 +260,28 @@ class Service:
         """Celery task names the workers have registered, with the worker and queues that reported them."""
         return self.store.registered()
 
+    def isolation(self) -> dict[str, dict]:
+        """Each live code worker → the walls its code runs get: ``up`` (wall → bool), ``why`` (reasons),
+        ``missing`` (required walls down), ``accept_weak`` (whether it runs code anyway)."""
+        beats = self.store.heartbeats()
+        alive_after = time.time() - max(self.settings.heartbeat_ttl, 3 * 2.0)
+        return {worker: detail["isolation"] for worker, detail in self.store.worker_reports().items()
+                if detail.get("isolation") and beats.get(worker, 0) >= alive_after}
+
+    def isolation_summary(self) -> tuple[bool, str]:
+        """(every live code worker has all its walls up, one line that says so or names what is down)."""
+        reports = self.isolation()
+        if not reports:
+            return True, "no code worker is up"
+        weak = {worker: report for worker, report in reports.items() if report.get("missing")}
+        if not weak:
+            return True, f"code runs jailed: every wall up on {len(reports)} code worker{'s' * (len(reports) > 1)}"
+        parts = []
+        for worker, report in sorted(weak.items()):
+            verdict = "runs code anyway (TASKMAN_JAIL_ACCEPT_WEAK)" if report.get("accept_weak") else "refuses code runs"
+            parts.append(f"{worker}: {', '.join(report['missing'])} down, {verdict}")
+        return False, "isolation walls down - " + "; ".join(parts)
+
     # -- change --------------------------------------------------------------------------------
 
     def update(self, task_id: str, changes: dict[str, Any]) -> Task:

@@ -266,13 +266,16 @@ def export() -> None:
 @handles_errors
 def tasks(as_json) -> None:
     """List the Celery task names the workers have registered (for registered tasks)."""
-    names = _service().registered_tasks()
+    service = _service()
+    names = service.registered_tasks()
     if as_json:
         _emit_json(names)
         return
     for name, detail in sorted(names.items()):
         click.echo(f"{one_line(name):40}  {one_line(', '.join(detail['queues']))}  "
                    f"({one_line(', '.join(detail['workers']))})")
+    ok, summary = service.isolation_summary()
+    click.echo(("" if ok else "warning: ") + one_line(summary), err=not ok)
 
 
 @main.command()

@@ -459,8 +459,10 @@ def test_cron_refuses_bad_input(cli, args, word):
 
 
 def test_tasks_lists_registered_names(cli, stack):
-    human = cli.ok("tasks").stdout
+    shown = cli.ok("tasks")
+    human = shown.stdout
     assert "taskman.echo" in human and "ops.add" in human
+    assert "code runs jailed: every wall up" in human, shown.stderr
     names = cli.json("tasks")
     assert isinstance(names, dict)
     assert {"taskman.echo", "ops.add"} <= set(names)

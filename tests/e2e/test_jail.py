@@ -93,6 +93,21 @@ def test_code_workers_report_their_walls(stack):
         assert all(report["up"].values()), report
 
 
+def test_a_worker_with_a_wall_down_is_named_everywhere(settings, redis_server):
+    """What front ends say when a code worker reports a missing wall (its real report is tested above)."""
+    from core.service import Service
+
+    service = Service.from_settings(settings.model_copy(update={"namespace": f"weak{uuid.uuid4().hex[:6]}"}))
+    service.store.record_registered([], "code@weak", ["code"], isolation={
+        "up": {"landlock": False}, "why": {"landlock": "the kernel offers no Landlock"}, "missing": ["landlock"],
+        "accept_weak": False})
+    service.store.heartbeat("code@weak")
+    service.store.record_registered([], "code@gone", ["code"], isolation={"up": {}, "missing": ["seccomp"]})
+    ok, summary = service.isolation_summary()
+    assert not ok
+    assert summary == "isolation walls down - code@weak: landlock down, refuses code runs"
+
+
 def test_the_jail_holds_with_the_language_wall_down(open_worker, redis_server, http_server):
     service, worker = open_worker
     task = service.create({"name": "probes", "function_code": PROBES, "function_name": "main",
