@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import traceback
-from typing import Iterable
+from typing import Callable, Iterable
 
 from textual.app import App, SystemCommand
 from textual.notifications import SeverityLevel
@@ -37,9 +37,12 @@ class TaskmanApp(CarriesOn, App):
 
     TITLE = "taskman"
 
-    def __init__(self, service: Service, *, redis_label: str | None = None) -> None:
+    def __init__(self, service: Service, *, redis_label: str | None = None,
+                 supervision: Callable[[], dict[str, dict]] | None = None) -> None:
         super().__init__()
         self.service = service
+        self.supervision = supervision
+        """Under ``taskman up``: what its supervisor restarted (``Stack.status``); None otherwise."""
         kwargs = service.store.redis.connection_pool.connection_kwargs
         self.redis_label = redis_label or f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
         self.errors: list[str] = []
@@ -70,6 +73,14 @@ class TaskmanApp(CarriesOn, App):
     def _handle_exception(self, error: Exception) -> None:
         """Errors Textual would end the app for (in drawing, timers, callbacks): :meth:`report_error`."""
         self.report_error(error)
+
+    def restarts(self) -> str:
+        """Children ``taskman up`` restarted, for the status line ("beat ×2, worker-code ×1 ✘")."""
+        if self.supervision is None:
+            return ""
+        parts = [f"{name} ×{child['restarts']}{' ✘' if child['keeps_dying'] else ''}"
+                 for name, child in self.supervision().items() if child["restarts"]]
+        return f"restarted {', '.join(parts)}" if parts else ""
 
     def on_mount(self) -> None:
         self.push_screen(MainScreen(self.service))

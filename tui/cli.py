@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 from functools import wraps
 
 import click
+import redis
 
 from core.config import Settings
 from core.errors import NoRedis, TaskmanError
@@ -392,6 +394,7 @@ def up(no_console) -> None:
     with Stack(settings, on_report=report) as stack:
         if no_console:
             click.echo(f"taskman is up on {stack.display_url}; Ctrl-C stops it", err=True)
+            threading.Thread(target=_say_isolation, args=(stack.settings,), daemon=True).start()
             stack.wait()
         else:
             import signal
@@ -399,7 +402,16 @@ def up(no_console) -> None:
             from core.service import Service
             from tui.app import TaskmanApp
 
-            app = TaskmanApp(Service.from_settings(stack.settings).acting_as(f"console:{_user()}"))
+            app = TaskmanApp(Service.from_settings(stack.settings).acting_as(f"console:{_user()}"),
+                             supervision=stack.status)
+
+            def tell_console(line: str) -> None:
+                try:
+                    app.call_from_thread(app.notify, line, title="taskman up", severity="warning", timeout=15)
+                except RuntimeError:  # the console is not running (yet, or any more): the status line shows it
+                    pass
+
+            stack.on_report = tell_console
             signalled: list[int] = []
 
             def stop_console(signum, _frame):
@@ -423,6 +435,24 @@ def up(no_console) -> None:
                            f"scheduler keep running on {stack.display_url}: `taskman tui` opens the console "
                            "again; Ctrl-C here stops everything.", err=True)
                 stack.wait()
+
+
+def _say_isolation(settings: Settings, within: float = 60.0) -> None:
+    """Once a code worker has reported, say which isolation walls its code runs get."""
+    from core.service import Service
+
+    service = Service.from_settings(settings)
+    deadline = time.monotonic() + within
+    ok, summary = False, "no code worker reported its isolation walls yet"
+    while time.monotonic() < deadline:
+        try:
+            if service.isolation():
+                ok, summary = service.isolation_summary()
+                break
+        except (TaskmanError, redis.RedisError):  # Redis restarting: ask again
+            pass
+        time.sleep(0.5)
+    click.echo(f"taskman up: {'' if ok else 'WARNING: '}{one_line(summary)}", err=True)
 
 
 @main.command()

@@ -71,5 +71,8 @@ def recent_activity(service: Service) -> tuple[Activity, str]:
 def status(service: Service) -> dict:
     """What the status line shows: the same numbers ``GET /metrics`` serves (``core.metrics``)."""
     snap = metrics.snapshot(service.store, service.settings.heartbeat_ttl)
+    reports = service.isolation()
+    missing = sorted({wall for report in reports.values() for wall in report.get("missing", ())})
+    walls = "" if not reports else ("jail ●" if not missing else "walls ✘ " + ",".join(missing))
     return {"ok": True, "due": snap.due, "workers": snap.workers, "queued": sum(snap.queues.values()),
-            "scheduler": snap.scheduler}
+            "scheduler": snap.scheduler, "walls": walls}

@@ -24,6 +24,13 @@ def children_of(pid: int, word: str) -> list[int]:
     return found
 
 
+def redis_pid_in(address: Path) -> int | None:
+    try:
+        return json.loads(address.read_text())["pid"]
+    except (FileNotFoundError, ValueError):  # being rewritten
+        return None
+
+
 def test_up_restarts_what_dies_and_says_so(tmp_path):
     env = _process_env({"TASKMAN_DATA_DIR": str(tmp_path / "data"), "TASKMAN_NAMESPACE": "sup",
                         "TASKMAN_SCHEDULER_INTERVAL": "0.05", "TASKMAN_SCHEDULER_LOCK_TTL": "2"})
@@ -39,9 +46,9 @@ def test_up_restarts_what_dies_and_says_so(tmp_path):
         os.kill(beat, signal.SIGKILL)
         wait_for(lambda: [pid for pid in children_of(up.pid, "beat") if pid != beat], timeout=30,
                  message="a new scheduler")
-        redis_pid = json.loads(address.read_text())["pid"]
+        redis_pid = wait_for(lambda: redis_pid_in(address), timeout=10, message="the Redis pid")
         os.kill(redis_pid, signal.SIGKILL)
-        wait_for(lambda: json.loads(address.read_text())["pid"] != redis_pid, timeout=30,
+        wait_for(lambda: redis_pid_in(address) not in (None, redis_pid), timeout=30,
                  message="the embedded Redis to be restarted")
         created = json.loads(wait_for(lambda: (r := taskman(env, "submit", "-", "--json", input_text=json.dumps(
             {"name": "after", "delay_seconds": 1, "function_code": "def f():\n    return 'healed'",
@@ -51,9 +58,11 @@ def test_up_restarts_what_dies_and_says_so(tmp_path):
         os.kill(worker, signal.SIGKILL)
         wait_for(lambda: [pid for pid in children_of(up.pid, "code,registered") if pid != worker], timeout=30,
                  message="a new code worker")
+        wait_for(lambda: "code runs jailed" in log_path.read_text(), timeout=40, message="the walls line")
     finally:
         assert stop(up, signal.SIGINT) == 0
     text = log_path.read_text()
+    assert "taskman up: code runs jailed: every wall up" in text
     assert "beat exited" in text and "beat restarted (restart 1)" in text
     assert "the embedded Redis is back" in text
     assert "worker-code restarted" in text

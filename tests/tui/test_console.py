@@ -336,6 +336,17 @@ async def test_status_line_reads_workers_queue_and_due_set(stack):
         due = int(text.split("due ")[1].split()[0])
         assert due == stack.store.due_count() and due >= 1
         assert "queued" in text and "scheduler ○" not in text
+        assert "jail ●" in text, "every wall of the code worker stands"
+
+
+async def test_status_line_says_what_taskman_up_restarted(stack):
+    status = {"beat": {"running": True, "restarts": 2, "last_exit": -9, "keeps_dying": False},
+              "worker-code": {"running": False, "restarts": 5, "last_exit": 1, "keeps_dying": True},
+              "worker-http": {"running": True, "restarts": 0, "last_exit": None, "keeps_dying": False}}
+    async with TaskmanApp(stack, supervision=lambda: status).run_test(size=(200, 40)) as pilot:
+        facts = pilot.app.screen.query_one("#facts", Static)
+        text = await until(pilot, lambda: "workers" in (t := str(facts.render())) and t, message="the status")
+        assert "restarted beat ×2, worker-code ×5 ✘" in text, text
 
 
 async def test_import_a_json_file_and_see_the_change_in_the_audit_trail(stack, tmp_path):

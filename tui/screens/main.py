@@ -234,7 +234,8 @@ class MainScreen(CarriesOn, Screen):
             self.query_one(StatusBar).update(redis=location, ok=True, workers=values["workers"],
                                              due=values["due"], queued=values["queued"],
                                              scheduler=values["scheduler"], per_minute=self.activity.per_minute(),
-                                             failed_hour=self.activity.failures_last_hour())
+                                             failed_hour=self.activity.failures_last_hour(),
+                                             walls=values.get("walls", ""), restarts=self.app.restarts())
         self.set_timer(STATUS_EVERY, self.poll_status)
 
     @on(TaskTable.Selected)
