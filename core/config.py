@@ -15,12 +15,9 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
+from core.allowed_imports import SANDBOX_IMPORTS
 
-SANDBOX_IMPORTS: tuple[str, ...] = (
-    "math", "json", "datetime", "re", "random", "statistics", "itertools", "functools",
-    "collections", "decimal", "fractions", "string",
-)
-"""The modules code tasks may import unless ``sandbox_imports`` says otherwise."""
+
 MIN_MEMORY_LIMIT_MB = 32
 """Smallest memory limit of a code run: below it the interpreter's own stack growth can fail (SIGSEGV)."""
 
@@ -108,8 +105,15 @@ class Settings(BaseSettings):
     claim_lease: float = 60.0
     """Seconds a claimed due entry stays hidden; a scheduler that dies mid-send is retried after it."""
 
-    audit_maxlen: int = 100_000
-    """Approximate length cap of the audit stream (who changed what, from which front end)."""
+    audit_retention_days: float = Field(90.0, gt=0)
+    """Days the audit stream (who changed what, from which front end) keeps an entry; it is trimmed by
+    time only, so no rate of changes can push out an entry younger than this."""
+    audit_maxlen: int = Field(10_000_000, ge=1)
+    """Most audit entries held within the retention window. It is never trimmed by length: at this many,
+    the REST API refuses changes (503) until entries age out, rather than erase younger ones."""
+    api_rate_per_minute: int = Field(600, ge=1)
+    """Changes one API token may make per minute (a batch create counts each task; bursts up to a
+    minute's worth). Shared by every API process through Redis; more get 429 with ``Retry-After``."""
     dead_worker_grace: float = Field(30.0, gt=0)
     """Seconds a worker may stay silent (no heartbeat) before its running runs are handed to another worker."""
     heartbeat_ttl: float = 10.0

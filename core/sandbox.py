@@ -85,7 +85,7 @@ from RestrictedPython.Guards import (
 )
 from RestrictedPython.transformer import INSPECT_ATTRIBUTES, IOPERATOR_TO_STR, copy_locations
 
-from core.config import SANDBOX_IMPORTS
+from core.allowed_imports import SANDBOX_IMPORTS
 from core.errors import InvalidSpec
 
 try:  # pragma: no cover - depends on the platform
