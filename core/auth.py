@@ -5,6 +5,10 @@ A token is a random secret shown once, when it is created; Redis keeps only its 
 creator and creation time. Verifying a request is one HGET by hash. Creating and revoking are Lua
 scripts that write the audit entry in the same step.
 
+Each token may make ``api_rate_per_minute`` changes a minute (``throttle``): the allowance lives in
+Redis, so every API process counts against the same one, and it bounds how fast any token can grow
+the audit trail, which is trimmed by time only.
+
 Roles are ordered ``viewer < operator < admin``. The policy lives here, in one table, and
 ``core.service`` enforces it for every change, so no front end decides on its own:
 
@@ -27,7 +31,7 @@ from enum import StrEnum
 from typing import Any
 
 from core import audit
-from core.errors import Conflict, Forbidden, InvalidSpec, NotFound, Unauthorized
+from core.errors import AuditFull, Conflict, Forbidden, InvalidSpec, NotFound, RateLimited, Unauthorized
 from core.models import Kind, iso
 from core.store import Store
 
@@ -167,3 +171,21 @@ def verify(store: Store, secret: str | None) -> Principal:
     if due:
         store.mark_token_used(principal.name, now)
     return principal
+
+
+def throttle(store: Store, principal: Principal, cost: int, per_minute: int) -> None:
+    """Count ``cost`` changes (a batch create counts each task) against the token's allowance.
+
+    Raises ``RateLimited`` (429, with the seconds to wait) past ``per_minute``, and ``AuditFull`` (503)
+    when the audit stream already holds its most entries within the retention window: the trail is
+    never trimmed by length, so a change that no longer fits is refused rather than erase a younger entry.
+    """
+    verdict, value = store.take_allowance(principal.name, per_minute, cost)
+    if verdict == "rate":
+        wait = max(1, -(-value // 1000))
+        raise RateLimited(f"token {principal.name!r} may make {per_minute} changes a minute and has used them; "
+                          f"retry in {wait} s", retry_after=wait)
+    if verdict == "full":
+        raise AuditFull(f"the audit trail holds {value} entries, its most (audit_maxlen) within the retention "
+                        "window (audit_retention_days); changes through the API resume as entries age out. "
+                        "An admin can raise audit_maxlen.")

@@ -69,3 +69,21 @@ class Forbidden(TaskmanError):
 
     title = "Not allowed"
     status = 403
+
+
+class RateLimited(TaskmanError):
+    """An API token made more changes than its rate allows; ``retry_after`` says in how many seconds."""
+
+    title = "Too many changes"
+    status = 429
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class AuditFull(TaskmanError):
+    """The audit stream holds its most entries within the retention window; changes wait for them to age."""
+
+    title = "Audit trail full"
+    status = 503

@@ -16,7 +16,9 @@ Layout (every key under the namespace prefix ``{ns}:``, see ``Keys``):
 - ``tokens``           hash: API token name → JSON record (role, created_at, sha256 of the secret).
 - ``tokens:by-hash``   hash: sha256 of a secret → JSON {name, role}; the secret itself is never stored.
 - ``tokens:used``      hash: token name → when it last authenticated a request (coarse).
-- ``audit``            capped stream of changes: ts, actor, action, target, detail (JSON).
+- ``audit``            stream of changes: ts, actor, action, target, detail (JSON); trimmed by time only
+                       (entries older than the retention window), never by length.
+- ``ratelimit:{name}`` hash: the API token's allowance (``tokens`` left, ``at`` when last counted).
 - ``metrics``          hash of counters kept incrementally (see ``core.metrics`` for its fields).
 - ``workers``          sorted set: worker hostname scored by its last heartbeat.
 - ``running``          sorted set: id of each running run scored by when it started (the dead-worker watch).
@@ -115,6 +117,10 @@ class Keys:
     @property
     def audit(self) -> str:
         return self._key("audit")
+
+    def rate_limit(self, token_name: str) -> str:
+        """An API token's allowance of changes (see ``Store.take_allowance``)."""
+        return self._key("ratelimit", token_name)
 
     @property
     def metrics(self) -> str:
@@ -308,19 +314,20 @@ return 1
 
 # KEYS[1] tokens, KEYS[2] tokens:by-hash, KEYS[3] audit stream, KEYS[4] tokens:used
 # ARGV[1] name, ARGV[2] record JSON, ARGV[3] sha256 of the secret, ARGV[4] {name, role} JSON,
-# ARGV[5] audit maxlen, ARGV[6..] audit entry field, value pairs.
+# ARGV[5] audit retention in seconds, ARGV[6..] audit entry field, value pairs.
 # Returns 1 if the token was stored (and audited), 0 if the name is taken.
 TOKEN_CREATE = """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
 redis.call('HDEL', KEYS[4], ARGV[1])
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', unpack(ARGV, 6))
+redis.call('XADD', KEYS[3], 'MINID', '~', string.format('%d', math.max(0, redis.call('TIME')[1] - ARGV[5]) * 1000),
+           '*', unpack(ARGV, 6))
 return 1
 """
 
 # KEYS[1] tokens, KEYS[2] tokens:by-hash, KEYS[3] tokens:used, KEYS[4] audit stream
-# ARGV[1] name, ARGV[2] audit maxlen, ARGV[3..] audit entry field, value pairs.
+# ARGV[1] name, ARGV[2] audit retention in seconds, ARGV[3..] audit entry field, value pairs.
 # Returns the revoked token's record JSON, or false if there is no token of that name.
 TOKEN_REVOKE = """
 local record = redis.call('HGET', KEYS[1], ARGV[1])
@@ -328,8 +335,50 @@ if not record then return false end
 redis.call('HDEL', KEYS[2], cjson.decode(record)['sha256'])
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
+redis.call('XADD', KEYS[4], 'MINID', '~', string.format('%d', math.max(0, redis.call('TIME')[1] - ARGV[2]) * 1000),
+           '*', unpack(ARGV, 3))
 return record
+"""
+
+# KEYS[1] audit stream
+# ARGV[1] audit retention in seconds, ARGV[2..] audit entry field, value pairs.
+# Appends the entry and drops entries older than the retention window, by Redis's own clock (the one
+# that stamps entry ids). Never trims by length: a burst of changes cannot push out a young entry.
+AUDIT_ADD = """
+local cutoff = math.max(0, redis.call('TIME')[1] - ARGV[1]) * 1000
+return redis.call('XADD', KEYS[1], 'MINID', '~', string.format('%d', cutoff), '*', unpack(ARGV, 2))
+"""
+
+# KEYS[1] the token's allowance hash, KEYS[2] audit stream
+# ARGV[1] changes allowed per minute (also the burst: a full allowance is a minute's worth),
+# ARGV[2] changes this call makes, ARGV[3] most audit entries held, ARGV[4] audit retention in seconds.
+# A token bucket refilled continuously by Redis's clock. A call is let through when the allowance holds
+# its cost (or, for a batch bigger than a minute's worth, when it is full); the allowance may then go
+# below zero, which later calls wait out, so no token averages more than the rate.
+# Returns {0, 0} let through, {1, ms to wait} over the rate, {2, entries held} the audit stream is full.
+TAKE_ALLOWANCE = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local capacity = tonumber(ARGV[1])
+local per_second = capacity / 60
+local cost = tonumber(ARGV[2])
+local saved = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(saved[1]) or capacity
+local at = tonumber(saved[2]) or now
+tokens = math.min(capacity, tokens + math.max(0, now - at) * per_second)
+local needed = math.min(cost, capacity)
+if tokens < needed then
+  return {1, math.ceil((needed - tokens) / per_second * 1000)}
+end
+redis.call('XTRIM', KEYS[2], 'MINID', '~', string.format('%d', math.max(0, clock[1] - ARGV[4]) * 1000))
+local held = redis.call('XLEN', KEYS[2])
+if held + cost > tonumber(ARGV[3]) then
+  return {2, held}
+end
+tokens = tokens - cost
+redis.call('HSET', KEYS[1], 'tokens', string.format('%.6f', tokens), 'at', string.format('%.6f', now))
+redis.call('PEXPIRE', KEYS[1], math.ceil((capacity - tokens) / per_second * 1000) + 1000)
+return {0, 0}
 """
 
 
@@ -354,11 +403,11 @@ class Store:
         return cls(connect(url), settings.namespace, events_maxlen=settings.events_maxlen,
                    logs_maxlen=settings.logs_maxlen, history_per_task=settings.history_per_task,
                    run_ttl=settings.run_ttl_days * 86400,
-                   audit_maxlen=settings.audit_maxlen)
+                   audit_maxlen=settings.audit_maxlen, audit_retention=settings.audit_retention_days * 86400)
 
     def __init__(self, client: redis.Redis, namespace: str, *, events_maxlen: int = 10_000,
                  logs_maxlen: int = 50_000, history_per_task: int = 200, run_ttl: float = 14 * 86400,
-                 audit_maxlen: int = 100_000) -> None:
+                 audit_maxlen: int = 10_000_000, audit_retention: float = 90 * 86400) -> None:
         self.redis = client
         self.keys = Keys(namespace)
         self.events_maxlen = events_maxlen
@@ -366,6 +415,7 @@ class Store:
         self.history_per_task = history_per_task
         self.run_ttl = int(run_ttl)
         self.audit_maxlen = audit_maxlen
+        self.audit_retention = max(1, int(audit_retention))
         self._transition = client.register_script(TRANSITION)
         self._requeue = client.register_script(REQUEUE)
         self._fire = client.register_script(FIRE)
@@ -374,6 +424,7 @@ class Store:
         self._unlock = client.register_script(UNLOCK)
         self._token_create = client.register_script(TOKEN_CREATE)
         self._token_revoke = client.register_script(TOKEN_REVOKE)
+        self._take_allowance = client.register_script(TAKE_ALLOWANCE)
 
     # -- tasks ---------------------------------------------------------------------------------
 
@@ -663,8 +714,18 @@ class Store:
         self.redis.zrem(self.keys.workers, worker)
 
     def add_audit(self, entry: dict[str, str], pipe: redis.client.Pipeline | None = None) -> None:
-        """Append one audit entry (see ``core.audit.entry``), in the change's own pipeline when given."""
-        (pipe or self.redis).xadd(self.keys.audit, entry, maxlen=self.audit_maxlen, approximate=True)
+        """Append one audit entry (see ``core.audit.entry``), in the change's own pipeline when given;
+        entries older than the retention window go, younger ones never do."""
+        pairs = [item for pair in entry.items() for item in pair]
+        (pipe or self.redis).eval(AUDIT_ADD, 1, self.keys.audit, str(self.audit_retention), *pairs)
+
+    def take_allowance(self, token_name: str, per_minute: int, cost: int) -> tuple[str, int]:
+        """Count ``cost`` changes against an API token's allowance: ``("ok", 0)``, ``("rate", ms to wait)``
+        or ``("full", audit entries held)`` when the audit stream holds ``audit_maxlen`` entries."""
+        verdict, value = self._take_allowance(
+            keys=[self.keys.rate_limit(token_name), self.keys.audit],
+            args=[str(per_minute), str(max(1, cost)), str(self.audit_maxlen), str(self.audit_retention)])
+        return {0: "ok", 1: "rate", 2: "full"}[int(verdict)], int(value)
 
     def audit_entries(self, count: int, before: str | None = None) -> list[tuple[str, dict]]:
         """Up to ``count`` audit entries, newest first, older than the entry id ``before`` if given."""
@@ -678,13 +739,13 @@ class Store:
         return bool(self._token_create(
             keys=[self.keys.tokens, self.keys.token_hashes, self.keys.audit, self.keys.token_used],
             args=[name, json.dumps(record), digest, json.dumps({"name": name, "role": record["role"]}),
-                  str(self.audit_maxlen), *pairs]))
+                  str(self.audit_retention), *pairs]))
 
     def remove_token(self, name: str, audit: dict[str, str]) -> dict | None:
         """Delete a token (and audit it); its record, or None if there was no such token."""
         pairs = [item for pair in audit.items() for item in pair]
         record = self._token_revoke(keys=[self.keys.tokens, self.keys.token_hashes, self.keys.token_used,
-                                          self.keys.audit], args=[name, str(self.audit_maxlen), *pairs])
+                                          self.keys.audit], args=[name, str(self.audit_retention), *pairs])
         return json.loads(record) if record else None
 
     def token_records(self) -> list[dict]:

@@ -7,9 +7,10 @@ command line reads and responses are exactly what its ``--json`` prints (``Task.
 ``Run.to_dict``).
 
 Errors are one JSON shape, ``{"error", "field"?, "message"}``, with the status the error carries
-(``core.errors``: 401, 403, 404, 409, 422; 413 for a body over ``api_max_body``; 503 when Redis is
-away). Bad input never becomes a 500: bodies are read and parsed here (size-capped, strict JSON),
-and FastAPI's own validation errors are mapped to 422 naming the field.
+(``core.errors``: 401, 403, 404, 409, 422; 413 for a body over ``api_max_body``; 429 with ``Retry-After``
+when a token makes more than ``api_rate_per_minute`` changes; 503 when Redis is away). Bad input never
+becomes a 500: bodies are read and parsed here (size-capped, strict JSON), and FastAPI's own validation
+errors are mapped to 422 naming the field.
 
 ``GET /api/logs`` is Server-Sent Events. A thread per stream follows the log stream with
 ``core.events.follow_logs`` (a blocking XREAD) and hands entries to the event loop; when the client
@@ -38,9 +39,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core import audit, auth, events, metrics
 from core.config import Settings
-from core.errors import InvalidSpec, TaskmanError, Unauthorized
+from core.errors import InvalidSpec, RateLimited, TaskmanError, Unauthorized
 from core.models import Kind, Mode, RunState, TaskSpec, TaskState
-from core.service import Service
+from core.service import MAX_BATCH, Service
 
 log = logging.getLogger("taskman.api")
 
@@ -149,13 +150,14 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     described = {401: "Missing, wrong or revoked token", 403: "The token's role does not allow this",
                  404: "No such task or run", 409: "Not possible in the task's current state",
                  413: "Request body too large", 422: "Refused input; `field` names what is wrong",
-                 503: "Redis unreachable or too many log streams"}
+                 429: "The token made more changes than its rate allows; `Retry-After` says when to retry",
+                 503: "Redis unreachable, too many log streams, or the audit trail full"}
     return {status: {"model": ErrorOut, "description": described[status]} for status in statuses}
 
 
 READ_ERRORS = _errors(401, 422, 503)
-TASK_ERRORS = _errors(401, 403, 404, 409, 422, 503)
-BODY_ERRORS = _errors(401, 403, 404, 409, 413, 422, 503)
+TASK_ERRORS = _errors(401, 403, 404, 409, 422, 429, 503)
+BODY_ERRORS = _errors(401, 403, 404, 409, 413, 422, 429, 503)
 
 
 # -- the request body -----------------------------------------------------------------------------
@@ -320,11 +322,29 @@ def create_app(service: Service, settings: Settings) -> FastAPI:
     slots = StreamSlots(settings.api_max_streams)
     read_body = body_reader(settings.api_max_body)
 
-    def caller(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Service:
+    def caller(request: Request,
+               credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Service:
         principal = auth.verify(service.store, credentials.credentials if credentials else None)
+        request.state.principal = principal
         return service.acting_as(principal.actor, principal.role)
 
     Caller = Annotated[Service, Depends(caller)]
+
+    def throttle(request: Request, cost: int = 1) -> None:
+        """Count ``cost`` changes against the caller's token (429 past ``api_rate_per_minute``)."""
+        auth.throttle(service.store, request.state.principal, cost, settings.api_rate_per_minute)
+
+    def changer(request: Request, svc: Caller) -> Service:
+        """A caller about to change something: one change counted against its token's allowance."""
+        throttle(request)
+        return svc
+
+    Changer = Annotated[Service, Depends(changer)]
+
+    def batch_cost(body: Any) -> int:
+        """What a create counts against the allowance: each task of a batch (as each is audited)."""
+        return min(max(len(body), 1), MAX_BATCH) if isinstance(body, list) else 1
+
     Body = Annotated[Any, Depends(read_body)]
     TaskId = Annotated[str, Path(description="The task's id (from `POST /api/tasks` or `GET /api/tasks`).")]
     Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")]
@@ -336,6 +356,8 @@ def create_app(service: Service, settings: Settings) -> FastAPI:
     @app.exception_handler(TaskmanError)
     async def taskman_error(request: Request, exc: TaskmanError) -> JSONResponse:
         headers = {"WWW-Authenticate": 'Bearer realm="taskman"'} if isinstance(exc, Unauthorized) else None
+        if isinstance(exc, RateLimited):
+            headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
         body = exc.to_dict()
         if body.get("error") == "TaskmanError":
             body["error"] = "BadRequest"
@@ -384,7 +406,8 @@ def create_app(service: Service, settings: Settings) -> FastAPI:
               responses={201: {"model": TaskOut | list[TaskOut]}, **BODY_ERRORS},
               openapi_extra=_body_doc(ONE_OR_MANY, "One task spec (the seed's JSON format), or an array of "
                                                    "specs: every one is validated first, then all are created."))
-    def create_tasks(svc: Caller, body: Body) -> JSONResponse:
+    def create_tasks(request: Request, svc: Caller, body: Body) -> JSONResponse:
+        throttle(request, batch_cost(body))
         tasks = svc.create_many(body if isinstance(body, list) else [body])
         if isinstance(body, list):
             return JSONResponse([task.to_dict() for task in tasks], status_code=201)
@@ -412,7 +435,7 @@ def create_app(service: Service, settings: Settings) -> FastAPI:
                openapi_extra=_body_doc({"type": "object", "minProperties": 1, "additionalProperties": True},
                                        "Spec fields to change; null removes a field. Switching mode or kind "
                                        "drops the old one's fields."))
-    def edit_task(svc: Caller, task_id: TaskId, body: Body) -> JSONResponse:
+    def edit_task(svc: Changer, task_id: TaskId, body: Body) -> JSONResponse:
         if not isinstance(body, dict):
             raise InvalidSpec("body", "must be a JSON object of the spec fields to change")
         if not body:
@@ -421,30 +444,30 @@ def create_app(service: Service, settings: Settings) -> FastAPI:
 
     @app.delete("/api/tasks/{task_id}", tags=["tasks"], summary="Stop the task and remove its definition",
                 responses={200: {"model": DeletedOut}, **TASK_ERRORS})
-    def delete_task(svc: Caller, task_id: TaskId) -> JSONResponse:
+    def delete_task(svc: Changer, task_id: TaskId) -> JSONResponse:
         svc.delete(task_id)
         return JSONResponse({"deleted": task_id})
 
     @app.post("/api/tasks/{task_id}/stop", tags=["tasks"],
               summary="Stop: queued runs never start, running ones are killed, the schedule pauses",
               responses={200: {"model": TaskOut}, **TASK_ERRORS})
-    def stop_task(svc: Caller, task_id: TaskId) -> JSONResponse:
+    def stop_task(svc: Changer, task_id: TaskId) -> JSONResponse:
         return JSONResponse(svc.stop(task_id).to_dict())
 
     @app.post("/api/tasks/{task_id}/run", tags=["tasks"], status_code=202, summary="Queue a run now",
               responses={202: {"model": RunOut}, **TASK_ERRORS})
-    def run_task(svc: Caller, task_id: TaskId) -> JSONResponse:
+    def run_task(svc: Changer, task_id: TaskId) -> JSONResponse:
         run = svc.run_now(task_id)
         return JSONResponse(run.to_dict(), status_code=202, headers={"Location": f"/api/runs/{run.id}"})
 
     @app.post("/api/tasks/{task_id}/pause", tags=["tasks"], summary="Pause a delayed or cron task's schedule",
               responses={200: {"model": TaskOut}, **TASK_ERRORS})
-    def pause_task(svc: Caller, task_id: TaskId) -> JSONResponse:
+    def pause_task(svc: Changer, task_id: TaskId) -> JSONResponse:
         return JSONResponse(svc.pause(task_id).to_dict())
 
     @app.post("/api/tasks/{task_id}/resume", tags=["tasks"], summary="Resume a paused task's schedule",
               responses={200: {"model": TaskOut}, **TASK_ERRORS})
-    def resume_task(svc: Caller, task_id: TaskId) -> JSONResponse:
+    def resume_task(svc: Changer, task_id: TaskId) -> JSONResponse:
         return JSONResponse(svc.resume(task_id).to_dict())
 
     @app.get("/api/tasks/{task_id}/runs", tags=["runs"], summary="A task's run history, newest first",
@@ -464,7 +487,8 @@ def create_app(service: Service, settings: Settings) -> FastAPI:
               responses={201: {"model": TaskOut | list[TaskOut]}, **BODY_ERRORS},
               openapi_extra=_body_doc(ONE_OR_MANY, "A scheduled task spec (needs `cron_expression`; "
                                                    "`task_type` may be left out) or an array of them."))
-    def create_scheduled(svc: Caller, body: Body) -> JSONResponse:
+    def create_scheduled(request: Request, svc: Caller, body: Body) -> JSONResponse:
+        throttle(request, batch_cost(body))
         tasks = svc.create_many(body if isinstance(body, list) else [body], only=Mode.SCHEDULED)
         if isinstance(body, list):
             return JSONResponse([task.to_dict() for task in tasks], status_code=201)
@@ -537,9 +561,9 @@ def create_app(service: Service, settings: Settings) -> FastAPI:
     # -- tokens and audit -------------------------------------------------------------------------
 
     @app.post("/api/tokens", tags=["admin"], status_code=201, summary="Create a token (the secret is shown once)",
-              responses={201: {"model": NewTokenOut}, **_errors(401, 403, 409, 413, 422, 503)},
+              responses={201: {"model": NewTokenOut}, **_errors(401, 403, 409, 413, 422, 429, 503)},
               openapi_extra=_body_doc({"$ref": "#/components/schemas/TokenIn"}, "The new token's name and role."))
-    def create_token(svc: Caller, body: Body) -> JSONResponse:
+    def create_token(svc: Changer, body: Body) -> JSONResponse:
         auth.require(svc.role, "tokens")
         if not isinstance(body, dict):
             raise InvalidSpec("body", "must be a JSON object with 'name' and 'role'")
@@ -558,8 +582,8 @@ def create_app(service: Service, settings: Settings) -> FastAPI:
         return JSONResponse(auth.list_tokens(svc.store))
 
     @app.delete("/api/tokens/{name}", tags=["admin"], summary="Revoke a token (at once)",
-                responses={200: {"model": TokenOut}, **_errors(401, 403, 404, 503)})
-    def revoke_token(svc: Caller, name: Annotated[str, Path(description="The token's name.")]) -> JSONResponse:
+                responses={200: {"model": TokenOut}, **_errors(401, 403, 404, 429, 503)})
+    def revoke_token(svc: Changer, name: Annotated[str, Path(description="The token's name.")]) -> JSONResponse:
         auth.require(svc.role, "tokens")
         return JSONResponse(auth.revoke(svc.store, name, actor=svc.actor))
 

@@ -33,6 +33,7 @@ def test_key_strings_are_pinned():
     assert keys.token_hashes == "taskman:tokens:by-hash"
     assert keys.token_used == "taskman:tokens:used"
     assert keys.audit == "taskman:audit"
+    assert keys.rate_limit("ci-bot") == "taskman:ratelimit:ci-bot"
     assert keys.metrics == "taskman:metrics"
     assert keys.workers == "taskman:workers"
 

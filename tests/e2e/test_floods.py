@@ -1,0 +1,124 @@
+"""Hostile input that floods, blinds or outlasts (issue 9, items 6-10), each through the front end the attack
+used, each ending with the stack shown to be still up (workers alive, ``/api/health`` 200, other tasks' runs
+and log lines intact):
+
+- the audit trail cannot be flushed: it is kept by time, and API tokens are rate-limited (REST API);
+- one run cannot flood everyone's logs: lines per run are capped, the run keeps its result (a real worker);
+- decompression bombs: decoded bytes are capped as they stream, one content-coding layer at most (http worker);
+- runs that cannot end: every API-task request obeys an overall deadline, and stop abandons it (http worker);
+- log streams that outlive their token close within seconds of its revocation (REST API).
+"""
+
+from __future__ import annotations
+
+import gzip
+import socket
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+
+from core import auth
+from core.models import RunState
+from tests.conftest import wait_for
+from tests.e2e.apiserver import ApiServer, process_env
+from tests.e2e.test_hostile import assert_stack_up, final_run, marker
+
+FAR_DELAY = 30 * 24 * 3600
+
+
+def token_client(api: ApiServer, secret: str) -> httpx.Client:
+    return httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {secret}"}, timeout=15)
+
+
+@pytest.fixture(scope="module")
+def api(taskman_env, stack, tmp_path_factory):
+    server = ApiServer(process_env(taskman_env), tmp_path_factory.mktemp("api") / "api.log").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def clients(api, stack):
+    made = {}
+    for role in ("viewer", "operator", "admin"):
+        secret, _ = auth.create(stack.store, f"f-{role}-{uuid.uuid4().hex[:6]}", role, actor="test")
+        made[role] = token_client(api, secret)
+    made["anonymous"] = httpx.Client(base_url=api.url, timeout=15)
+    yield made
+    for client in made.values():
+        client.close()
+
+
+def audit_ids(service) -> set[str]:
+    return {entry_id for entry_id, _ in service.store.redis.xrange(service.store.keys.audit)}
+
+
+# -- 6. the audit trail cannot be flushed ----------------------------------------------------------
+
+RATE = 30
+
+
+@pytest.fixture(scope="module")
+def slow_apis(taskman_env, stack, tmp_path_factory):
+    """Two API processes on one Redis, each allowing a token ``RATE`` changes a minute: they share the count."""
+    env = process_env(taskman_env, TASKMAN_API_RATE_PER_MINUTE=str(RATE))
+    servers = [ApiServer(env, tmp_path_factory.mktemp("rate") / f"api{index}.log").start() for index in (1, 2)]
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+def test_a_burst_of_changes_gets_429_and_cannot_flush_the_audit_trail(slow_apis, stack, clients, http_server):
+    first, second = slow_apis
+    name = f"flood-{uuid.uuid4().hex[:6]}"
+    secret, _ = auth.create(stack.store, name, "operator", actor="test")
+    viewer_secret, _ = auth.create(stack.store, f"{name}-viewer", "viewer", actor="test")
+    operator, other_process, viewer = token_client(first, secret), token_client(second, secret), \
+        token_client(first, viewer_secret)
+    spec = {"api_url": f"{http_server.base_url}/get", "delay_seconds": FAR_DELAY}
+    before = audit_ids(stack)
+    assert before, "the session's earlier changes are in the trail"
+    created, refused = [], None
+    try:
+        poisoned = operator.post("/api/tasks", json={"name": marker(), **spec})
+        assert poisoned.status_code == 201, poisoned.text
+        created.append(poisoned.json()["id"])
+        for attempt in range(RATE + 10):
+            client = other_process if attempt % 2 else operator  # both processes draw on one allowance
+            answer = client.post("/api/tasks", json={"name": marker(), **spec})
+            if answer.status_code == 429:
+                refused = answer
+                break
+            assert answer.status_code == 201, answer.text
+            created.append(answer.json()["id"])
+        assert refused is not None, f"{len(created)} creates in a burst and no 429"
+        assert RATE - 2 <= len(created) <= RATE + 2, len(created)
+        assert refused.json()["error"] == "RateLimited" and str(RATE) in refused.json()["message"]
+        wait = int(refused.headers["Retry-After"])
+        assert 1 <= wait <= 60 // RATE + 1, wait
+        batch = other_process.post("/api/tasks", json=[{"name": marker(), **spec} for _ in range(5)])
+        assert batch.status_code == 429, "a batch is refused as a whole while the allowance is spent"
+        for action in ("stop", "pause", "run"):
+            assert operator.post(f"/api/tasks/{created[0]}/{action}").status_code == 429
+        assert viewer.get(f"/api/tasks/{created[0]}").status_code == 200, "reads are not limited"
+
+        after = audit_ids(stack)
+        assert before <= after, "no entry written before the burst was pushed out"
+        mine = [fields["target"] for _, fields in stack.store.redis.xrange(stack.store.keys.audit)
+                if fields["actor"] == f"api:{name}"]
+        assert mine == created, "each change audited, no refused one"
+        time.sleep(wait)
+        again = operator.post("/api/tasks", json={"name": marker(), **spec})
+        assert again.status_code == 201, again.text
+        created.append(again.json()["id"])
+    finally:
+        for task_id in created:
+            stack.delete(task_id)
+        for client in (operator, other_process, viewer):
+            client.close()
+    assert before <= audit_ids(stack)
+    assert_stack_up(stack, http_server, clients)
