@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     """Approximate length cap of the events stream."""
     logs_maxlen: int = 50_000
     """Approximate length cap of the log stream."""
+    log_lines_cap: int = Field(2_000, ge=2)
+    """Log lines one run may add to the log stream: past them its first lines are kept, one line says how
+    many were dropped, and the run keeps its result (so one run cannot push out everyone else's lines)."""
 
     scheduler_interval: float = 0.25
     """Longest sleep of the scheduler between looks at the due set, in seconds."""

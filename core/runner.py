@@ -58,19 +58,47 @@ def text_safe(text: str | None) -> str:
 
 
 class LogBuffer:
-    """Collects a run's log lines and ships them in batches, so a print loop costs few round trips."""
+    """Collects a run's log lines and ships them in batches, so a print loop costs few round trips.
 
-    def __init__(self, store: Store, task_id: str, run_id: str) -> None:
+    The log stream is shared and capped by length, so one run printing 65,000 empty lines would push out
+    every other task's lines. A run therefore adds at most ``cap`` + 1 lines: its first ``cap`` - 1, then,
+    if it printed more, one line saying how many were dropped, and its closing summary (``last``). What is
+    dropped is only dropped from the stream: the run's result and recorded output do not change.
+    """
+
+    def __init__(self, store: Store, task_id: str, run_id: str, cap: int = 2_000) -> None:
         self.store = store
         self.task_id = task_id
         self.run_id = run_id
+        self.cap = max(2, cap)
         self.pending: list[dict[str, str]] = []
         self.last_flush = time.monotonic()
+        self.kept = 0
+        self.dropped = 0
+        self.dropped_bytes = 0
 
     def add(self, level: str, message: str) -> None:
+        """Queue one line, or count it as dropped once the run has used its share of the stream."""
+        if self.kept >= self.cap - 1:
+            self.dropped += 1
+            self.dropped_bytes += len(message.encode("utf-8", "surrogatepass")) + 1
+            return
+        self.kept += 1
         self.pending.append(log_entry(self.task_id, self.run_id, level, message))
-        if len(self.pending) >= LOG_FLUSH_LINES or time.monotonic() - self.last_flush > LOG_FLUSH_SECONDS:
+        if len(self.pending) >= LOG_FLUSH_LINES or time.monotonic() - self.last_flush > LOG_FLUSH_SECONDS \
+                or self.kept == self.cap - 1:
             self.flush()
+
+    def last(self, level: str, message: str) -> None:
+        """Queue the run's closing line, always kept, after one line saying what was dropped (if anything)."""
+        if self.dropped:
+            self.pending.append(log_entry(
+                self.task_id, self.run_id, "warning",
+                f"{self.dropped} more log lines ({self.dropped_bytes} bytes) of run {self.run_id} were dropped: "
+                f"a run adds at most {self.cap} lines to the log stream (log_lines_cap); its output and result "
+                "are kept in full"))
+            self.dropped = self.dropped_bytes = 0
+        self.pending.append(log_entry(self.task_id, self.run_id, level, message))
 
     def flush(self, pipe=None) -> None:
         if self.pending:
@@ -128,7 +156,7 @@ class Runner:
             return None
         run = self.store._run_from(answers[1])
         task = self.store._task_from(answers[2]) if task_id else None
-        logs = LogBuffer(self.store, run.task_id, run.id)
+        logs = LogBuffer(self.store, run.task_id, run.id, self.settings.log_lines_cap)
         if previous == RunState.RUNNING.value:
             deliveries = self.store.redis.hincrby(self.store.keys.run(run_id), "deliveries", 1) + 1
             if deliveries > MAX_DELIVERIES:
@@ -225,7 +253,7 @@ class Runner:
         result = json_safe(result)
         error, traceback, output = text_safe(error) or None, text_safe(traceback), text_safe(output)
         summary = self._summary(run, state, duration_ms, result, error)
-        started.logs.add("error" if state is not RunState.SUCCEEDED else "info", summary)
+        started.logs.last("error" if state is not RunState.SUCCEEDED else "info", summary)
         pipe = self.store.redis.pipeline(transaction=True)
         self.store.transition(
             run.id, (RunState.RUNNING, RunState.QUEUED), state,
@@ -279,7 +307,8 @@ class Runner:
         if run is None or run.state.final:
             return
         task = self.store.get_task(run.task_id)
-        self.finish(Started(run, task, LogBuffer(self.store, run.task_id, run.id), fence), state, result=result,
+        logs = LogBuffer(self.store, run.task_id, run.id, self.settings.log_lines_cap)
+        self.finish(Started(run, task, logs, fence), state, result=result,
                     error=error, traceback=traceback, retryable=state is not RunState.SUCCEEDED)
 
 

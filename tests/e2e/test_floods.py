@@ -122,3 +122,43 @@ def test_a_burst_of_changes_gets_429_and_cannot_flush_the_audit_trail(slow_apis,
             client.close()
     assert before <= audit_ids(stack)
     assert_stack_up(stack, http_server, clients)
+
+
+# -- 7. one run cannot flood everyone's logs -------------------------------------------------------
+
+FLOODS = {
+    "newlines": ("def f():\n    print('\\n' * 65000)\n    return 'done'", {}),  # under the 64 KiB output cap
+    "loop": ("def f():\n    for i in range(100000):\n        print(i)\n    return 'done'", {"output_cap": 1 << 20}),
+}
+
+
+def run_log(service, run_id: str) -> list[tuple[str, dict]]:
+    return [(entry_id, entry) for entry_id, entry in service.store.redis.xrange(service.store.keys.logs)
+            if entry.get("run") == run_id]
+
+
+def test_one_run_cannot_flood_the_log_stream_and_keeps_its_result(stack, clients, http_server):
+    admin, cap = clients["admin"], stack.settings.log_lines_cap
+    neighbour = admin.post("/api/tasks", json={"name": marker(), "function_name": "f",
+                                               "function_code": "def f():\n    print('neighbour line')\n    return 1"})
+    assert neighbour.status_code == 201, neighbour.text
+    neighbour_run = final_run(stack, neighbour.json()["id"])
+    neighbour_lines = run_log(stack, neighbour_run.id)
+    assert any(entry["msg"] == "neighbour line" for _, entry in neighbour_lines)
+    for label, (code, limits) in FLOODS.items():
+        created = admin.post("/api/tasks", json={"name": marker(), "function_code": code, "function_name": "f",
+                                                 **limits})
+        assert created.status_code == 201, created.text
+        run = final_run(stack, created.json()["id"], timeout=60)
+        assert run.state is RunState.SUCCEEDED and run.result == "done", (label, run.state, run.error)
+        lines = run_log(stack, run.id)
+        assert len(lines) <= cap + 1, (label, len(lines))
+        printed = [entry for _, entry in lines if entry["level"] == "print"]
+        assert len(printed) >= cap - 10, "the first part of the output is kept"
+        dropped = [entry["msg"] for _, entry in lines if "were dropped" in entry["msg"]]
+        assert len(dropped) == 1 and "log_lines_cap" in dropped[0], (label, dropped)
+        assert int(dropped[0].split()[0]) + len(printed) >= 65001, dropped[0]
+        assert "succeeded" in lines[-1][1]["msg"], "the run's summary closes its lines"
+    stream = {entry_id for entry_id, _ in stack.store.redis.xrange(stack.store.keys.logs)}
+    assert {entry_id for entry_id, _ in neighbour_lines} <= stream, "another task's earlier lines are still there"
+    assert_stack_up(stack, http_server, clients)
