@@ -57,6 +57,7 @@ class Scheduler:
         self.backoff = 0.0
         self.dead_worker_grace = dead_worker_grace
         self.next_watch = 0.0
+        self.epoch: str | None = None
 
     def tick(self, now: float | None = None) -> float:
         """Do one round of work if this scheduler holds the lock; return seconds until the next look.
@@ -83,6 +84,15 @@ class Scheduler:
         self.backoff = min(MAX_BACKOFF, max(self.interval, self.backoff * 2 or 0.1))
         return self.backoff
 
+    def _check_epoch(self) -> None:
+        """Notice a Redis that came back without its data (restarted with no AOF, or another one)."""
+        epoch, verdict = self.store.check_epoch(self.epoch)
+        if verdict == "lost":
+            log.error("Redis lost its data: taskman's keys are gone (epoch %s, now %s). Definitions, schedules and "
+                      "runs stored before are lost; was Redis restarted without its append-only file?",
+                      self.epoch, epoch)
+        self.epoch = epoch
+
     def _tick(self, now: float | None) -> float:
         leader = self.store.acquire_lock(self.token, self.lock_ttl)
         if leader != self.is_leader:
@@ -102,6 +112,7 @@ class Scheduler:
                 log.exception("could not fire %s; it is retried after the lease", member)
         if time.monotonic() >= self.next_watch:
             self.next_watch = time.monotonic() + min(2.0, self.dead_worker_grace / 4)
+            self._check_epoch()
             self.hand_over_silent_workers_runs(time.time())
         try:
             metrics.record_lags(self.store, lags)

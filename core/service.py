@@ -260,6 +260,10 @@ class Service:
         """Celery task names the workers have registered, with the worker and queues that reported them."""
         return self.store.registered()
 
+    def data_loss(self) -> dict | None:
+        """When the scheduler found that Redis had come back without its data (``at``), or None."""
+        return self.store.data_loss()
+
     def isolation(self) -> dict[str, dict]:
         """Each live code worker → the walls its code runs get: ``up`` (wall → bool), ``why`` (reasons),
         ``missing`` (required walls down), ``accept_weak`` (whether it runs code anyway)."""

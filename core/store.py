@@ -22,6 +22,8 @@ Layout (every key under the namespace prefix ``{ns}:``, see ``Keys``):
 - ``metrics``          hash of counters kept incrementally (see ``core.metrics`` for its fields).
 - ``workers``          sorted set: worker hostname scored by its last heartbeat.
 - ``running``          sorted set: id of each running run scored by when it started (the dead-worker watch).
+- ``epoch``            a random id written once into a Redis; if it vanishes or changes, Redis lost its data.
+- ``data-lost``        JSON {at, was, now}: when the scheduler found the epoch gone or changed.
 
 A run's hash carries ``fence``: how many times the run was handed to another worker because its
 worker fell silent. Every message carries the fence it was sent with, and every transition a worker
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -133,6 +136,14 @@ class Keys:
     @property
     def running(self) -> str:
         return self._key("running")
+
+    @property
+    def epoch(self) -> str:
+        return self._key("epoch")
+
+    @property
+    def data_lost(self) -> str:
+        return self._key("data-lost")
 
 
 def due_member_for_task(task_id: str) -> str:
@@ -260,6 +271,24 @@ redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[5], '*', 'event', ARGV[4])
 local excess = redis.call('ZCARD', KEYS[3]) - tonumber(ARGV[6])
 if excess > 0 then redis.call('ZREMRANGEBYRANK', KEYS[3], 0, excess - 1) end
 return 1
+"""
+
+# KEYS[1] epoch, KEYS[2] data-lost record
+# ARGV[1] the epoch the caller saw last ('' = none yet), ARGV[2] a new epoch id, ARGV[3] now
+# Returns {epoch, verdict}: 'same', 'new' (first sight, or a fresh install), or 'lost' (the epoch the
+# caller saw is gone or replaced: Redis came back without its data, or another data set).
+EPOCH = """
+local current = redis.call('GET', KEYS[1])
+if current and (ARGV[1] == '' or current == ARGV[1]) then
+  return {current, ARGV[1] == '' and 'new' or 'same'}
+end
+if not current then
+  redis.call('SET', KEYS[1], ARGV[2])
+  current = ARGV[2]
+end
+if ARGV[1] == '' then return {current, 'new'} end
+redis.call('SET', KEYS[2], cjson.encode({at = tonumber(ARGV[3]), was = ARGV[1], now = current}))
+return {current, 'lost'}
 """
 
 # KEYS[1] due set
@@ -418,6 +447,7 @@ class Store:
         self.audit_retention = max(1, int(audit_retention))
         self._transition = client.register_script(TRANSITION)
         self._requeue = client.register_script(REQUEUE)
+        self._epoch = client.register_script(EPOCH)
         self._fire = client.register_script(FIRE)
         self._claim = client.register_script(CLAIM)
         self._lock = client.register_script(LOCK)
@@ -632,6 +662,17 @@ class Store:
                   self.keys.task(retry.task_id), self.keys.due, self.keys.events,
                   json.dumps(self.run_fields(retry)), due_member_for_run(retry.id), repr(due_at), json.dumps(event),
                   str(self.events_maxlen), str(self.history_per_task))
+
+    def check_epoch(self, seen: str | None) -> tuple[str, str]:
+        """(this Redis's epoch, verdict): 'new', 'same', or 'lost' if ``seen`` vanished (recorded in Redis)."""
+        epoch, verdict = self._epoch(keys=[self.keys.epoch, self.keys.data_lost],
+                                     args=[seen or "", uuid.uuid4().hex, repr(time.time())])
+        return epoch, verdict
+
+    def data_loss(self) -> dict | None:
+        """When the scheduler found that Redis had lost its data (and the epochs before and after), if ever."""
+        raw = self.redis.get(self.keys.data_lost)
+        return json.loads(raw) if raw else None
 
     def acquire_lock(self, token: str, ttl: float) -> bool:
         return bool(self._lock(keys=[self.keys.scheduler_lock], args=[token, int(ttl * 1000)]))

@@ -74,5 +74,8 @@ def status(service: Service) -> dict:
     reports = service.isolation()
     missing = sorted({wall for report in reports.values() for wall in report.get("missing", ())})
     walls = "" if not reports else ("jail ●" if not missing else "walls ✘ " + ",".join(missing))
+    lost = service.data_loss()
+    if lost and time.time() - lost["at"] < 86400:
+        walls = f"REDIS LOST ITS DATA {time.strftime('%m-%d %H:%M', time.localtime(lost['at']))}   {walls}".strip()
     return {"ok": True, "due": snap.due, "workers": snap.workers, "queued": sum(snap.queues.values()),
             "scheduler": snap.scheduler, "walls": walls}

@@ -36,6 +36,9 @@ def test_key_strings_are_pinned():
     assert keys.rate_limit("ci-bot") == "taskman:ratelimit:ci-bot"
     assert keys.metrics == "taskman:metrics"
     assert keys.workers == "taskman:workers"
+    assert keys.running == "taskman:running"
+    assert keys.epoch == "taskman:epoch"
+    assert keys.data_lost == "taskman:data-lost"
 
 
 def test_due_members():

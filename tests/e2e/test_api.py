@@ -108,6 +108,7 @@ def test_health_needs_no_token_and_reports_the_stack(clients):
     assert body["status"] == "ok" and body["redis"] == "ok"
     assert body["workers"] >= 2 and body["scheduler"] is True
     assert body["isolation"]["ok"] is True, body["isolation"]
+    assert body["data_lost_at"] is None
     assert body["isolation"]["summary"].startswith("code runs jailed: every wall up")
     assert all(report["missing"] == [] for report in body["isolation"]["workers"].values())
     assert clients["anonymous"].get("/docs").status_code == 200

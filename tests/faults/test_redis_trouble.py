@@ -116,3 +116,41 @@ def test_redis_killed_and_restarted_on_its_aof(troubled, tmp_path):
     finally:
         procs.stop_all()
         restarted.stop()
+
+
+def test_redis_back_without_its_data_is_said_loudly(taskman_env, tmp_path):
+    """A Redis restarted without its AOF: the scheduler notices the missing epoch and says so once."""
+    from core.service import Service
+
+    (tmp_path / "redis").mkdir()
+    server = RedisServer(tmp_path / "redis", appendonly=False).start()
+    env = {**taskman_env, "TASKMAN_REDIS_URL": server.url, "TASKMAN_NAMESPACE": f"amnesia{uuid.uuid4().hex[:6]}",
+           "TASKMAN_SCHEDULER_LOCK_TTL": "2"}
+    procs = Processes(_process_env(env), tmp_path)
+    service = Service.from_settings(Settings(**{k.removeprefix("TASKMAN_").lower(): v for k, v in env.items()}))
+    beat = procs.start("beat", "beat", "-l", "INFO", "--pidfile=")
+    try:
+        wait_for(lambda: service.store.redis.get(service.store.keys.epoch), timeout=30, message="the epoch")
+        assert service.data_loss() is None
+        os.kill(server.pid, signal.SIGKILL)
+        server._proc.wait()
+        empty = RedisServer(tmp_path / "redis", port=server.port, appendonly=False).start()
+        try:
+            lost = wait_for(lambda: _quiet(service.data_loss), timeout=40, message="the data loss to be noticed")
+            assert lost["was"] != lost["now"]
+            assert beat.poll() is None
+            log = (tmp_path / "beat.log").read_text()
+            assert log.count("Redis lost its data") == 1
+        finally:
+            procs.stop_all()
+            empty.stop()
+    finally:
+        procs.stop_all()
+        server.stop()
+
+
+def _quiet(call):
+    try:
+        return call()
+    except Exception:
+        return None

@@ -29,7 +29,7 @@ class StatusBar(CarriesOn, Horizontal):
         extra = "".join(f"   {part}" for part in (walls, restarts) if part)
         self.query_one("#facts", Static).update(
             plain(f"redis {dot} {redis}   workers {workers}   queued {queued}   due {due}{beat}{extra}"))
-        self.set_class(walls.startswith("walls"), "weak")
+        self.set_class(walls.startswith(("walls", "REDIS LOST")), "weak")
         self.query_one("#rate", Sparkline).data = per_minute or [0.0]
         self.query_one("#rate-text", Static).update(
             f" {per_minute[-1] if per_minute else 0:.0f} runs/min   failed/h {failed_hour}")
