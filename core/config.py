@@ -86,6 +86,10 @@ class Settings(BaseSettings):
     runs are refused with an error naming the missing walls."""
     http_body_cap: int = 256 * 1024
     """Bytes of an API task's response body kept in the run record."""
+    http_memory_limit_mb: int = Field(1024, ge=0)
+    """MiB of data memory (heap, anonymous mappings, thread stacks: RLIMIT_DATA) a threads-pool http worker
+    may hold, applied by ``core.http.limit_memory`` when the worker starts (0: no limit); it uses about 150
+    with 8 threads, and a decompression bomb or runaway answer then fails with MemoryError instead."""
     max_retries_cap: int = 20
     """Upper bound on a task's ``max_retries``."""
 

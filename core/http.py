@@ -14,7 +14,9 @@ Why it is shaped this way:
   whole into memory, and we also want to drop secret headers when a redirect changes origin and to
   count hops against the client's ``max_redirects``.
 * **Bodies are streamed and cut at ``body_cap``**; gzip/deflate are inflated here with a bounded
-  output size, so neither a huge body nor a decompression bomb is ever held in memory.
+  output size, so neither a huge body nor a decompression bomb is ever held in memory. One content
+  coding at most (``gzip, gzip`` is refused: httpx would inflate a whole network read of it at once),
+  and a body that inflates past the cap more than ``MAX_EXPANSION`` times over fails as a bomb.
 * **One client per worker process** (:func:`make_client`): building a client (TLS context,
   connection pool) per request costs far more than the request itself. The client therefore keeps
   no cookies (tasks must not see each other's sessions) and ignores proxy environment variables
@@ -471,8 +473,33 @@ def make_client(allow: Iterable[str] = (), max_redirects: int = 5) -> httpx.Clie
     )
 
 
+def limit_memory(megabytes: int) -> None:
+    """Cap this process's data memory (RLIMIT_DATA's soft limit: heap, anonymous mappings and thread
+    stacks) at ``megabytes`` MiB; past it allocations fail with ``MemoryError`` instead of growing the
+    process until the machine runs out. For the http worker, whose threads pool runs every API request in
+    one process: a prefork parent must not call it, its code-run children would inherit the limit.
+
+    RLIMIT_DATA rather than RLIMIT_AS: each thread reserves address space it never touches (its stack,
+    a 64 MiB malloc arena), so an address-space limit would have to be far above what is really used."""
+    if megabytes <= 0:
+        return
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    wanted = megabytes * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_DATA, (wanted if hard == resource.RLIM_INFINITY else min(wanted, hard), hard))
+
+
 # --------------------------------------------------------------------------------------------
 # Executing a request
+
+
+MAX_EXPANSION = 100
+"""A compressed body that inflates past the response cap from under 1/100 of it on the wire is a bomb, not
+a big answer (JSON and text compress 3-20 times; 10 MB of zeros gzip to 10 KB). It fails the run; a body
+that merely passes the cap is cut there, as an uncompressed one is."""
+DECODED = ("gzip", "x-gzip", "deflate")
+"""The content codings taskman asks for (``Accept-Encoding``) and inflates, one layer at most."""
 
 
 class _Deadline(Exception):
@@ -483,12 +510,18 @@ class _BadEncoding(Exception):
     pass
 
 
+class _Bomb(Exception):
+    pass
+
+
 class _Inflater:
-    """gzip / deflate decoding that never produces more than it is asked for."""
+    """gzip / deflate decoding that never produces more than it is asked for, counting what it consumed."""
 
     def __init__(self, encoding: str) -> None:
         self._maybe_raw = encoding == "deflate"  # "deflate" is zlib-wrapped or, wrongly, raw
         self._obj = zlib.decompressobj(zlib.MAX_WBITS if self._maybe_raw else zlib.MAX_WBITS | 16)
+        self.consumed = 0
+        """Bytes on the wire inflated so far."""
 
     def feed(self, data: bytes, room: int) -> bytes:
         try:
@@ -502,26 +535,40 @@ class _Inflater:
             except zlib.error as exc2:
                 raise _BadEncoding(str(exc2)) from exc2
         self._maybe_raw = False
+        self.consumed += len(data) - len(self._obj.unconsumed_tail)
         return out
 
 
+def _coding(response: httpx.Response) -> str:
+    """The response's one content coding ('' for none); ``_BadEncoding`` for a chain or one not asked for."""
+    codings = [coding.strip().lower() for coding in response.headers.get_list("content-encoding", split_commas=True)]
+    codings = [coding for coding in codings if coding and coding != "identity"]
+    if len(codings) > 1:
+        raise _BadEncoding(f"it is encoded {len(codings)} times over (Content-Encoding: {', '.join(codings)}); "
+                           "taskman inflates one layer at most")
+    if codings and codings[0] not in DECODED:
+        raise _BadEncoding(f"its Content-Encoding {codings[0]!r} is not one taskman asked for or inflates "
+                           f"({', '.join(DECODED)})")
+    return codings[0] if codings else ""
+
+
 def _read_capped(response: httpx.Response, cap: int, deadline: float) -> tuple[bytes, bool]:
-    """Read at most ``cap`` bytes of decoded body; return them and whether there was more."""
+    """Read at most ``cap`` bytes of decoded body; return them and whether there was more.
+
+    Decoded bytes are counted as they stream: raw bytes are read from the network and inflated here, never
+    more than one byte past the cap, whatever the compression ratio."""
     limit = max(cap, 0) + 1  # one byte more than kept tells us the body was cut
-    encoding = response.headers.get("content-encoding", "").strip().lower()
-    inflater: _Inflater | None = None
-    if encoding in ("", "identity"):
-        chunks: Iterable[bytes] = response.iter_raw()
-    elif encoding in ("gzip", "x-gzip", "deflate"):
-        inflater = _Inflater(encoding)
-        chunks = response.iter_raw()
-    else:  # br, zstd or a chain: httpx decodes; one network read may expand beyond the cap once
-        chunks = response.iter_bytes()
+    coding = _coding(response)
+    inflater = _Inflater(coding) if coding else None
     body = bytearray()
-    for chunk in chunks:
+    for chunk in response.iter_raw():
         room = limit - len(body)
         body += inflater.feed(chunk, room) if inflater is not None else chunk[:room]
         if len(body) >= limit:
+            if inflater is not None and len(body) > MAX_EXPANSION * max(inflater.consumed, 1):
+                raise _Bomb(f"its {coding} body inflates past the response cap of {cap} bytes (http_body_cap) "
+                            f"from {inflater.consumed} bytes on the wire, over {MAX_EXPANSION} times their size: "
+                            "refused as a decompression bomb")
             break
         if time.monotonic() > deadline:
             raise _Deadline()
@@ -607,7 +654,8 @@ def execute(
     response is JSON and fits, else text cut at ``body_cap`` bytes with a marker),
     "body_truncated", "elapsed_ms"}``. ``timeout`` bounds the whole call, redirects included.
     Raises :class:`HttpTaskError` for a non-2xx answer (``response`` filled in), connection errors
-    and timeouts (retryable), blocked addresses, bad URLs and too many redirects (not retryable).
+    and timeouts (retryable), blocked addresses, bad URLs, too many redirects, content codings refused
+    and decompression bombs (not retryable).
 
     The secrets sent (values of secret headers, of secret-named query parameters and of secret-named
     body fields) never come back: wherever the answer or an error message repeats them -- an echo
@@ -755,6 +803,8 @@ def _execute(
             ) from None
         except _BadEncoding as exc:
             raise HttpTaskError(f"could not decode the response body from {_shown(current)}: {exc}") from None
+        except _Bomb as exc:
+            raise HttpTaskError(f"refused the response from {_shown(current)}: {exc}") from None
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise _transport_error(exc, current, timeout) from exc
         finally:

@@ -9,10 +9,12 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import zlib
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -32,6 +34,8 @@ from core.http import (
 
 BIG = b"x" * (1024 * 1024)
 BOMB = gzip.compress(b"\0" * (8 * 1024 * 1024))  # ~8 KB on the wire, 8 MB inflated
+DOUBLE_BOMB = gzip.compress(gzip.compress(b"\0" * (64 * 1024 * 1024)))  # a few hundred bytes, 64 MB twice inflated
+PLAIN_BIG = gzip.compress(b"".join(b"%08x," % (i * 2654435761 % 2**32) for i in range(200_000)))  # ~1.8 MB, ratio < 10
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -97,6 +101,19 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200, b"{}")
         elif path == "/text":
             self._send(200, "héllo wörld".encode("latin-1"), "text/plain; charset=latin-1")
+        elif path == "/gzip-gzip":
+            self._send(200, DOUBLE_BOMB, "text/plain", {"Content-Encoding": "gzip, gzip"})
+        elif path == "/gzip-twice":  # the same chain, as two header lines
+            self.send_response(200)
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(DOUBLE_BOMB)))
+            self.end_headers()
+            self.wfile.write(DOUBLE_BOMB)
+        elif path == "/brotli":
+            self._send(200, b"\x0b\x02\x80hello\x03", "text/plain", {"Content-Encoding": "br"})
+        elif path == "/gzip-big":
+            self._send(200, PLAIN_BIG, "text/plain", {"Content-Encoding": "gzip"})
         else:
             self._send(404, b'{"error": "not found"}')
 
@@ -442,10 +459,28 @@ def test_body_cap_truncates(client, server):
     assert result["body_truncated"] is False and len(result["body"]["a"]) == 100_000
 
 
-def test_decompression_bomb_is_cut_at_cap(client, server):
-    result = execute(client, method="GET", url=server.url("/bomb"), body_cap=4096)
-    assert result["body_truncated"] is True
-    assert result["body"].count("\0") == 4096
+def test_decompression_bomb_fails_naming_the_cap(client, server):
+    with pytest.raises(HttpTaskError, match="cap of 4096 bytes.*decompression bomb") as info:
+        execute(client, method="GET", url=server.url("/bomb"), body_cap=4096)
+    assert info.value.retryable is False
+
+
+def test_a_big_compressed_answer_is_cut_at_the_cap_like_an_uncompressed_one(client, server):
+    result = execute(client, method="GET", url=server.url("/gzip-big"), body_cap=4096)
+    assert result["body_truncated"] is True and result["body"].startswith("00000000,9e3779b1,")
+    assert len(result["body"].split("\n")[0]) == 4096
+
+
+@pytest.mark.parametrize("path", ["/gzip-gzip", "/gzip-twice"])
+def test_more_than_one_content_coding_is_refused_without_inflating(client, server, path):
+    with pytest.raises(HttpTaskError, match=r"encoded 2 times over \(Content-Encoding: gzip, gzip\)") as info:
+        execute(client, method="GET", url=server.url(path))
+    assert info.value.retryable is False
+
+
+def test_a_content_coding_not_asked_for_is_refused(client, server):
+    with pytest.raises(HttpTaskError, match="'br' is not one taskman asked for"):
+        execute(client, method="GET", url=server.url("/brotli"))
 
 
 def test_timeout_is_retryable(client, server):
@@ -745,3 +780,14 @@ def test_httpx_request_log_lines_mask_secret_query_parameters(client, server, ca
     lines = [record.getMessage() for record in caplog.records if record.name == "httpx"]
     assert lines and all("query-secret-5" not in line for line in lines)
     assert any("api_key=***" in line for line in lines)
+
+
+def test_limit_memory_makes_a_runaway_allocation_fail_not_the_process():
+    script = ("from core import http\n"
+              "http.limit_memory(256)\n"
+              "try:\n    hog = bytearray(512 << 20)\nexcept MemoryError:\n    print('refused')\n"
+              "small = bytearray(16 << 20)\nprint('alive', len(small))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          cwd=str(Path(__file__).resolve().parents[2]))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["refused", "alive", str(16 << 20)]

@@ -12,10 +12,12 @@ and log lines intact):
 from __future__ import annotations
 
 import gzip
+import select
 import socket
 import threading
 import time
 import uuid
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
@@ -161,4 +163,120 @@ def test_one_run_cannot_flood_the_log_stream_and_keeps_its_result(stack, clients
         assert "succeeded" in lines[-1][1]["msg"], "the run's summary closes its lines"
     stream = {entry_id for entry_id, _ in stack.store.redis.xrange(stack.store.keys.logs)}
     assert {entry_id for entry_id, _ in neighbour_lines} <= stream, "another task's earlier lines are still there"
+    assert_stack_up(stack, http_server, clients)
+
+
+# -- 8, 9. API tasks: decompression bombs, and requests that would never end ----------------------
+
+
+def gzipped_zeros(size: int, layers: int = 1) -> bytes:
+    """``size`` zero bytes gzipped ``layers`` times, compressed a MiB at a time (never held whole)."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS | 16)
+    chunk = b"\0" * (1 << 20)
+    data = b"".join(packer.compress(chunk) for _ in range(size // len(chunk))) + packer.flush()
+    for _ in range(layers - 1):
+        data = gzip.compress(data, 9)
+    return data
+
+
+BOMB = gzipped_zeros(10 << 20)  # 10 MiB inflated, ~10 KB on the wire
+DOUBLE_BOMB = gzipped_zeros(512 << 20, layers=2)  # 512 MiB inflated, a few KB on the wire
+
+
+class Hostile(BaseHTTPRequestHandler):
+    """Answers that attack the client: bombs, and a server that trickles one byte a second forever."""
+
+    protocol_version = "HTTP/1.1"
+    trickling = 0
+    lock = threading.Lock()
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/trickle"):
+            self._trickle()
+            return
+        body, coding = {"/bomb": (BOMB, "gzip"), "/gzip-gzip": (DOUBLE_BOMB, "gzip, gzip")}[self.path]
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Encoding", coding)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _trickle(self) -> None:
+        with self.lock:
+            Hostile.trickling += 1
+        try:
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            for _ in range(300):  # one byte a second until the client hangs up (or five minutes pass)
+                self.wfile.write(b"a")
+                self.wfile.flush()
+                readable, _, _ = select.select([self.connection], [], [], 1.0)
+                if readable and not self.connection.recv(1, socket.MSG_PEEK):
+                    return  # the client closed the connection (it sends nothing else)
+        except OSError:
+            pass
+        finally:
+            with self.lock:
+                Hostile.trickling -= 1
+
+
+@pytest.fixture(scope="module")
+def hostile():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hostile)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    server.base = f"http://127.0.0.1:{server.server_address[1]}"
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def http_worker(workers):
+    """The threads-pool worker process serving the ``http`` queue, and its number of threads."""
+    for child in workers.children:
+        if "http" in child.args and "threads" in child.args:
+            return child, int(child.args[child.args.index("-c") + 1])
+    raise AssertionError("no http worker")
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_decompression_bombs_fail_naming_the_cap_and_the_http_worker_stays_small(
+        stack, workers, clients, http_server, hostile):
+    operator, cap = clients["operator"], stack.settings.http_body_cap
+    worker, _ = http_worker(workers)
+    before, peak, sampling = rss_mb(worker.pid), [0.0], threading.Event()
+
+    def sample() -> None:
+        while not sampling.wait(0.02):
+            peak[0] = max(peak[0], rss_mb(worker.pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        ids = {}
+        for path in ("/bomb", "/gzip-gzip"):
+            created = operator.post("/api/tasks", json={"name": marker(), "api_url": hostile.base + path})
+            assert created.status_code == 201, created.text
+            ids[path] = created.json()["id"]
+        bomb, double = (final_run(stack, ids[path]) for path in ("/bomb", "/gzip-gzip"))
+    finally:
+        sampling.set()
+        sampler.join()
+    assert bomb.state is RunState.FAILED and f"cap of {cap} bytes (http_body_cap)" in bomb.error, bomb.error
+    assert "decompression bomb" in bomb.error and bomb.attempt == 1, "a bomb is not retried"
+    assert double.state is RunState.FAILED and "Content-Encoding: gzip, gzip" in double.error, double.error
+    assert "one layer at most" in double.error
+    assert peak[0] - before < 40, f"http worker RSS {before:.0f} MB before, {peak[0]:.0f} MB at its peak"
+    assert worker.poll() is None, "the http worker is alive"
+    print(f"http worker RSS: {before:.1f} MB before, {peak[0]:.1f} MB peak during the bombs")
     assert_stack_up(stack, http_server, clients)
