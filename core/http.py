@@ -17,6 +17,12 @@ Why it is shaped this way:
   output size, so neither a huge body nor a decompression bomb is ever held in memory. One content
   coding at most (``gzip, gzip`` is refused: httpx would inflate a whole network read of it at once),
   and a body that inflates past the cap more than ``MAX_EXPANSION`` times over fails as a bomb.
+* **Every request has one deadline, and a stop abandons it.** The worker's threads pool has no time
+  limits, and httpx's timeouts are per operation: a server sending one byte a second never trips them.
+  So the connections are our own (:class:`_Stream`): name resolution, connect, TLS handshake, every
+  read and every write is cut at the request's deadline (``timeout``: connect + read + total), and runs
+  in slices of ``STOP_POLL`` seconds between which ``should_stop`` is asked; inside a Celery worker it
+  answers whether the run's task was revoked (``Service.stop``), so a stopped run frees its thread.
 * **One client per worker process** (:func:`make_client`): building a client (TLS context,
   connection pool) per request costs far more than the request itself. The client therefore keeps
   no cookies (tasks must not see each other's sessions) and ignores proxy environment variables
@@ -28,17 +34,23 @@ Why it is shaped this way:
 from __future__ import annotations
 
 import codecs
+import errno
 import ipaddress
 import json as jsonlib
 import logging
+import os
 import re
+import select
 import socket
 import ssl
+import sys
+import threading
 import time
 import typing
 import urllib.parse
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from http.cookiejar import CookieJar, CookiePolicy
 
 import httpcore
@@ -50,6 +62,7 @@ from core.errors import InvalidSpec
 __all__ = [
     "METHODS",
     "SECRET_HEADER_PATTERN",
+    "Abandoned",
     "BlockedAddress",
     "Guard",
     "HttpTaskError",
@@ -289,6 +302,184 @@ class HttpTaskError(Exception):
 
 
 # --------------------------------------------------------------------------------------------
+# Deadlines and stops: every blocking step of a request is cut at its deadline, a slice at a time
+
+
+STOP_POLL = 0.25
+"""Longest a blocking step waits before asking ``should_stop`` again: how fast a stop abandons a request."""
+_current = threading.local()  # the request this thread is executing: .deadline (monotonic), .should_stop
+_resolver: ThreadPoolExecutor | None = None
+_resolver_lock = threading.Lock()
+
+
+class Abandoned(Exception):
+    """The request was given up because ``should_stop`` said so (its run was stopped)."""
+
+
+def _budget(timeout: float | None) -> float | None:
+    """Seconds a blocking step may take: its own timeout, cut at the current request's deadline."""
+    deadline = getattr(_current, "deadline", None)
+    if deadline is None:
+        return timeout
+    left = deadline - time.monotonic()
+    return left if timeout is None else min(timeout, left)
+
+
+def _check_stop() -> None:
+    should_stop = getattr(_current, "should_stop", None)
+    if should_stop is not None and should_stop():
+        raise Abandoned()
+
+
+def _sliced(step: Callable[[float], typing.Any], timeout: float | None, expired: type[Exception],
+            what: str) -> typing.Any:
+    """Call ``step(seconds)`` -- one blocking attempt of at most that long, raising ``socket.timeout`` when
+    it runs out -- until it completes; between attempts a stop raises ``Abandoned`` and the end of the
+    budget (``timeout`` cut at the deadline) raises ``expired``."""
+    budget = _budget(timeout)
+    end = None if budget is None else time.monotonic() + budget
+    while True:
+        _check_stop()
+        left = None if end is None else end - time.monotonic()
+        if left is not None and left <= 0:
+            raise expired(f"timed out {what}")
+        try:
+            return step(STOP_POLL if left is None else min(STOP_POLL, left))
+        except TimeoutError as exc:
+            if exc.errno is not None:  # ETIMEDOUT from the kernel: the connection is dead, not slow
+                raise
+            continue
+
+
+def _on_socket(sock: socket.socket, call: Callable[[], typing.Any]) -> Callable[[float], typing.Any]:
+    def step(seconds: float) -> typing.Any:
+        sock.settimeout(seconds)
+        return call()
+
+    return step
+
+
+def _resolve(resolve: Callable[[], list[str]], timeout: float | None, host: str) -> list[str]:
+    """``resolve()`` (getaddrinfo, which has no timeout) within the deadline; an abandoned lookup finishes
+    in the resolver's own thread, so the request's thread is free at once."""
+    global _resolver
+    with _resolver_lock:
+        if _resolver is None:
+            _resolver = ThreadPoolExecutor(max_workers=8, thread_name_prefix="taskman-resolve")
+    lookup = _resolver.submit(resolve)
+
+    def step(seconds: float) -> list[str]:
+        try:
+            return lookup.result(timeout=seconds)
+        except TimeoutError:  # concurrent.futures' own, which carries no errno
+            raise socket.timeout() from None
+
+    return _sliced(step, timeout, httpcore.ConnectTimeout, f"resolving {host}")
+
+
+def _connect(address: str, port: int, timeout: float | None, local_address: str | None,
+             socket_options: typing.Iterable[typing.Any] | None) -> _Stream:
+    """A TCP connection to ``address`` (a number, never a name), waited for a slice at a time."""
+    sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        for option in socket_options or ():
+            sock.setsockopt(*option)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if local_address:
+            sock.bind((local_address, 0))
+        sock.setblocking(False)
+        error = sock.connect_ex((address, port))
+        if error in (errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY):
+            poller = select.poll()
+            poller.register(sock, select.POLLOUT)
+
+            def step(seconds: float) -> None:
+                if not poller.poll(max(1, int(seconds * 1000))):
+                    raise socket.timeout()
+
+            _sliced(step, timeout, httpcore.ConnectTimeout, f"connecting to {address}")
+            error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if error:
+            raise OSError(error, os.strerror(error))
+    except (Abandoned, httpcore.ConnectTimeout):
+        sock.close()
+        raise
+    except OSError as exc:
+        sock.close()
+        raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
+    return _Stream(sock)
+
+
+class _Stream(httpcore.NetworkStream):
+    """One connection (TCP, or TLS over it) whose every read, write and handshake obeys the request's
+    deadline and is abandoned within ``STOP_POLL`` seconds of a stop."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        try:
+            return _sliced(_on_socket(self._sock, lambda: self._sock.recv(max_bytes)), timeout,
+                           httpcore.ReadTimeout, "waiting for the response")
+        except (Abandoned, httpcore.ReadTimeout):
+            raise
+        except OSError as exc:
+            raise httpcore.ReadError(str(exc) or type(exc).__name__) from exc
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        data = memoryview(buffer)
+        try:
+            while data:
+                sent = _sliced(_on_socket(self._sock, lambda: self._sock.send(data)), timeout,
+                               httpcore.WriteTimeout, "sending the request")
+                data = data[sent:]
+        except (Abandoned, httpcore.WriteTimeout):
+            raise
+        except OSError as exc:
+            raise httpcore.WriteError(str(exc) or type(exc).__name__) from exc
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                  timeout: float | None = None) -> httpcore.NetworkStream:
+        if isinstance(self._sock, ssl.SSLSocket):
+            self.close()
+            raise httpcore.ConnectError("TLS inside TLS (a proxy) is not used by API tasks")
+        try:
+            tls = ssl_context.wrap_socket(self._sock, server_hostname=server_hostname, do_handshake_on_connect=False)
+        except OSError as exc:
+            self.close()
+            raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
+        try:
+            _sliced(_on_socket(tls, tls.do_handshake), timeout, httpcore.ConnectTimeout, "in the TLS handshake")
+        except (Abandoned, httpcore.ConnectTimeout):
+            tls.close()
+            raise
+        except OSError as exc:
+            tls.close()
+            raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
+        return _Stream(tls)
+
+    def get_extra_info(self, info: str) -> typing.Any:
+        if info == "ssl_object":
+            return getattr(self._sock, "_sslobj", None) if isinstance(self._sock, ssl.SSLSocket) else None
+        if info == "client_addr":
+            return self._sock.getsockname()
+        if info == "server_addr":
+            return self._sock.getpeername()
+        if info == "socket":
+            return self._sock
+        if info == "is_readable":  # a pooled connection the server closed (or wrote to unasked)
+            if self._sock.fileno() == -1:
+                return True
+            poller = select.poll()
+            poller.register(self._sock, select.POLLIN)
+            return bool(poller.poll(0))
+        return None
+
+
+# --------------------------------------------------------------------------------------------
 # The client: a transport whose network backend runs the guard
 
 
@@ -297,7 +488,6 @@ class _GuardedBackend(httpcore.NetworkBackend):
 
     def __init__(self, guard: Guard) -> None:
         self._guard = guard
-        self._inner = httpcore.SyncBackend()
 
     def connect_tcp(
         self,
@@ -308,15 +498,13 @@ class _GuardedBackend(httpcore.NetworkBackend):
         socket_options: typing.Iterable[typing.Any] | None = None,
     ) -> httpcore.NetworkStream:
         try:
-            addresses = self._guard.check_host(host, port)
+            addresses = _resolve(lambda: self._guard.check_host(host, port), timeout, host)
         except OSError as exc:  # BlockedAddress is not an OSError and passes through
             raise httpcore.ConnectError(f"could not resolve {host}: {exc}") from exc
         error: Exception | None = None
         for address in addresses:
             try:
-                return self._inner.connect_tcp(
-                    address, port, timeout=timeout, local_address=local_address, socket_options=socket_options
-                )
+                return _connect(address, port, timeout, local_address, socket_options)
             except httpcore.ConnectError as exc:  # try the next address; timeouts end the attempt
                 error = exc
         assert error is not None
@@ -326,7 +514,7 @@ class _GuardedBackend(httpcore.NetworkBackend):
         raise httpcore.ConnectError("unix sockets are not allowed for API tasks")
 
     def sleep(self, seconds: float) -> None:
-        self._inner.sleep(seconds)
+        time.sleep(seconds)
 
 
 # Most specific first: the first match wins.
@@ -647,15 +835,18 @@ def execute(
     data: object = None,
     timeout: float = 30.0,
     body_cap: int = 256 * 1024,
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict:
     """Send the request and describe the response.
 
     Returns ``{"status_code", "url" (final), "headers" (masked), "body" (parsed JSON if the
     response is JSON and fits, else text cut at ``body_cap`` bytes with a marker),
-    "body_truncated", "elapsed_ms"}``. ``timeout`` bounds the whole call, redirects included.
-    Raises :class:`HttpTaskError` for a non-2xx answer (``response`` filled in), connection errors
-    and timeouts (retryable), blocked addresses, bad URLs, too many redirects, content codings refused
-    and decompression bombs (not retryable).
+    "body_truncated", "elapsed_ms"}``. ``timeout`` bounds the whole call, redirects included: name
+    lookups, connects, handshakes and every read and write. ``should_stop`` is asked every ``STOP_POLL``
+    seconds while the call waits, and abandons it when true; by default, inside a Celery worker, it asks
+    whether the task being run was revoked. Raises :class:`HttpTaskError` for a non-2xx answer
+    (``response`` filled in), connection errors and timeouts (retryable), blocked addresses, bad URLs, too
+    many redirects, content codings refused, decompression bombs and abandoned calls (not retryable).
 
     The secrets sent (values of secret headers, of secret-named query parameters and of secret-named
     body fields) never come back: wherever the answer or an error message repeats them -- an echo
@@ -663,13 +854,33 @@ def execute(
     URLs are masked. Secret-named fields of the answer's body (an OAuth ``access_token``) are masked too.
     """
     secrets = secret_values(headers, url, params, body=[json, data])
+    outer = getattr(_current, "deadline", None), getattr(_current, "should_stop", None)
+    _current.deadline = time.monotonic() + timeout if isinstance(timeout, int | float) and timeout > 0 else None
+    _current.should_stop = should_stop if should_stop is not None else _revoked_in_celery()
     try:
         result = _execute(client, method=method, url=url, headers=headers, params=params, json=json, data=data,
                           timeout=timeout, body_cap=body_cap)
     except HttpTaskError as exc:
         raise HttpTaskError(scrub(exc.message, secrets), _masked_body(scrub(exc.response, secrets)),
                             exc.retryable) from exc
+    finally:
+        _current.deadline, _current.should_stop = outer
     return _masked_body(scrub(result, secrets))
+
+
+def _revoked_in_celery() -> Callable[[], bool] | None:
+    """Inside a Celery worker's task: whether that task has been revoked since (``Service.stop`` revokes a
+    stopped run's task; the http worker's threads share the worker's set of revoked ids). None elsewhere."""
+    worker_state = sys.modules.get("celery.worker.state")
+    if worker_state is None:
+        return None
+    from celery import current_task
+
+    task_id = getattr(getattr(current_task, "request", None), "id", None)
+    if not task_id:
+        return None
+    revoked = worker_state.revoked
+    return lambda: task_id in revoked
 
 
 def _masked_body(described: typing.Any) -> typing.Any:
@@ -767,6 +978,8 @@ def _execute(
             response = client.send(request, stream=True)
         except BlockedAddress as exc:
             raise HttpTaskError(exc.message) from exc
+        except Abandoned:
+            raise HttpTaskError(f"abandoned the request to {_shown(current)}: its run was stopped") from None
         except (TypeError, ValueError) as exc:  # e.g. a body that is not JSON-serialisable
             raise HttpTaskError(f"could not build the request: {exc}") from exc
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
@@ -805,6 +1018,8 @@ def _execute(
             raise HttpTaskError(f"could not decode the response body from {_shown(current)}: {exc}") from None
         except _Bomb as exc:
             raise HttpTaskError(f"refused the response from {_shown(current)}: {exc}") from None
+        except Abandoned:
+            raise HttpTaskError(f"abandoned the request to {_shown(current)}: its run was stopped") from None
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise _transport_error(exc, current, timeout) from exc
         finally:

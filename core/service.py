@@ -410,6 +410,8 @@ class Service:
             self.store.add_metrics(*metrics.run_increments(task.kind.value, RunState.STOPPED, None), pipe=pipe)
             pipe.execute()
             if previous == RunState.RUNNING.value:
+                # An API run's thread cannot be killed; its request sees the revoke (the http worker's
+                # revoked set) within core.http.STOP_POLL and abandons itself, freeing the thread.
                 self.dispatcher.revoke(run.id, terminate=task.kind is not Kind.API)
             elif task.kind is Kind.REGISTERED:
                 self.dispatcher.revoke(run.id, terminate=False)

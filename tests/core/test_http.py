@@ -114,6 +114,19 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200, b"\x0b\x02\x80hello\x03", "text/plain", {"Content-Encoding": "br"})
         elif path == "/gzip-big":
             self._send(200, PLAIN_BIG, "text/plain", {"Content-Encoding": "gzip"})
+        elif path in ("/trickle-headers", "/trickle-body"):
+            self.server.trickling += 1
+            try:
+                head = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n"
+                self.wfile.write(head + (b"\r\n" if path == "/trickle-body" else b"X-Slow: "))
+                for _ in range(60):  # one byte a second, until the client hangs up (or a minute passes)
+                    self.wfile.write(b"a")
+                    self.wfile.flush()
+                    time.sleep(1)
+            except OSError:
+                pass
+            finally:
+                self.server.trickling -= 1
         else:
             self._send(404, b'{"error": "not found"}')
 
@@ -127,6 +140,7 @@ class Server(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), Handler)
         self.seen: list[dict] = []
         self.connections = 0
+        self.trickling = 0
 
     def process_request(self, request, client_address) -> None:
         self.connections += 1
@@ -176,15 +190,15 @@ def other(servers) -> Server:
 
 @pytest.fixture
 def connects(monkeypatch) -> list:
-    """Every TCP connect attempt the client makes (httpcore uses socket.create_connection)."""
+    """Every TCP connect attempt the client makes (core.http connects non-blocking, with connect_ex)."""
     calls: list = []
-    real = socket.create_connection
+    real = socket.socket.connect_ex
 
-    def record(address, *args, **kwargs):
+    def record(sock, address):
         calls.append(address)
-        return real(address, *args, **kwargs)
+        return real(sock, address)
 
-    monkeypatch.setattr(socket, "create_connection", record)
+    monkeypatch.setattr(socket.socket, "connect_ex", record)
     return calls
 
 
@@ -481,6 +495,59 @@ def test_more_than_one_content_coding_is_refused_without_inflating(client, serve
 def test_a_content_coding_not_asked_for_is_refused(client, server):
     with pytest.raises(HttpTaskError, match="'br' is not one taskman asked for"):
         execute(client, method="GET", url=server.url("/brotli"))
+
+
+@pytest.mark.parametrize("path", ["/trickle-headers", "/trickle-body"])
+def test_a_trickling_server_cannot_outlast_the_deadline(client, server, path):
+    started = time.monotonic()
+    with pytest.raises(HttpTaskError, match="timed out after 1.5s") as info:
+        execute(client, method="GET", url=server.url(path), timeout=1.5)
+    assert 1.4 < time.monotonic() - started < 2.2
+    assert info.value.retryable is True
+
+
+def test_should_stop_abandons_a_request_within_a_poll(client, server):
+    stop = threading.Event()
+    threading.Timer(0.5, stop.set).start()
+    started = time.monotonic()
+    with pytest.raises(HttpTaskError, match="abandoned the request") as info:
+        execute(client, method="GET", url=server.url("/trickle-headers"), timeout=30, should_stop=stop.is_set)
+    assert time.monotonic() - started < 0.5 + 0.5
+    assert info.value.retryable is False
+    assert _wait_until(lambda: server.trickling == 0, 3), "the server saw the connection closed"
+
+
+def test_should_stop_abandons_a_connect_that_hangs(client):
+    """A connect nobody answers is waited for a slice at a time too: a listener whose accept queue is full
+    drops further SYNs, so the connect hangs the way one to a black-holed address does."""
+    listener = socket.create_server(("127.0.0.1", 0), backlog=0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+        fillers.append(filler)
+    time.sleep(0.2)
+    started = time.monotonic()
+    try:
+        with pytest.raises(HttpTaskError) as info:
+            execute(client, method="GET", url=f"http://127.0.0.1:{port}/", timeout=30,
+                    should_stop=lambda: time.monotonic() - started > 0.3)
+    finally:
+        for sock in (*fillers, listener):
+            sock.close()
+    assert "abandoned" in info.value.message, info.value.message
+    assert time.monotonic() - started < 1.0
+
+
+def _wait_until(predicate, seconds: float) -> bool:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def test_timeout_is_retryable(client, server):

@@ -280,3 +280,44 @@ def test_decompression_bombs_fail_naming_the_cap_and_the_http_worker_stays_small
     assert worker.poll() is None, "the http worker is alive"
     print(f"http worker RSS: {before:.1f} MB before, {peak[0]:.1f} MB peak during the bombs")
     assert_stack_up(stack, http_server, clients)
+
+
+def test_a_trickling_server_cannot_outlast_the_timeout(stack, clients, http_server, hostile):
+    created = clients["operator"].post("/api/tasks", json={"name": marker(), "api_url": hostile.base + "/trickle",
+                                                           "timeout": 3})
+    assert created.status_code == 201, created.text
+    run = final_run(stack, created.json()["id"], timeout=30)
+    took = run.finished_at - run.started_at
+    assert run.state is RunState.TIMED_OUT and "timed out after 3s" in run.error, (run.state, run.error)
+    assert 3 <= took < 4, f"ended {took:.2f} s after it started, its timeout is 3 s"
+    assert wait_for(lambda: Hostile.trickling == 0, 5, message="the server to see the connection closed")
+    assert_stack_up(stack, http_server, clients)
+
+
+def test_stop_abandons_running_api_requests_and_frees_their_threads(stack, workers, clients, http_server, hostile):
+    operator = clients["operator"]
+    _, threads = http_worker(workers)
+    tasks = []
+    for _ in range(threads):  # every thread of the http worker held by a request that would last a minute
+        created = operator.post("/api/tasks", json={"name": marker(), "api_url": hostile.base + "/trickle",
+                                                    "timeout": 60})
+        assert created.status_code == 201, created.text
+        tasks.append(created.json()["id"])
+    wait_for(lambda: Hostile.trickling == threads, 20, message=f"{threads} requests trickling")
+    stopped_at = time.monotonic()
+    for task_id in tasks:
+        answer = operator.post(f"/api/tasks/{task_id}/stop")
+        assert answer.status_code == 200, answer.text
+    last_stop = time.monotonic()
+    wait_for(lambda: Hostile.trickling == 0, 10, interval=0.02, message="every trickling request abandoned")
+    abandoned_in = time.monotonic() - last_stop
+    follower = operator.post("/api/tasks", json={"name": marker(), "api_url": f"{http_server.base_url}/get"})
+    run = final_run(stack, follower.json()["id"], timeout=10)
+    assert run.state is RunState.SUCCEEDED, (run.state, run.error)
+    followed_in = time.monotonic() - last_stop
+    print(f"{threads} stops sent in {last_stop - stopped_at:.2f} s; every request abandoned {abandoned_in:.2f} s "
+          f"after the last; the next API task ended {followed_in:.2f} s after it")
+    assert abandoned_in < 2 and followed_in < 5
+    for task_id in tasks:
+        assert stack.get(task_id).runs[0].state is RunState.STOPPED, "a late finish never overwrites the stop"
+    assert_stack_up(stack, http_server, clients)
