@@ -14,7 +14,9 @@ errors are mapped to 422 naming the field.
 
 ``GET /api/logs`` is Server-Sent Events. A thread per stream follows the log stream with
 ``core.events.follow_logs`` (a blocking XREAD) and hands entries to the event loop; when the client
-goes away the response is cancelled and the thread stops within a second.
+goes away the response is cancelled and the thread stops within a second. A stream outlives the
+request that opened it, so its token is checked again every ``TOKEN_RECHECK_SECONDS``: once revoked,
+the stream sends an ``error`` event and ends.
 
 No ``from __future__ import annotations`` here: FastAPI reads the parameter annotations at runtime.
 """
@@ -48,6 +50,8 @@ log = logging.getLogger("taskman.api")
 VERSION = "1"
 MAX_PAGE = 1000
 KEEPALIVE_SECONDS = 15.0
+TOKEN_RECHECK_SECONDS = 2.0
+TICK_SECONDS = 1.0
 STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -252,8 +256,14 @@ def sse(entry_id: str, entry: dict[str, Any]) -> str:
     return f"id: {entry_id}\nevent: log\ndata: {json.dumps(entry, ensure_ascii=False)}\n\n"
 
 
+def sse_error(error: str, message: str) -> str:
+    """The event that ends a stream: what went wrong, in the API's error shape."""
+    return f"event: error\ndata: {json.dumps({'error': error, 'message': message})}\n\n"
+
+
 async def follow_in_thread(service: Service, task_id: str | None, cursor: str, stop: threading.Event):
-    """Log entries after ``cursor`` as they arrive; a thread does the blocking reads until ``stop``."""
+    """Log entries after ``cursor`` as they arrive (None every ``TICK_SECONDS`` without one); a thread does
+    the blocking reads until ``stop``."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue(maxsize=500)
     done = object()
@@ -284,7 +294,7 @@ async def follow_in_thread(service: Service, task_id: str | None, cursor: str, s
     threading.Thread(target=pump, name="taskman-api-logs", daemon=True).start()
     while True:
         try:
-            item = await asyncio.wait_for(queue.get(), timeout=KEEPALIVE_SECONDS)
+            item = await asyncio.wait_for(queue.get(), timeout=TICK_SECONDS)
         except TimeoutError:
             yield None
             continue
@@ -524,6 +534,7 @@ def create_app(service: Service, settings: Settings) -> FastAPI:
                         **_errors(401, 404, 422, 503)})
     async def follow_logs(
         svc: Caller,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
         task_id: Annotated[str | None, Query(max_length=200, description="Only this task's lines.")] = None,
         lines: Annotated[int, Query(ge=0, le=MAX_PAGE, description="Past lines to send first.")] = 0,
         last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", description="Resume after this id.")
@@ -542,15 +553,31 @@ def create_app(service: Service, settings: Settings) -> FastAPI:
         slots.take()
         stop = threading.Event()
 
+        secret = credentials.credentials if credentials else None
+
         async def stream():
             try:
                 yield "retry: 2000\n: following the log stream\n\n"
                 for entry_id, entry in history:
                     yield sse(entry_id, entry)
+                sent = checked = time.monotonic()
                 async for item in follow_in_thread(svc, task_id, cursor, stop):
-                    yield ": keep-alive\n\n" if item is None else sse(*item)
+                    now = time.monotonic()
+                    if now - checked >= TOKEN_RECHECK_SECONDS:
+                        checked = now
+                        try:
+                            await run_in_threadpool(auth.verify, svc.store, secret)
+                        except Unauthorized as exc:
+                            yield sse_error("Unauthorized", f"the stream ended: {exc.message}")
+                            return
+                    if item is not None:
+                        sent = now
+                        yield sse(*item)
+                    elif now - sent >= KEEPALIVE_SECONDS:
+                        sent = now
+                        yield ": keep-alive\n\n"
             except redis.exceptions.RedisError as exc:
-                yield f"event: error\ndata: {json.dumps({'error': 'NoRedis', 'message': str(exc)})}\n\n"
+                yield sse_error("NoRedis", str(exc))
             finally:
                 stop.set()
                 slots.give_back()

@@ -27,7 +27,7 @@ from core import auth
 from core.models import RunState
 from tests.conftest import wait_for
 from tests.e2e.apiserver import ApiServer, process_env
-from tests.e2e.test_hostile import assert_stack_up, final_run, marker
+from tests.e2e.test_hostile import assert_stack_up, cli_bytes, final_run, marker
 
 FAR_DELAY = 30 * 24 * 3600
 
@@ -53,6 +53,13 @@ def clients(api, stack):
     yield made
     for client in made.values():
         client.close()
+
+
+def cli(taskman_env, *args: str):
+    """``taskman ARGS``, output captured as text."""
+    done = cli_bytes(taskman_env, *args)
+    done.stdout, done.stderr = done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
+    return done
 
 
 def audit_ids(service) -> set[str]:
@@ -320,4 +327,40 @@ def test_stop_abandons_running_api_requests_and_frees_their_threads(stack, worke
     assert abandoned_in < 2 and followed_in < 5
     for task_id in tasks:
         assert stack.get(task_id).runs[0].state is RunState.STOPPED, "a late finish never overwrites the stop"
+    assert_stack_up(stack, http_server, clients)
+
+
+# -- 10. log streams that outlive their token ------------------------------------------------------
+
+
+def test_a_log_stream_closes_within_seconds_of_its_token_being_revoked(taskman_env, stack, api, clients,
+                                                                         http_server):
+    name = f"stream-{uuid.uuid4().hex[:6]}"
+    secret, _ = auth.create(stack.store, name, "viewer", actor="test")
+    other_secret, _ = auth.create(stack.store, f"{name}-other", "viewer", actor="test")
+    streams_before = clients["anonymous"].get("/api/health").json()["log_streams"]
+    timeout = httpx.Timeout(10, read=30)
+    with token_client(api, secret) as doomed, token_client(api, other_secret) as other:
+        doomed.timeout = other.timeout = timeout
+        with doomed.stream("GET", "/api/logs") as response, other.stream("GET", "/api/logs") as kept:
+            assert response.status_code == 200 and kept.status_code == 200
+            lines, kept_lines = response.iter_lines(), kept.iter_lines()
+            assert next(lines) == "retry: 2000" and next(kept_lines) == "retry: 2000"
+            revoked = cli(taskman_env, "token", "revoke", name)
+            assert revoked.returncode == 0, revoked.stderr
+            revoked_at = time.monotonic()
+            rest = list(lines)  # ends when the server closes the stream
+            closed_in = time.monotonic() - revoked_at
+            assert closed_in < 5, f"the stream outlived its token by {closed_in:.1f} s"
+            assert "event: error" in rest and any('"Unauthorized"' in line for line in rest), rest[-5:]
+            print(f"the stream ended {closed_in:.2f} s after `taskman token revoke`")
+            task = clients["operator"].post("/api/tasks", json={"name": marker(),
+                                                                "api_url": f"{http_server.base_url}/get"})
+            task_id = task.json()["id"]
+            for line in kept_lines:  # a stream whose token stands carries on, with the new task's lines
+                if task_id in line:
+                    break
+        assert doomed.get("/api/tasks").status_code == 401
+    wait_for(lambda: clients["anonymous"].get("/api/health").json()["log_streams"] == streams_before, timeout=5,
+             message="the streams' slots given back")
     assert_stack_up(stack, http_server, clients)
