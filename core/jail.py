@@ -123,19 +123,28 @@ def _run_child(request_fd: int, report_fd: int, report: WallReport, config: dict
         import fcntl
 
         report_fd, request_fd = (fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (report_fd, request_fd))
+        ruleset = config.get("ruleset")
+        if ruleset is not None:  # it may sit where the report pipe goes: move it out of the way first
+            ruleset = fcntl.fcntl(ruleset, fcntl.F_DUPFD, 10)
         null = os.open(os.devnull, os.O_RDWR)
         for target in (0, 1, 2):
             os.dup2(null, target)
         os.dup2(report_fd, RUN_FD)
         os.dup2(request_fd, RUN_FD + 1)
+        if ruleset is not None:
+            os.dup2(ruleset, RUN_FD + 2)
         from core import sandbox, walls
 
-        walls.close_descriptors_from(RUN_FD + 2)
+        walls.close_descriptors_from(RUN_FD + 3 if ruleset is not None else RUN_FD + 2)
         for number in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE, signal.SIGCHLD):
             signal.signal(number, signal.SIG_DFL)
         base_size = walls.address_space_bytes()
         walls.confine(report, Confinement(memory_bytes=None, cpu_seconds=None, jail_uid=config["jail_uid"],
-                                          readable=tuple(config["readable"])))
+                                          readable=tuple(config["readable"]),
+                                          ruleset=RUN_FD + 2 if ruleset is not None else None,
+                                          seccomp=config.get("seccomp")))
+        if ruleset is not None:
+            os.close(RUN_FD + 2)
         request = _read_request(RUN_FD + 1)  # walls are up before the run's code is even known
         limits = sandbox.Limits(**{**request["limits"], "allowed_imports": tuple(request["limits"]["allowed_imports"]),
                                    "stack_bytes": RUN_STACK_BYTES})
@@ -238,6 +247,8 @@ class _Template:
             except ImportError:
                 pass
         self.config["readable"] = walls.readable_roots()
+        self.config["ruleset"], _ = walls.build_ruleset(self.config["readable"])
+        self.config["seccomp"] = walls.seccomp_filter()
         self._warm_up(core.sandbox)
         gc.freeze()  # forked runs then never write to (and so copy) the template's objects when they collect
         probe = self._probe()
@@ -343,19 +354,21 @@ class _Template:
             pass  # the process died; its exit status says how
         os.close(run.request_fd)
         ending = self._relay(run.pid, run.report_fd, deadline, max_line)
-        if ending == "finished":  # answer first; the process is reaped while the worker records the run
-            _send(self.stdout, {"type": "exit", "ending": ending})
         os.close(run.report_fd)
+        if ending == "finished":  # answer and fork the next process first; reap this one after
+            _send(self.stdout, {"type": "exit", "ending": ending})
+            self.waiting = self._fork_run()
+            os.waitpid(run.pid, 0)
+            return ending
         _, status = os.waitpid(run.pid, 0)
         if ending == "gone":
             return "gone"
-        if ending != "finished":
-            exit_message: dict[str, Any] = {"type": "exit", "ending": ending}
-            if os.WIFSIGNALED(status):
-                exit_message["signal"] = signal.Signals(os.WTERMSIG(status)).name
-            else:
-                exit_message["code"] = os.WEXITSTATUS(status)
-            _send(self.stdout, exit_message)
+        exit_message: dict[str, Any] = {"type": "exit", "ending": ending}
+        if os.WIFSIGNALED(status):
+            exit_message["signal"] = signal.Signals(os.WTERMSIG(status)).name
+        else:
+            exit_message["code"] = os.WEXITSTATUS(status)
+        _send(self.stdout, exit_message)
         self.waiting = self._fork_run()
         return ending
 

@@ -235,12 +235,13 @@ def readable_roots() -> list[str]:
     return sorted(roots)
 
 
-def restrict_files(report: WallReport, readable: list[str]) -> None:
-    """Landlock: read beneath ``readable`` only, write and create nowhere; no TCP, no outside signals."""
+def build_ruleset(readable: list[str] | tuple[str, ...]) -> tuple[int | None, str]:
+    """A Landlock ruleset: read beneath ``readable`` only, write and create nowhere, no TCP, no outside
+    signals. Returns (its descriptor, the ABI) or (None, why not). Built once in the jail's template;
+    each run process only has to enforce it."""
     abi = landlock_abi()
     if abi <= 0:
-        report.raise_("landlock", False, "the kernel offers no Landlock (Linux 5.13+, enabled as an LSM)")
-        return
+        return None, "the kernel offers no Landlock (Linux 5.13+, enabled as an LSM)"
     handled_fs = (1 << 13) - 1  # ABI 1: execute … make_sym
     if abi >= 2:
         handled_fs |= 1 << 13  # refer
@@ -259,30 +260,44 @@ def restrict_files(report: WallReport, readable: list[str]) -> None:
     buffer = ctypes.create_string_buffer(attr, len(attr))
     ruleset = _libc.syscall(_SYS_LANDLOCK_CREATE_RULESET, buffer, ctypes.c_size_t(len(attr)), ctypes.c_uint32(0))
     if ruleset < 0:
-        report.raise_("landlock", False, f"landlock_create_ruleset: {_errno_text()}")
-        return
+        return None, f"landlock_create_ruleset: {_errno_text()}"
+    for path in readable:
+        try:
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            access = _FS_READ if os.path.isdir(path) else _FS_READ_FILE
+            rule = ctypes.create_string_buffer(struct.pack("=Qi", access, fd), 12)
+            if _libc.syscall(_SYS_LANDLOCK_ADD_RULE, ctypes.c_int(ruleset), ctypes.c_int(_LANDLOCK_RULE_PATH_BENEATH),
+                             rule, ctypes.c_uint32(0)) != 0:
+                why = f"landlock_add_rule({path}): {_errno_text()}"
+                os.close(ruleset)
+                return None, why
+        finally:
+            os.close(fd)
+    return int(ruleset), str(abi)
+
+
+def restrict_files(report: WallReport, readable: list[str] | tuple[str, ...], ruleset: int | None = None) -> None:
+    """Enforce Landlock on this process: ``ruleset`` if one was built already, else one built now."""
+    own = ruleset is None
+    if own:
+        ruleset, detail = build_ruleset(readable)
+        if ruleset is None:
+            report.raise_("landlock", False, detail)
+            return
+    else:
+        detail = str(landlock_abi())
     try:
-        for path in readable:
-            try:
-                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-            except OSError:
-                continue
-            try:
-                access = _FS_READ if os.path.isdir(path) else _FS_READ_FILE
-                rule = ctypes.create_string_buffer(struct.pack("=Qi", access, fd), 12)
-                if _libc.syscall(_SYS_LANDLOCK_ADD_RULE, ctypes.c_int(ruleset), ctypes.c_int(_LANDLOCK_RULE_PATH_BENEATH),
-                                 rule, ctypes.c_uint32(0)) != 0:
-                    report.raise_("landlock", False, f"landlock_add_rule({path}): {_errno_text()}")
-                    return
-            finally:
-                os.close(fd)
         if _libc.syscall(_SYS_LANDLOCK_RESTRICT_SELF, ctypes.c_int(ruleset), ctypes.c_uint32(0)) != 0:
             report.raise_("landlock", False, f"landlock_restrict_self: {_errno_text()}")
             return
     finally:
-        os.close(ruleset)
+        if own:
+            os.close(ruleset)
     report.raise_("landlock", True)
-    report.why["landlock_abi"] = str(abi)
+    report.why["landlock_abi"] = detail
 
 
 # -- seccomp -----------------------------------------------------------------------------------------
@@ -410,19 +425,36 @@ def seccomp_program(machine: str, own_pid: int) -> list[tuple[int, int, int, int
     return [(code, offset(jt, at), offset(jf, at), k) for at, (code, jt, jf, k) in enumerate(program)]
 
 
-def install_seccomp(report: WallReport) -> None:
-    """Load the filter into this process (needs no_new_privs first); it can never be removed."""
-    program = seccomp_program(platform.machine(), os.getpid()) if platform.system() == "Linux" else None
+_PID_PLACEHOLDER = 0x7EADBEEF
+"""Stands for the run's own pid in a filter built before the run process exists (pids stay below 2**22)."""
+
+
+def seccomp_filter(machine: str | None = None) -> bytes | None:
+    """The filter as the kernel reads it, with :data:`_PID_PLACEHOLDER` for the pid; None where unsupported."""
+    if platform.system() != "Linux":
+        return None
+    program = seccomp_program(machine or platform.machine(), _PID_PLACEHOLDER)
     if program is None:
-        report.raise_("seccomp", False, f"no syscall table for {platform.machine()}")
-        return
+        return None
     raw = b"".join(struct.pack("=HBBI", code, jt, jf, k) for code, jt, jf, k in program)
+    if raw.count(struct.pack("=I", _PID_PLACEHOLDER)) != len(SELF_ONLY):
+        raise RuntimeError("the seccomp filter's pid placeholder is ambiguous")
+    return raw
+
+
+def install_seccomp(report: WallReport, prebuilt: bytes | None = None) -> None:
+    """Load the filter into this process (needs no_new_privs first); it can never be removed."""
+    raw = prebuilt if prebuilt is not None else seccomp_filter()
+    if raw is None:
+        report.raise_("seccomp", False, f"no syscall table for {platform.system()} {platform.machine()}")
+        return
+    raw = raw.replace(struct.pack("=I", _PID_PLACEHOLDER), struct.pack("=I", os.getpid()))
     filters = ctypes.create_string_buffer(raw, len(raw))
 
     class SockFprog(ctypes.Structure):
         _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
-    fprog = SockFprog(len(program), ctypes.addressof(filters))
+    fprog = SockFprog(len(raw) // 8, ctypes.addressof(filters))
     result = _libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0)
     if result != 0:
         report.raise_("seccomp", False, f"prctl(PR_SET_SECCOMP): {_errno_text()}")
@@ -442,6 +474,10 @@ class Confinement:
     jail_uid: int = DEFAULT_JAIL_UID
     open_files: int = 32
     readable: tuple[str, ...] = ()
+    ruleset: int | None = None
+    """A Landlock ruleset built beforehand (``build_ruleset``); None: build one from ``readable``."""
+    seccomp: bytes | None = None
+    """A seccomp filter built beforehand (``seccomp_filter``); None: build it now."""
 
 
 def confine(report: WallReport, confinement: Confinement) -> WallReport:
@@ -453,9 +489,9 @@ def confine(report: WallReport, confinement: Confinement) -> WallReport:
     die_with_parent()
     prctl(PR_SET_DUMPABLE, 0)
     report.raise_("no_new_privs", prctl(PR_SET_NO_NEW_PRIVS, 1), _errno_text())
-    restrict_files(report, list(confinement.readable))
+    restrict_files(report, confinement.readable, confinement.ruleset)
     if report.up["no_new_privs"]:
-        install_seccomp(report)
+        install_seccomp(report, confinement.seccomp)
     else:
         report.raise_("seccomp", False, "needs no_new_privs")
     return report
