@@ -14,7 +14,7 @@ import threading
 
 from celery import signals
 
-from core import builtins
+from core import builtins, http
 from core.config import Settings
 from core.dispatch import CODE_QUEUE, CODE_TASK, FENCE_HEADER, HTTP_TASK, OWN_TASKS, make_celery
 from core.jail import Jail
@@ -101,6 +101,14 @@ def _failed(sender=None, task_id=None, exception=None, einfo=None, **_):
         state, error = RunState.FAILED, f"{name}: {exception}"
     trace = str(einfo) if einfo is not None else format_exception(exception)
     runner().registered_finished(task_id, state, error=error, traceback=trace)
+
+
+@signals.worker_init.connect
+def _limit_http_memory(sender=None, **_):
+    """A threads pool runs its API requests in this very process: cap its data memory. (A prefork parent
+    is left alone: its code-run children would inherit the limit.)"""
+    if "thread" in str(getattr(sender, "pool_cls", "")).lower():
+        http.limit_memory(settings.http_memory_limit_mb)
 
 
 @signals.worker_process_init.connect

@@ -121,6 +121,9 @@ class Settings(BaseSettings):
     api_rate_per_minute: int = Field(600, ge=1)
     """Changes one API token may make per minute (a batch create counts each task; bursts up to a
     minute's worth). Shared by every API process through Redis; more get 429 with ``Retry-After``."""
+    celery_events: bool = False
+    """Send Celery's task events (for Flower and ``celery events``). Off, as in Celery: taskman's own
+    events stream feeds its console, and workers mark themselves alive without them."""
     dead_worker_grace: float = Field(30.0, gt=0)
     """Seconds a worker may stay silent (no heartbeat) before its running runs are handed to another worker."""
     heartbeat_ttl: float = 10.0

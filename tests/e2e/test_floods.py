@@ -364,3 +364,16 @@ def test_a_log_stream_closes_within_seconds_of_its_token_being_revoked(taskman_e
     wait_for(lambda: clients["anonymous"].get("/api/health").json()["log_streams"] == streams_before, timeout=5,
              message="the streams' slots given back")
     assert_stack_up(stack, http_server, clients)
+
+
+def test_only_the_http_worker_has_a_data_memory_limit(workers):
+    """The threads-pool worker runs every API request in one process: its data memory is capped; the
+    prefork code worker (whose children would inherit a limit) is not."""
+    def max_data(pid: int) -> str:
+        line = next(line for line in open(f"/proc/{pid}/limits") if line.startswith("Max data size"))
+        return line.split()[3]
+
+    by_queue = {("http" if "http" in child.args else "code"): child for child in workers.children
+                if "worker" in child.args and child.poll() is None}
+    assert max_data(by_queue["http"].pid) == str(1024 * 1024 * 1024)
+    assert max_data(by_queue["code"].pid) == "unlimited"
