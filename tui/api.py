@@ -30,10 +30,10 @@ import time
 from typing import Annotated, Any
 
 import redis
-from fastapi import Depends, FastAPI, Header, Path, Query, Request
+from fastapi import Depends, FastAPI, Header, Path, Query, Request, responses
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
@@ -44,6 +44,16 @@ from core.config import Settings
 from core.errors import InvalidSpec, RateLimited, TaskmanError, Unauthorized
 from core.models import Kind, Mode, RunState, TaskSpec, TaskState
 from core.service import MAX_BATCH, Service
+from core.text import json_text
+
+
+class JSONResponse(responses.JSONResponse):
+    """JSON with DEL, C1 and bidi controls escaped (``\\u009b``): a task's data curl'ed into a terminal
+    cannot drive it. The same JSON value; only its spelling changes."""
+
+    def render(self, content: Any) -> bytes:
+        return json_text(content, allow_nan=False, separators=(",", ":")).encode("utf-8")
+
 
 log = logging.getLogger("taskman.api")
 
@@ -253,7 +263,7 @@ class StreamSlots:
 
 def sse(entry_id: str, entry: dict[str, Any]) -> str:
     """One log entry as a Server-Sent Event (``id`` lets a client resume with Last-Event-ID)."""
-    return f"id: {entry_id}\nevent: log\ndata: {json.dumps(entry, ensure_ascii=False)}\n\n"
+    return f"id: {entry_id}\nevent: log\ndata: {json_text(entry)}\n\n"
 
 
 def sse_error(error: str, message: str) -> str:
@@ -325,7 +335,7 @@ headers, query parameters and body fields as `***`). A missing or wrong token ge
 
 def create_app(service: Service, settings: Settings) -> FastAPI:
     """The FastAPI application serving ``service`` (one Redis namespace) with ``settings``' limits."""
-    app = FastAPI(title="taskman", version=VERSION, description=DESCRIPTION,
+    app = FastAPI(title="taskman", version=VERSION, description=DESCRIPTION, default_response_class=JSONResponse,
                   openapi_tags=[{"name": "tasks"}, {"name": "runs"}, {"name": "logs"}, {"name": "admin"},
                                 {"name": "monitoring"}])
     bearer = HTTPBearer(auto_error=False, description="A taskman API token (`taskman token create`).")

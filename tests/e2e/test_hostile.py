@@ -213,7 +213,7 @@ FAILING_CODE = '''def f():
 '''
 
 
-def test_control_characters_from_task_data_are_made_visible_in_the_cli(taskman_env, stack, http_server):
+def test_control_characters_from_task_data_are_made_visible_in_the_cli(taskman_env, stack, http_server, clients):
     prefix = marker()
     loud = stack.create({"name": f"\u202e{prefix}-loud", "function_code": HOSTILE_CODE, "function_name": "f"})
     failing = stack.create({"name": f"{prefix}-fails", "function_code": FAILING_CODE, "function_name": "f"})
@@ -242,6 +242,12 @@ def test_control_characters_from_task_data_are_made_visible_in_the_cli(taskman_e
     listed = cli_bytes(taskman_env, "list", "--name", prefix).stdout
     assert_no_raw_control(listed, "taskman list")
     assert b"\\u202e" in listed
+    for task in (loud, failing, echoed):  # the REST API too: curl'ed into a terminal, it must not drive it
+        for path in (f"/api/tasks/{task.id}", f"/api/tasks/{task.id}/runs"):
+            answer = clients["viewer"].get(path)
+            assert answer.status_code == 200
+            assert_no_raw_control(answer.content, f"GET {path}")
+    assert clients["viewer"].get(f"/api/tasks/{loud.id}").json()["runs"][0]["result"].startswith("\x1b]52;c;")
 
     for field, value in (("name", "title\x1b]0;owned\x07"), ("name", "a\x9bb"), ("name", "tab\there"),
                          ("description", "clip \x1b]52;c;eA==\x07"), ("description", "del\x7f"),
