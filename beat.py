@@ -11,8 +11,8 @@ from celery.beat import Scheduler as CeleryScheduler
 
 from core.config import Settings
 from core.dispatch import Dispatcher
-from core.scheduler import Scheduler, refuse_evicting_redis
 from core.embedded import resolve_redis_url
+from core.scheduler import Scheduler, refuse_evicting_redis
 from core.store import Store
 
 

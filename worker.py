@@ -17,8 +17,8 @@ from celery import signals
 from core import builtins, http
 from core.config import Settings
 from core.dispatch import CODE_QUEUE, CODE_TASK, FENCE_HEADER, HTTP_TASK, OWN_TASKS, make_celery
-from core.jail import Jail
 from core.embedded import resolve_redis_url
+from core.jail import Jail
 from core.models import RunState
 from core.runner import Runner, format_exception
 from core.store import Store
@@ -136,8 +136,8 @@ def _isolation() -> dict:
     try:
         report = probe.start()
     except Exception as exc:
-        return {"up": {}, "why": {"jail": str(exc)}, "missing": ["fresh_process"], "accept_weak": settings.jail_accept_weak,
-                "unrestricted_test_mode": UNRESTRICTED_CODE}
+        return {"up": {}, "why": {"jail": str(exc)}, "missing": ["fresh_process"],
+                "accept_weak": settings.jail_accept_weak, "unrestricted_test_mode": UNRESTRICTED_CODE}
     finally:
         probe.close()
     return {**report.to_dict(), "missing": report.missing(), "accept_weak": settings.jail_accept_weak,

@@ -82,7 +82,8 @@ def main() -> None:
     print(f"tasks: {n}, Redis on 127.0.0.1")
     print(f"service.list of all tasks        {list_s * 1000:8.0f} ms")
     print(f"console: all rows shown after    {figures['load_s'] * 1000:8.0f} ms")
-    print(f"change elsewhere → row updated   {figures['update_ms']:8.1f} ms median, {figures['update_max_ms']:.1f} ms max")
+    print(f"change elsewhere → row updated   {figures['update_ms']:8.1f} ms median, "
+          f"{figures['update_max_ms']:.1f} ms max")
     print(f"Redis commands/s, no console     {baseline:8.2f} (baseline)")
     print(f"Redis commands/s, idle console   {figures['idle_calls_per_s']:8.2f}   "
           f"(+{figures['idle_calls_per_s'] - baseline:.2f} over the baseline)")

@@ -78,14 +78,16 @@ def main() -> None:
     for label, source in SOURCES.items():
         outcome = jail.run(source, "main", [], {}, Limits(), 10)
         assert outcome.status == "done", outcome
-        plain = timed(lambda: execute(source, "main", [], {}, Limits()), n)
-        jailed = timed(lambda: jail.run(source, "main", [], {}, Limits(), 10), n)
+        plain = timed(lambda source=source: execute(source, "main", [], {}, Limits()), n)
+        jailed = timed(lambda source=source: jail.run(source, "main", [], {}, Limits(), 10), n)
         added50 = statistics.median(jailed) - statistics.median(plain)
         added99 = percentile(jailed, 0.99) - percentile(plain, 0.99)
         print(f"\n{label}  ({n} runs each)")
-        print(f"  in-process sandbox   p50 {statistics.median(plain) * 1000:7.2f} ms   p99 {percentile(plain, 0.99) * 1000:7.2f} ms"
+        print(f"  in-process sandbox   p50 {statistics.median(plain) * 1000:7.2f} ms"
+              f"   p99 {percentile(plain, 0.99) * 1000:7.2f} ms"
               f"   {n / sum(plain):8.0f} runs/s")
-        print(f"  jailed               p50 {statistics.median(jailed) * 1000:7.2f} ms   p99 {percentile(jailed, 0.99) * 1000:7.2f} ms"
+        print(f"  jailed               p50 {statistics.median(jailed) * 1000:7.2f} ms"
+              f"   p99 {percentile(jailed, 0.99) * 1000:7.2f} ms"
               f"   {n / sum(jailed):8.0f} runs/s")
         print(f"  added by the jail    p50 {added50 * 1000:7.2f} ms   p99 {added99 * 1000:7.2f} ms"
               f"   throughput ratio {sum(plain) / sum(jailed):.2f}x   (back to back)")
@@ -93,9 +95,11 @@ def main() -> None:
         def spaced() -> None:
             time.sleep(0.02)  # runs that arrive apart find their walled process forked and waiting
 
-        alone = [took for took in timed(lambda: (spaced(), jail.run(source, "main", [], {}, Limits(), 10)), n // 3)]
+        alone = [took for took in timed(
+            lambda source=source: (spaced(), jail.run(source, "main", [], {}, Limits(), 10)), n // 3)]
         alone = [took - 0.02 for took in alone]
-        print(f"  one run at a time    p50 {statistics.median(alone) * 1000:7.2f} ms   p99 {percentile(alone, 0.99) * 1000:7.2f} ms"
+        print(f"  one run at a time    p50 {statistics.median(alone) * 1000:7.2f} ms"
+              f"   p99 {percentile(alone, 0.99) * 1000:7.2f} ms"
               f"   (20 ms apart: the latency a single run sees)")
         with ProcessPoolExecutor(2) as pool:
             two_plain = sum(pool.map(_worker, [("plain", source, n)] * 2))

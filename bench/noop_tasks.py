@@ -2,8 +2,8 @@
 
 import redis
 
-from worker import app, settings
 from core.embedded import resolve_redis_url
+from worker import app, settings
 
 _counter = None
 

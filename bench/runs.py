@@ -125,7 +125,8 @@ def main() -> None:
     print(f"taskman registered no-op         {registered:8.0f} runs/s   ratio {registered / raw:.2f}x of raw")
     print(f"taskman sandboxed code run       {code:8.0f} runs/s   ratio {code / raw:.2f}x of raw")
     print(f"scheduler idle tick, 10 due      {tick_ms[10]:8.3f} ms (median)")
-    print(f"scheduler idle tick, 10,000 due  {tick_ms[10_000]:8.3f} ms (median)   ratio {tick_ms[10_000] / tick_ms[10]:.2f}x")
+    print(f"scheduler idle tick, 10,000 due  {tick_ms[10_000]:8.3f} ms (median)"
+          f"   ratio {tick_ms[10_000] / tick_ms[10]:.2f}x")
     lags.sort()
     print(f"200 delayed runs due at once: lateness p50 {lags[len(lags) // 2]:.1f} ms, "
           f"p99 {lags[int(len(lags) * 0.99) - 1]:.1f} ms, max {lags[-1]:.1f} ms")

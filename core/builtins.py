@@ -36,7 +36,7 @@ def prune_history(store: Store) -> dict:
         pipe = store.redis.pipeline(transaction=False)
         for run_id in run_ids:
             pipe.exists(store.keys.run(run_id))
-        gone = [run_id for run_id, exists in zip(run_ids, pipe.execute()) if not exists]
+        gone = [run_id for run_id, exists in zip(run_ids, pipe.execute(), strict=True) if not exists]
         if gone:
             store.redis.zrem(key, *gone)
             removed += len(gone)

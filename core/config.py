@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-
 from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 from core.allowed_imports import SANDBOX_IMPORTS
-
 
 MIN_MEMORY_LIMIT_MB = 32
 """Smallest memory limit of a code run: below it the interpreter's own stack growth can fail (SIGSEGV)."""

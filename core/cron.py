@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -75,7 +75,7 @@ _FIELD_CHARS = str.maketrans({c: " " for c in ",-/#()"})
 _LOOKAHEAD = timedelta(hours=3)
 """Largest backward clock change allowed for: how far ahead to look for one when searching."""
 
-_UTC = timezone.utc
+_UTC = UTC
 _ONE_SECOND = timedelta(seconds=1)
 
 
@@ -123,7 +123,8 @@ def _parse(expr: str) -> _Spec:
     """Validate ``expr`` (anything but 'never fires') and normalise it; errors are not cached."""
     text = expr.strip()
     if not text:
-        raise InvalidSpec("cron_expression", "is empty; give 5 fields such as '*/5 * * * *' or an alias such as '@daily'")
+        raise InvalidSpec("cron_expression",
+                          "is empty; give 5 fields such as '*/5 * * * *' or an alias such as '@daily'")
     if len(expr) > MAX_EXPRESSION_LENGTH:
         raise InvalidSpec(
             "cron_expression", f"is too long ({len(expr)} characters; at most {MAX_EXPRESSION_LENGTH})"

@@ -11,8 +11,19 @@ from celery import Celery
 
 from core.config import Settings
 from core.errors import InvalidSpec
-from core.models import (CODE_QUEUE, CODE_TASK, HTTP_QUEUE, HTTP_TASK, INTERNAL_TASKS, REGISTERED_QUEUE, Kind, Run,
-                         Task, internal_task_refusal, queue_refusal)
+from core.models import (
+    CODE_QUEUE,
+    CODE_TASK,
+    HTTP_QUEUE,
+    HTTP_TASK,
+    INTERNAL_TASKS,
+    REGISTERED_QUEUE,
+    Kind,
+    Run,
+    Task,
+    internal_task_refusal,
+    queue_refusal,
+)
 from core.store import Keys
 
 OWN_TASKS = INTERNAL_TASKS

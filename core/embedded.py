@@ -25,10 +25,10 @@ import socket
 import stat
 import subprocess
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, IO
+from typing import IO, Any
 from urllib.parse import quote
 
 import redis
@@ -379,7 +379,7 @@ def write_address(data_dir: Path, url: str, pid: int, owner: int | None = None) 
     path = data_dir / ADDRESS_FILE
     body = json.dumps(
         {"url": url, "pid": pid, "owner": owner,
-         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+         "started_at": datetime.now(UTC).isoformat(timespec="seconds")}
     )
     tmp = data_dir / f".{ADDRESS_FILE}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

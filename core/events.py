@@ -7,8 +7,8 @@ readers here get the recent past and then block on XREAD for what comes next.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from enum import StrEnum
-from typing import Callable, Iterator
 
 from core.store import Store
 

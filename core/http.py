@@ -35,11 +35,11 @@ from __future__ import annotations
 
 import codecs
 import errno
+import functools
 import ipaddress
 import json as jsonlib
 import logging
 import os
-import re
 import select
 import socket
 import ssl
@@ -372,7 +372,7 @@ def _resolve(resolve: Callable[[], list[str]], timeout: float | None, host: str)
         try:
             return lookup.result(timeout=seconds)
         except TimeoutError:  # concurrent.futures' own, which carries no errno
-            raise socket.timeout() from None
+            raise TimeoutError() from None
 
     return _sliced(step, timeout, httpcore.ConnectTimeout, f"resolving {host}")
 
@@ -395,7 +395,7 @@ def _connect(address: str, port: int, timeout: float | None, local_address: str 
 
             def step(seconds: float) -> None:
                 if not poller.poll(max(1, int(seconds * 1000))):
-                    raise socket.timeout()
+                    raise TimeoutError()
 
             _sliced(step, timeout, httpcore.ConnectTimeout, f"connecting to {address}")
             error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
@@ -430,7 +430,7 @@ class _Stream(httpcore.NetworkStream):
         data = memoryview(buffer)
         try:
             while data:
-                sent = _sliced(_on_socket(self._sock, lambda: self._sock.send(data)), timeout,
+                sent = _sliced(_on_socket(self._sock, functools.partial(self._sock.send, data)), timeout,
                                httpcore.WriteTimeout, "sending the request")
                 data = data[sent:]
         except (Abandoned, httpcore.WriteTimeout):
@@ -967,7 +967,7 @@ def _execute(
     current = httpx.URL(url).copy_merge_params(params) if params else httpx.URL(url)
     max_redirects = client.max_redirects
 
-    for hop in range(max_redirects + 1):
+    for _hop in range(max_redirects + 1):
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise HttpTaskError(f"timed out after {timeout:g}s calling {_shown(current)}", retryable=True)

@@ -31,8 +31,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 from core.walls import Confinement, WallReport
 
@@ -148,7 +149,8 @@ def _run_child(request_fd: int, report_fd: int, report: WallReport, config: dict
         request = _read_request(RUN_FD + 1)  # walls are up before the run's code is even known
         limits = sandbox.Limits(**{**request["limits"], "allowed_imports": tuple(request["limits"]["allowed_imports"]),
                                    "stack_bytes": RUN_STACK_BYTES})
-        memory = base_size + limits.memory_limit_mb * 1024 * 1024 + RUN_STACK_BYTES if limits.memory_limit_mb > 0 else None
+        memory = (base_size + limits.memory_limit_mb * 1024 * 1024 + RUN_STACK_BYTES
+                  if limits.memory_limit_mb > 0 else None)
         walls.limit_run(report, memory_bytes=memory, cpu_seconds=max(1, int(request["timeout"]) + 2))
         if report.missing() and not request["accept_weak"]:
             _send(RUN_FD, {"type": "error", "reason": "refused", "output": "", "traceback": "",
@@ -187,8 +189,8 @@ def _run_child(request_fd: int, report_fd: int, report: WallReport, config: dict
     except BaseException as exc:
         code = 70
         try:
-            _send(RUN_FD, {"type": "error", "reason": "jail", "message": f"the jail failed: {type(exc).__name__}: {exc}",
-                           "traceback": "", "output": ""})
+            _send(RUN_FD, {"type": "error", "reason": "jail",
+                           "message": f"the jail failed: {type(exc).__name__}: {exc}", "traceback": "", "output": ""})
         except BaseException:
             pass
     finally:
@@ -502,7 +504,8 @@ class Jail:
         self.start()
         request = {"type": "run", "source": source, "function_name": function_name, "args": args, "kwargs": kwargs,
                    "limits": {**asdict(limits), "allowed_imports": list(limits.allowed_imports)},
-                   "timeout": timeout, "grace": self.grace, "accept_weak": self.accept_weak, "unrestricted": self.unrestricted}
+                   "timeout": timeout, "grace": self.grace, "accept_weak": self.accept_weak,
+                   "unrestricted": self.unrestricted}
         try:
             self._write(request)
         except OSError:

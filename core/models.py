@@ -11,7 +11,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -233,7 +233,8 @@ class TaskSpec(BaseModel):
             data = dict(data)
             mode = data.pop("mode")
             if mode is not None and "task_type" in data and data["task_type"] != mode:
-                raise InvalidSpec("mode", f"{mode!r} contradicts task_type {data['task_type']!r}; give only one of them")
+                raise InvalidSpec("mode",
+                                  f"{mode!r} contradicts task_type {data['task_type']!r}; give only one of them")
             data.setdefault("task_type", mode)
         return data
 
@@ -267,14 +268,16 @@ class TaskSpec(BaseModel):
         if self.task_type is Mode.DELAYED and self.delay_seconds is None:
             raise InvalidSpec("delay_seconds", "a delayed task needs delay_seconds (seconds from now)")
         if self.task_type is not Mode.DELAYED and self.delay_seconds is not None:
-            raise InvalidSpec("delay_seconds", f"only a 'delayed' task takes delay_seconds, this one is {self.task_type.value!r}")
+            raise InvalidSpec("delay_seconds",
+                              f"only a 'delayed' task takes delay_seconds, this one is {self.task_type.value!r}")
         if self.task_type is Mode.SCHEDULED:
             if not self.cron_expression:
                 raise InvalidSpec("cron_expression", "a scheduled task needs a cron expression, e.g. '*/5 * * * *'")
             cron.check_timezone(self.timezone)
             cron.check_expression(self.cron_expression, self.timezone)
         elif self.cron_expression is not None:
-            raise InvalidSpec("cron_expression", f"only a 'scheduled' task takes a cron expression, this one is {self.task_type.value!r}")
+            raise InvalidSpec("cron_expression",
+                              f"only a 'scheduled' task takes a cron expression, this one is {self.task_type.value!r}")
         else:
             cron.check_timezone(self.timezone)
         return self
@@ -530,4 +533,4 @@ def iso(timestamp: float | None) -> str | None:
     """A Unix timestamp as ISO 8601 in UTC with its offset, or None."""
     if timestamp is None:
         return None
-    return datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.fromtimestamp(timestamp, tz=UTC).isoformat(timespec="milliseconds")

@@ -52,7 +52,10 @@ import abc
 import ast
 import builtins
 import dataclasses
+import datetime as _datetime
+import decimal as _decimal
 import dis
+import fractions as _fractions
 import functools
 import gc
 import inspect
@@ -68,13 +71,10 @@ import sys
 import threading
 import types
 from collections import Counter, OrderedDict, UserString, defaultdict, deque
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
-
-import datetime as _datetime
-import decimal as _decimal
-import fractions as _fractions
+from typing import Any
 
 from RestrictedPython import RestrictingNodeTransformer, compile_restricted_exec, safe_builtins
 from RestrictedPython.Guards import (
@@ -459,10 +459,10 @@ def _exposable(value: object) -> bool:
     return inspect.isroutine(value) or isinstance(value, type) or _is_constant(value)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _module_attrs(name: str) -> types.MappingProxyType:
     """The public functions, classes and constants of module ``name`` (imported for real, once)."""
-    module = __import__(name, fromlist=["_"])  # noqa: the real import, for our own use
+    module = __import__(name, fromlist=["_"])  # the real import, for our own use
     public = getattr(module, "__all__", None)
     names = list(public) if public is not None else [n for n in dir(module) if not n.startswith("_")]
     excluded = _EXCLUDED_NAMES.get(name, frozenset())

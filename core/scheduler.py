@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import redis
 from kombu.exceptions import OperationalError
@@ -138,7 +138,7 @@ class Scheduler:
                   trigger="cron" if task.mode is Mode.SCHEDULED else "delay", queued_at=now, scheduled_for=due_at)
         next_due = None
         if task.mode is Mode.SCHEDULED:
-            after = datetime.fromtimestamp(max(now, due_at), tz=timezone.utc)
+            after = datetime.fromtimestamp(max(now, due_at), tz=UTC)
             next_due = cron.next_fire(task.spec.cron_expression or "", task.spec.timezone, after).timestamp()
         event = run_event(EventType.RUN_QUEUED, run, trigger=run.trigger, lag_ms=round(self.last_lag * 1000, 3))
         if self.store.fire(task, run, next_due, now, event, send_guard_at=now + self.lease):

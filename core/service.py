@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import copy
 import time
-from datetime import datetime, timezone
-from typing import Any, Iterable
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
 
 from core import audit, auth, builtins, cron, metrics, redact
 from core.config import Settings
@@ -23,8 +24,20 @@ from core.dispatch import Dispatcher, make_celery
 from core.embedded import resolve_redis_url
 from core.errors import Conflict, InvalidSpec, NotFound
 from core.events import EventType
-from core.models import (CODE_QUEUE, HTTP_QUEUE, REGISTERED_QUEUE, Kind, Mode, Run, RunState, Task, TaskSpec,
-                         TaskState, merge_changes, parse_spec)
+from core.models import (
+    CODE_QUEUE,
+    HTTP_QUEUE,
+    REGISTERED_QUEUE,
+    Kind,
+    Mode,
+    Run,
+    RunState,
+    Task,
+    TaskSpec,
+    TaskState,
+    merge_changes,
+    parse_spec,
+)
 from core.runner import new_id, run_event
 from core.store import Store, due_member_for_run, due_member_for_task
 
@@ -172,7 +185,7 @@ class Service:
         if spec.task_type is Mode.DELAYED:
             return now + (spec.delay_seconds or 0.0)
         return cron.next_fire(spec.cron_expression or "", spec.timezone,
-                              datetime.fromtimestamp(now, tz=timezone.utc)).timestamp()
+                              datetime.fromtimestamp(now, tz=UTC)).timestamp()
 
     def _send(self, task: Task, run: Run) -> None:
         try:
@@ -282,7 +295,8 @@ class Service:
             return True, f"code runs jailed: every wall up on {len(reports)} code worker{'s' * (len(reports) > 1)}"
         parts = []
         for worker, report in sorted(weak.items()):
-            verdict = "runs code anyway (TASKMAN_JAIL_ACCEPT_WEAK)" if report.get("accept_weak") else "refuses code runs"
+            verdict = ("runs code anyway (TASKMAN_JAIL_ACCEPT_WEAK)" if report.get("accept_weak")
+                       else "refuses code runs")
             parts.append(f"{worker}: {', '.join(report['missing'])} down, {verdict}")
         return False, "isolation walls down - " + "; ".join(parts)
 

@@ -38,8 +38,9 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import redis
 
@@ -196,7 +197,9 @@ return current
 # false if the run is no longer running under that fence (it is then dropped from the running set).
 REQUEUE = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'running' or (redis.call('HGET', KEYS[1], 'fence') or '0') ~= ARGV[1] then
-  if redis.call('HGET', KEYS[1], 'state') ~= 'running' then redis.call('ZREM', KEYS[2], redis.call('HGET', KEYS[1], 'id') or '') end
+  if redis.call('HGET', KEYS[1], 'state') ~= 'running' then
+    redis.call('ZREM', KEYS[2], redis.call('HGET', KEYS[1], 'id') or '')
+  end
   return false
 end
 local fence = redis.call('HINCRBY', KEYS[1], 'fence', 1)
@@ -840,7 +843,7 @@ class Store:
         answers = pipe.execute()
         return {"counters": answers[0], "due": answers[1], "tasks": answers[2], "workers": answers[3],
                 "unacked": answers[4], "scheduler": bool(answers[5]),
-                "queues": dict(zip(queues, answers[6:]))}
+                "queues": dict(zip(queues, answers[6:], strict=True))}
 
     def pipeline(self) -> redis.client.Pipeline:
         return self.redis.pipeline(transaction=True)

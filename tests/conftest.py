@@ -26,14 +26,14 @@ for name in list(os.environ):
         del os.environ[name]
 os.environ["TASKMAN_CONFIG"] = str(ROOT / "tests" / "no-such-config.toml")
 
-from core.config import Settings  # noqa: E402
-from core.embedded import RedisServer  # noqa: E402
-
 # -- Hypothesis profiles ---------------------------------------------------------------------------
 # CI (env CI set, as CI services do) runs the same examples every time, so a red build can be
 # reproduced and a green one is not luck; "dev" keeps random exploration. Both drop the deadline:
 # a loaded machine must not turn a slow example into a failure. ``--hypothesis-profile`` overrides.
 from hypothesis import settings as hypothesis_settings  # noqa: E402
+
+from core.config import Settings  # noqa: E402
+from core.embedded import RedisServer  # noqa: E402
 
 hypothesis_settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
 hypothesis_settings.register_profile("dev", deadline=None)

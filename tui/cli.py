@@ -14,7 +14,7 @@ import json
 import sys
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import wraps
 
 import click
@@ -113,7 +113,8 @@ def submit(file, as_json: bool) -> None:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise TaskmanError(f"{file.name}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})")
+        raise TaskmanError(
+            f"{file.name}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
     except RecursionError:
         raise TaskmanError(f"{file.name}: the JSON is nested too deeply") from None
     service = _service()
@@ -304,7 +305,7 @@ def cron(expression, tz, start, count) -> None:
         if after.tzinfo is None:
             after = after.replace(tzinfo=cron_rules.check_timezone(tz))
     else:
-        after = datetime.now(timezone.utc)
+        after = datetime.now(UTC)
     for fire in cron_rules.next_fires(expression, tz, after, count):
         click.echo(fire.isoformat())
 
@@ -341,7 +342,8 @@ def logs(task_id, follow, lines, as_json) -> None:
                        f"{one_line(entry['msg'])}")
 
     last_id = "0-0"
-    for last_id, entry in recent_logs(service.store, task_id, lines):
+    for entry_id, entry in recent_logs(service.store, task_id, lines):
+        last_id = entry_id
         emit(entry)
     if follow:
         for _, entry in follow_logs(service.store, task_id, last_id if last_id != "0-0" else "$"):

@@ -19,8 +19,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.config import Settings
-from core.embedded import (RedisServer, address_pids, clear_address, private_dir, private_file, read_address,
-                           resolve_redis_url, stop_pid, write_address)
+from core.embedded import (
+    RedisServer,
+    address_pids,
+    clear_address,
+    private_dir,
+    private_file,
+    read_address,
+    resolve_redis_url,
+    stop_pid,
+    write_address,
+)
 
 DEFAULT_CONCURRENCY = {"prefork": 2, "threads": 20}
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -14,7 +15,6 @@ from hypothesis import strategies as st
 from core.cron import check_expression, check_timezone, next_fire, next_fires
 from core.errors import InvalidSpec
 
-UTC = timezone.utc
 NY = "America/New_York"
 BERLIN = "Europe/Berlin"
 
@@ -74,7 +74,7 @@ def test_strictly_after():
 def test_six_fields_sixth_is_seconds():
     fires = fires_utc("* * * * * */2", "UTC", utc(2026, 5, 1, 10), 4)
     assert fires == [utc(2026, 5, 1, 10, 0, s) for s in (2, 4, 6, 8)]
-    assert all(b - a == timedelta(seconds=2) for a, b in zip(fires, fires[1:]))
+    assert all(b - a == timedelta(seconds=2) for a, b in pairwise(fires))
     assert next_fire("30 * * * * 15", "UTC", utc(2026, 5, 1, 10)) == utc(2026, 5, 1, 10, 30, 15)
 
 
@@ -376,7 +376,7 @@ def test_fires_are_after_and_strictly_increasing(expr, tz, after, count):
     assert instant(fires[0]) == first
     assert all(f.tzinfo == ZoneInfo(tz) for f in fires)
     instants = [f.astimezone(UTC) for f in fires]
-    assert all(a < b for a, b in zip(instants, instants[1:]))
+    assert all(a < b for a, b in pairwise(instants))
     assert len(set(instants)) == count
     # subtract in UTC: arithmetic on a zoned datetime is wall-clock, and across a gap it lands
     # an hour off (Hypothesis found 2010-03-14 03:00 EDT - 1 µs = a nonexistent 02:59:59 EST)

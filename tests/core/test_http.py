@@ -11,8 +11,8 @@ import ssl
 import subprocess
 import sys
 import threading
-import zlib
 import time
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -630,7 +630,8 @@ def test_guard_blocks(address, reason):
     assert reason in str(info.value) and info.value.address in str(info.value)
 
 
-@pytest.mark.parametrize("address", ["8.8.8.8", "1.1.1.1", "::ffff:8.8.8.8", "64:ff9b::808:808", "2002:808:808::1", "2606:4700::1111"])
+@pytest.mark.parametrize("address", ["8.8.8.8", "1.1.1.1", "::ffff:8.8.8.8", "64:ff9b::808:808", "2002:808:808::1",
+                                     "2606:4700::1111"])
 def test_guard_allows_public(address):
     assert Guard().check_host(address, 443)
 
@@ -697,7 +698,8 @@ def test_mask_headers():
 
 
 def test_secret_header_pattern():
-    for name in ("Authorization", "proxy-authorization", "COOKIE", "set-cookie", "X-Token", "api_key", "Secret", "db-password", "X-Auth"):
+    for name in ("Authorization", "proxy-authorization", "COOKIE", "set-cookie", "X-Token", "api_key", "Secret",
+                 "db-password", "X-Auth"):
         assert SECRET_HEADER_PATTERN.match(name) and SECRET_HEADER_PATTERN.search(name), name
     for name in ("Content-Type", "Accept", "User-Agent", "Keep-Alive", "X-Request-Id"):
         assert not SECRET_HEADER_PATTERN.search(name), name

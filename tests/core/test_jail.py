@@ -166,7 +166,8 @@ def test_a_segfault_fails_the_run_and_the_next_run_works(open_jail):
 
 def test_restricted_deep_c_recursion_does_not_crash(jail):
     """300,000 nested tuples hashed: C recursion that overflows an 8 MiB stack, not the run's 256 MiB one."""
-    outcome = run(jail, "def main():\n    t = ()\n    for i in range(300000):\n        t = (t,)\n    return hash(t) != 0\n")
+    outcome = run(jail, "def main():\n    t = ()\n    for i in range(300000):\n        t = (t,)\n"
+                        "    return hash(t) != 0\n")
     assert outcome.status == "done" and outcome.result is True, outcome
 
 

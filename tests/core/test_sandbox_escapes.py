@@ -343,7 +343,7 @@ def test_interpreter_internals_are_refused_by_what_they_are_whatever_they_are_ca
         return 1
 
     try:
-        1 / 0
+        raise ZeroDivisionError("a host traceback")
     except ZeroDivisionError as exc:
         trace = exc.__traceback__
     holder = types.SimpleNamespace(frame=sys._getframe(), code=host_function.__code__, trace=trace,

@@ -476,7 +476,8 @@ def test_the_seeds_six_bodies_posted_as_is_create_tasks_that_run(clients, http_s
         assert response.status_code == 201, response.text
         tasks.append(response.json())
     assert [(t["name"], t["kind"], t["mode"]) for t in tasks] == [
-        ("立即计算任务", "code", "immediate"), ("延时计算任务", "code", "delayed"), ("定时计算任务", "code", "scheduled"),
+        ("立即计算任务", "code", "immediate"), ("延时计算任务", "code", "delayed"),
+        ("定时计算任务", "code", "scheduled"),
         ("立即API请求", "api", "immediate"), ("延时API请求", "api", "delayed"), ("定时API请求", "api", "scheduled")]
     assert tasks[2]["next_run_at"].endswith("T00:00:00.000+00:00")
     minute = int(tasks[5]["next_run_at"][14:16])

@@ -296,7 +296,7 @@ def test_array_with_one_bad_spec_creates_nothing(cli):
 
 def test_unknown_task_id_exits_2(cli):
     commands = ["show", "stop", "pause", "delete"]
-    for command, stderr in zip(commands, cli.many("refused", [(c, "no-such-task-id") for c in commands])):
+    for command, stderr in zip(commands, cli.many("refused", [(c, "no-such-task-id") for c in commands]), strict=True):
         assert "no-such-task-id" in stderr, command
 
 
@@ -340,7 +340,7 @@ def test_list_filters_and_human_output(cli, http_server, workers):  # workers: o
     for tasks in answers:
         for task in tasks:
             assert_task_shape(task)
-    found = {query: {task["name"] for task in tasks} for query, tasks in zip(queries, answers)}
+    found = {query: {task["name"] for task in tasks} for query, tasks in zip(queries, answers, strict=True)}
     assert found[()] == set(created)
     assert found[("--kind", "api")] == {f"{name}-api"}
     assert found[("--kind", "registered")] == {f"{name}-reg"}

@@ -12,7 +12,8 @@ import time
 import uuid
 
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from core.errors import InvalidSpec
 from core.models import Run, RunState
@@ -33,8 +34,8 @@ def test_any_run_text_reaches_the_terminal_escaped(taskman_env, stack, text):
         task = stack.create({"name": f"fuzz-{marker}", "description": text, "function_name": "f",
                              "function_code": "def f():\n    return 1\n", "cron_expression": "0 0 1 1 *"})
     except InvalidSpec:  # descriptions with control characters are refused: show the task without one
-        task = stack.create({"name": f"fuzz-{marker}", "function_name": "f", "function_code": "def f():\n    return 1\n",
-                             "cron_expression": "0 0 1 1 *"})
+        task = stack.create({"name": f"fuzz-{marker}", "function_name": "f",
+                             "function_code": "def f():\n    return 1\n", "cron_expression": "0 0 1 1 *"})
     now = time.time()
     run = Run(id=uuid.uuid4().hex[:16], task_id=task.id, state=RunState.FAILED, attempt=1, max_attempts=1,
               trigger="now", queued_at=now, started_at=now, finished_at=now, duration_ms=1.0,

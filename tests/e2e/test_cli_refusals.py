@@ -91,7 +91,7 @@ def test_every_argument_refuses_bad_input_naming_it(cli, task_id):
     cases = sorted(BAD_ARGUMENTS)
     results = run_all(cli, [([arg.replace("{id}", task_id) for arg in BAD_ARGUMENTS[case][0]], None)
                             for case in cases])
-    problems = [problem for case, done in zip(cases, results)
+    problems = [problem for case, done in zip(cases, results, strict=True)
                 for problem in problems_of(case, done, BAD_ARGUMENTS[case][1])]
     assert not problems, "\n".join(problems)
 
@@ -138,7 +138,7 @@ def test_oversized_and_over_limit_specs_are_refused_naming_their_limit_and_store
     # A good spec rides along in every batch: all or nothing means it must not be stored either.
     results = run_all(cli, [(["submit", "-"], json.dumps([code(name="rides-along"), *OVERSIZED[case][0]]))
                             for case in cases])
-    problems = [problem for case, done in zip(cases, results)
+    problems = [problem for case, done in zip(cases, results, strict=True)
                 for problem in problems_of(case, done, OVERSIZED[case][1])]
     assert not problems, "\n".join(problems)
     assert task_state(cli) == before, "nothing was half-stored"
@@ -150,6 +150,6 @@ def test_input_that_is_not_a_spec_at_all_is_refused(cli):
               "nested too deeply": (deep, ["nested too deeply"]), "a number": ("42", ["JSON object"]),
               "a string": ('"spec"', ["JSON object"]), "an array of non-objects": ("[1, 2]", ["[0]", "JSON object"])}
     results = run_all(cli, [(["submit", "-"], text) for text, _ in inputs.values()])
-    problems = [problem for (case, (_, words)), done in zip(inputs.items(), results)
+    problems = [problem for (case, (_, words)), done in zip(inputs.items(), results, strict=True)
                 for problem in problems_of(case, done, words)]
     assert not problems, "\n".join(problems)

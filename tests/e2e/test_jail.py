@@ -126,12 +126,14 @@ def test_the_jail_holds_with_the_language_wall_down(open_worker, redis_server, h
 def test_a_crashing_run_fails_cleanly_once_and_the_worker_goes_on(open_worker):
     service, worker = open_worker
     crash = service.create({"name": "segfault", "function_name": "main", "max_retries": 2,
-                            "function_code": "import os, signal\n\ndef main():\n    os.kill(os.getpid(), signal.SIGSEGV)\n"})
+                            "function_code": "import os, signal\n\n"
+                                             "def main():\n    os.kill(os.getpid(), signal.SIGSEGV)\n"})
     run = final_run(service, crash.id)
     assert run.state is RunState.FAILED
     assert run.error == "the run's process crashed: SIGSEGV"
     assert len(service.get(crash.id).runs) == 1, "a crash is not retried or redelivered"
-    after = service.create({"name": "after", "function_name": "main", "function_code": "def main():\n    return 'alive'\n"})
+    after = service.create({"name": "after", "function_name": "main",
+                            "function_code": "def main():\n    return 'alive'\n"})
     assert final_run(service, after.id).result == "alive"
     assert worker.poll() is None
 

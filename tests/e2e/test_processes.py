@@ -7,11 +7,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
-
-import pytest
 
 from tests.conftest import ROOT, _process_env, wait_for
 

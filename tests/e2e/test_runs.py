@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from itertools import pairwise
 
 import pytest
 
@@ -76,7 +77,7 @@ def test_seed_scheduled_code_fires_repeatedly(stack):
         runs = [r for r in stack.get(task.id).runs if r.state.final]
         assert all(run.result == "日报生成完成" for run in runs)
         fire_times = sorted(run.scheduled_for for run in runs)
-        gaps = [b - a for a, b in zip(fire_times, fire_times[1:])]
+        gaps = [b - a for a, b in pairwise(fire_times)]
         assert all(gap == pytest.approx(2.0, abs=0.01) for gap in gaps), gaps
         assert stack.get(task.id).next_run_at > time.time() - 1
     finally:

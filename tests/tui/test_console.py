@@ -210,7 +210,8 @@ async def test_run_stop_pause_resume_delete_and_filter(stack):
 
 async def test_detail_view_shows_runs_output_and_traceback(stack):
     name = unique("detailed")
-    task = stack.create({"name": name, "function_code": "def f():\n    print('look here')\n    raise ValueError('nope')",
+    task = stack.create({"name": name,
+                         "function_code": "def f():\n    print('look here')\n    raise ValueError('nope')",
                          "function_name": "f"})
     await _final(stack, task.id)
     async with TaskmanApp(stack).run_test(size=SIZE) as pilot:

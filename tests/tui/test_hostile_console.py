@@ -106,7 +106,8 @@ async def test_markup_in_names_and_output_is_plain_text_everywhere(stack, tmp_pa
                              f"    return {{'name': {name!r}, 'markup': '[/]'}}",
             "function_name": "f"}))
     failing = stack.create({"name": f"fails [/] {tag}", "function_code":
-                            "def f():\n    raise ValueError('[bold]no[/] [/] [@click=app.quit]x')", "function_name": "f"})
+                            "def f():\n    raise ValueError('[bold]no[/] [/] [@click=app.quit]x')",
+                            "function_name": "f"})
     async with TaskmanApp(stack).run_test(size=SIZE) as pilot:
         screen = pilot.app.screen
         table = screen.query_one(TaskTable)
@@ -137,7 +138,8 @@ async def test_markup_in_names_and_output_is_plain_text_everywhere(stack, tmp_pa
             await select(pilot, task.id)
             await pilot.press("enter")
             detail = await until(pilot, lambda: isinstance(pilot.app.screen, DetailScreen) and pilot.app.screen)
-            await until(pilot, lambda: "run " in screen_text(pilot.app) and task.name in screen_text(pilot.app),
+            await until(pilot,
+                        lambda task=task: "run " in screen_text(pilot.app) and task.name in screen_text(pilot.app),
                         message="the detail view")
             await until(pilot, lambda: "result:" in screen_text(pilot.app) or "error:" in screen_text(pilot.app),
                         message="the run's result")

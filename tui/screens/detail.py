@@ -16,6 +16,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
+from textual.worker import get_current_worker
 
 from core.errors import TaskmanError
 from core.events import follow_events
@@ -24,7 +25,6 @@ from core.service import Service
 from tui.guard import CarriesOn
 from tui.safe import block, json_text, one_line, plain, visible
 from tui.widgets.task_table import STATE_STYLES
-from textual.worker import get_current_worker
 
 HISTORY = 100
 

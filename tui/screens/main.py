@@ -25,11 +25,11 @@ from core.events import follow_logs, recent_logs
 from core.models import Mode, Task, TaskState
 from core.service import Service
 from tui import actions, feed
+from tui.guard import CarriesOn
+from tui.safe import plain
 from tui.widgets.editor import EditorPane
 from tui.widgets.log_pane import LogPane
 from tui.widgets.status_bar import StatusBar
-from tui.guard import CarriesOn
-from tui.safe import plain
 from tui.widgets.task_table import TaskTable
 
 PAGE = 20_000

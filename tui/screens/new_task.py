@@ -7,7 +7,7 @@ shown in place, with the cursor moved to that field. Nothing is stored until the
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from textual import on, work
@@ -70,7 +70,7 @@ def _headers(text: str) -> dict[str, str]:
 def cron_preview(expression: str, tz: str, count: int = 5) -> tuple[str, bool]:
     """The next ``count`` fires of ``expression`` in ``tz`` as text, or the refusal; (text, ok)."""
     try:
-        fires = cron.next_fires(expression, tz or "UTC", datetime.now(timezone.utc), count)
+        fires = cron.next_fires(expression, tz or "UTC", datetime.now(UTC), count)
     except InvalidSpec as exc:
         return exc.message, False
     return "next: " + ", ".join(fire.strftime("%a %d %b %H:%M:%S") for fire in fires), True
@@ -106,7 +106,8 @@ class NewTaskScreen(CarriesOn, Screen[None]):
             "function_name": spec.function_name or "main",
             "code": visible((spec.function_code or TEMPLATE).replace("\r\n", "\n")),
             "method": spec.method, "url": one_line(redact.redact_url(spec.api_url or "")),
-            "headers": "\n".join(f"{name}: {one_line(value)}" for name, value in redact.mask_headers(spec.headers).items()),
+            "headers": "\n".join(f"{name}: {one_line(value)}"
+                                 for name, value in redact.mask_headers(spec.headers).items()),
             "body": "" if body is None else visible(body) if isinstance(body, str) else json_text(body, indent=2),
             "queue": spec.queue or "", "args": json_text(spec.args) if spec.args else "",
             "kwargs": json_text(redact.mask_fields(spec.kwargs)) if spec.kwargs else "",

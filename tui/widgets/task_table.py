@@ -92,7 +92,7 @@ class TaskTable(CarriesOn, DataTable):
         """Columns with explicit widths (the name column as wide as the longest shown name, up to 32),
         so the layout depends only on what is shown, never on the order rows arrived in."""
         name_width = min(32, max([4, *(cell_len(one_line(task.name)) for task in tasks)]))
-        for column, width in zip(COLUMNS, (name_width, 4, 5, 7, 6, 9)):
+        for column, width in zip(COLUMNS, (name_width, 4, 5, 7, 6, 9), strict=True):
             self.add_column(column, key=column.lower(), width=width)
 
     def _cells(self, task: Task) -> tuple:
@@ -120,7 +120,7 @@ class TaskTable(CarriesOn, DataTable):
             self.tasks[task.id] = task
             visible = self.query_filter.matches(task)
             if task.id in self.rows and visible:
-                for column, value in zip(COLUMNS, self._cells(task)):
+                for column, value in zip(COLUMNS, self._cells(task), strict=True):
                     self.update_cell(task.id, column.lower(), value)
             elif task.id in self.rows or visible:
                 reload = True
