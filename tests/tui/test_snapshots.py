@@ -1,27 +1,61 @@
 """Snapshots of the console's main screen, the new-task form with a cron preview, and the detail view.
 
-The data is fixed (a namespace of its own, paused tasks, run records with set times) so the
-pictures change only when the console's look does. Update them with ``pytest --snapshot-update``.
+The data is fixed (a namespace of its own, paused tasks, run records with set times), the clock
+and the time zone are pinned, and each picture is taken only once the state it shows is on
+screen (waited for, never slept for), so the pictures change only when the console's look does.
+Update them with ``pytest --snapshot-update``.
 """
 
 from __future__ import annotations
 
+import io
+import os
+import time
 import uuid
+from datetime import datetime
 
 import pytest
-from textual.widgets import DataTable, Input, Select
+from rich.console import Console
+from textual.widgets import DataTable, Input, Select, Static
 
+import tui.screens.new_task as new_task_module
 from core.models import Run, RunState
 from core.service import Service
 from tests.tui.test_console import until
 from tui.app import TaskmanApp
 from tui.screens.detail import DetailScreen
 from tui.screens.new_task import NewTaskScreen
+from tui.widgets.editor import EditorPane
 from tui.widgets.task_table import TaskTable
 
 SIZE = (120, 32)
-T0 = 1_780_000_000.0
+T0 = 1_780_000_000.0  # 2026-05-28 20:26:40 UTC
 LABEL = "redis.test:6379"
+
+
+@pytest.fixture(autouse=True)
+def pinned_clock(monkeypatch):
+    """UTC as the local zone (the detail view shows local times) and T0 as the form's "now".
+
+    Without this the pictures depend on the machine's TZ, and the cron preview's next fires on
+    the date the tests run.
+    """
+    previous = os.environ.get("TZ")
+    os.environ["TZ"] = "UTC0"
+    time.tzset()
+
+    class Frozen(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.fromtimestamp(T0, tz)
+
+    monkeypatch.setattr(new_task_module, "datetime", Frozen)
+    yield
+    if previous is None:
+        os.environ.pop("TZ", None)
+    else:
+        os.environ["TZ"] = previous
+    time.tzset()
 
 
 @pytest.fixture
@@ -65,11 +99,41 @@ def app_for(service) -> TaskmanApp:
     return TaskmanApp(service, redis_label=LABEL)
 
 
+def text_of(widget: Static) -> str:
+    """What a Static shows, as plain text."""
+    console = Console(width=200, file=io.StringIO(), color_system=None)
+    console.print(widget.content)
+    return console.file.getvalue()
+
+
+def finished(pilot, group: str) -> bool:
+    """No worker of ``group`` is pending or running (so its results have been applied)."""
+    return all(worker.is_finished for worker in pilot.app.workers if worker.group == group)
+
+
+async def steady(pilot) -> None:
+    """Let pending messages, layout and animations run, then repaint every widget from its state.
+
+    The repaint matters: under CPU load a picture once showed the runs table's header still drawn
+    with the widths it had before the rows arrived, the rows with their final widths.
+    """
+    await pilot.wait_for_scheduled_animations()
+    await pilot.pause()
+    for widget in pilot.app.screen.walk_children(with_self=True):
+        widget.refresh()
+    await pilot.pause()
+
+
 async def _loaded(pilot) -> None:
+    """The main screen as pictured: three rows, the first task in the editor, the status line read."""
     table = pilot.app.screen.query_one(TaskTable)
+    editor = pilot.app.screen.query_one(EditorPane)
     await until(pilot, lambda: table.row_count == 3, message="three rows")
-    await until(pilot, lambda: "workers" in str(pilot.app.screen.query_one("#facts").render()), message="status")
-    await pilot.pause(0.3)
+    await until(pilot, lambda: "daily_report" in str(editor.border_title), message="daily_report in the editor")
+    await until(pilot, lambda: "workers" in text_of(pilot.app.screen.query_one("#facts", Static)),
+                message="the status line")
+    await until(pilot, lambda: finished(pilot, "status"), message="the status read")
+    await steady(pilot)
 
 
 def test_main_screen(snap_compare, fixed):
@@ -88,7 +152,10 @@ def test_new_task_form_with_cron_preview(snap_compare, fixed):
         form.query_one("#name", Input).value = "leap-day"
         form.query_one("#cron", Input).value = "0 0 29 2 *"
         form.set_focus(None)  # no blinking cursor in the picture
-        await pilot.pause(0.3)
+        preview = form.query_one("#cron-preview", Static)
+        await until(pilot, lambda: form.query_one("#cron-section").display and "Tue 29 Feb" in text_of(preview),
+                    message="the cron preview")
+        await steady(pilot)
 
     assert snap_compare(app_for(service), terminal_size=SIZE, run_before=open_form)
 
@@ -101,8 +168,15 @@ def test_detail_view(snap_compare, fixed):
         await pilot.press("enter")
         screen = await until(pilot, lambda: isinstance(pilot.app.screen, DetailScreen) and pilot.app.screen)
         runs = screen.query_one("#runs", DataTable)
-        await until(pilot, lambda: runs.row_count == 3, message="three runs")
+        view = screen.query_one("#run-view", Static)
+        # the history is loaded (and drawn) before the key moves the cursor, so a late load
+        # cannot redraw the table under it
+        await until(pilot, lambda: runs.row_count == 3 and finished(pilot, "detail-load"), message="three runs")
+        await until(pilot, lambda: "run run0" in text_of(view), message="run0 shown")
+        await steady(pilot)
         await pilot.press("down")
-        await pilot.pause(0.3)
+        await until(pilot, lambda: runs.cursor_row == 1 and "run run1 · retrying" in text_of(view),
+                    message="run1 selected and shown")
+        await steady(pilot)
 
     assert snap_compare(app_for(service), terminal_size=SIZE, run_before=open_detail)
