@@ -6,7 +6,7 @@ They are plain functions; ``worker.py`` registers them as Celery tasks named ``t
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, cast
 
 from core.store import Store
 
@@ -32,7 +32,7 @@ def prune_history(store: Store) -> dict:
     removed = 0
     for task_id in store.task_ids():
         key = store.keys.task_runs(task_id)
-        run_ids = store.redis.zrange(key, 0, -1)
+        run_ids = cast(list[str], store.redis.zrange(key, 0, -1))  # decoded: see core.store
         pipe = store.redis.pipeline(transaction=False)
         for run_id in run_ids:
             pipe.exists(store.keys.run(run_id))

@@ -20,6 +20,7 @@ import logging
 import time
 import uuid
 from datetime import UTC, datetime
+from typing import cast
 
 import redis
 from kombu.exceptions import OperationalError
@@ -201,7 +202,8 @@ class Scheduler:
 def refuse_evicting_redis(store: Store) -> None:
     """Raise if Redis may evict keys: a schedule that can silently vanish is not a schedule."""
     try:
-        policy = store.redis.config_get("maxmemory-policy").get("maxmemory-policy", "noeviction")
+        config = cast(dict[str, str], store.redis.config_get("maxmemory-policy"))  # decoded: see core.store
+        policy = config.get("maxmemory-policy", "noeviction")
     except Exception:
         return
     if policy.startswith("allkeys"):

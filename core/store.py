@@ -40,11 +40,17 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 
 from core.models import Run, RunState, Task, TaskSpec, TaskState
+
+# The client is made with ``decode_responses=True`` (``connect``), so every reply is ``str``; redis-py's
+# annotations cannot know that and say ``bytes | str``, hence the ``cast``s below. Its ``mapping``
+# parameters are invariant in the key type, so they refuse a ``dict[str, str]`` (the ``type: ignore``s).
+Entry = tuple[str, dict[str, str]]
+"""One stream entry: (id, fields)."""
 
 RUN_FIELDS_JSON = ("result",)
 RUN_FIELDS_FLOAT = ("queued_at", "scheduled_for", "started_at", "finished_at", "duration_ms")
@@ -463,12 +469,12 @@ class Store:
 
     def add_task(self, task: Task, pipe: redis.client.Pipeline) -> None:
         """Queue the writes that store a new task definition."""
-        pipe.hset(self.keys.task(task.id), mapping=self._task_fields(task))
+        pipe.hset(self.keys.task(task.id), mapping=self._task_fields(task))  # type: ignore[arg-type]
         pipe.zadd(self.keys.tasks, {task.id: task.created_at})
 
     def save_task(self, task: Task, pipe: redis.client.Pipeline) -> None:
         """Queue the writes that replace a task's definition and schedule fields."""
-        pipe.hset(self.keys.task(task.id), mapping=self._task_fields(task))
+        pipe.hset(self.keys.task(task.id), mapping=self._task_fields(task))  # type: ignore[arg-type]
 
     def set_task_state(self, task_id: str, state: TaskState, next_run_at: float | None,
                        pipe: redis.client.Pipeline) -> None:
@@ -494,7 +500,7 @@ class Store:
         pipe.expire(self.keys.task_runs(task_id), self.run_ttl)
 
     def get_task(self, task_id: str) -> Task | None:
-        return self._task_from(self.redis.hgetall(self.keys.task(task_id)))
+        return self._task_from(cast(dict[str, str], self.redis.hgetall(self.keys.task(task_id))))
 
     def get_tasks(self, task_ids: Iterable[str]) -> list[Task]:
         pipe = self.redis.pipeline(transaction=False)
@@ -504,7 +510,7 @@ class Store:
 
     def task_ids(self, start: int = 0, stop: int = -1) -> list[str]:
         """Task ids, newest first."""
-        return self.redis.zrevrange(self.keys.tasks, start, stop)
+        return cast(list[str], self.redis.zrevrange(self.keys.tasks, start, stop))
 
     def count_tasks(self) -> int:
         return self.redis.zcard(self.keys.tasks)
@@ -539,20 +545,20 @@ class Store:
 
     def add_run(self, run: Run, pipe: redis.client.Pipeline) -> None:
         """Queue the writes that record a new run and link it to its task."""
-        pipe.hset(self.keys.run(run.id), mapping=self.run_fields(run))
+        pipe.hset(self.keys.run(run.id), mapping=self.run_fields(run))  # type: ignore[arg-type]
         pipe.zadd(self.keys.task_runs(run.task_id), {run.id: run.queued_at or time.time()})
         pipe.hset(self.keys.task(run.task_id), mapping={"last_run_id": run.id, "last_run_state": run.state.value,
                                                         "last_duration_ms": ""})
         pipe.zremrangebyrank(self.keys.task_runs(run.task_id), 0, -self.history_per_task - 1)
 
     def get_run(self, run_id: str) -> Run | None:
-        return self._run_from(self.redis.hgetall(self.keys.run(run_id)))
+        return self._run_from(cast(dict[str, str], self.redis.hgetall(self.keys.run(run_id))))
 
     def recent_runs(self, task_id: str, limit: int = 20) -> list[Run]:
         """The task's runs, newest first."""
         if limit <= 0:
             return []
-        run_ids = self.redis.zrevrange(self.keys.task_runs(task_id), 0, limit - 1)
+        run_ids = cast(list[str], self.redis.zrevrange(self.keys.task_runs(task_id), 0, limit - 1))
         pipe = self.redis.pipeline(transaction=False)
         for run_id in run_ids:
             pipe.hgetall(self.keys.run(run_id))
@@ -631,7 +637,7 @@ class Store:
         return [(flat[i], float(flat[i + 1])) for i in range(0, len(flat), 2)]
 
     def next_due(self) -> float | None:
-        first = self.redis.zrange(self.keys.due, 0, 0, withscores=True)
+        first = cast(list[tuple[str, float]], self.redis.zrange(self.keys.due, 0, 0, withscores=True))
         return first[0][1] if first else None
 
     def due_count(self) -> int:
@@ -692,19 +698,19 @@ class Store:
     def add_logs(self, entries: Iterable[dict[str, str]], pipe: redis.client.Pipeline | None = None) -> None:
         target = pipe or self.redis.pipeline(transaction=False)
         for entry in entries:
-            target.xadd(self.keys.logs, entry, maxlen=self.logs_maxlen, approximate=True)
+            target.xadd(self.keys.logs, entry, maxlen=self.logs_maxlen, approximate=True)  # type: ignore[arg-type]
         if pipe is None:
             target.execute()
 
-    def read_stream(self, stream: str, last_id: str, block_ms: int | None, count: int = 500) -> list[tuple[str, dict]]:
+    def read_stream(self, stream: str, last_id: str, block_ms: int | None, count: int = 500) -> list[Entry]:
         """Entries after ``last_id`` of ``events`` or ``logs``; waits up to ``block_ms`` for new ones."""
         key = {"events": self.keys.events, "logs": self.keys.logs, "audit": self.keys.audit}[stream]
-        answer = self.redis.xread({key: last_id}, count=count, block=block_ms)
+        answer = cast(list[tuple[str, list[Entry]]], self.redis.xread({key: last_id}, count=count, block=block_ms))
         return answer[0][1] if answer else []
 
-    def stream_tail(self, stream: str, count: int) -> list[tuple[str, dict]]:
+    def stream_tail(self, stream: str, count: int) -> list[Entry]:
         key = {"events": self.keys.events, "logs": self.keys.logs, "audit": self.keys.audit}[stream]
-        return list(reversed(self.redis.xrevrange(key, count=count)))
+        return list(reversed(cast(list[Entry], self.redis.xrevrange(key, count=count))))
 
     # -- workers -------------------------------------------------------------------------------
 
@@ -718,7 +724,7 @@ class Store:
     def registered(self) -> dict[str, dict]:
         """Registered task name → the workers that reported it and the queues those workers serve."""
         names: dict[str, dict] = {}
-        for worker, raw in sorted(self.redis.hgetall(self.keys.registered).items()):
+        for worker, raw in sorted(cast(dict[str, str], self.redis.hgetall(self.keys.registered)).items()):
             detail = json.loads(raw)
             for name in detail.get("tasks", ()):
                 entry = names.setdefault(name, {"workers": [], "queues": []})
@@ -728,20 +734,22 @@ class Store:
 
     def worker_reports(self) -> dict[str, dict]:
         """Each worker's last report: task names, queues, when, and the isolation walls of its code runs."""
-        return {worker: json.loads(raw) for worker, raw in sorted(self.redis.hgetall(self.keys.registered).items())}
+        reports = cast(dict[str, str], self.redis.hgetall(self.keys.registered))
+        return {worker: json.loads(raw) for worker, raw in sorted(reports.items())}
 
     def running_runs(self) -> list[tuple[str, float]]:
         """(run id, when it started) of every run in the dead-worker watch."""
-        return self.redis.zrange(self.keys.running, 0, -1, withscores=True)
+        return cast(list[tuple[str, float]], self.redis.zrange(self.keys.running, 0, -1, withscores=True))
 
     def run_owner(self, run_id: str) -> tuple[str, str, int]:
         """(state, worker node, fence) of a run, as the dead-worker watch needs them."""
-        state, node, fence = self.redis.hmget(self.keys.run(run_id), "state", "node", "fence")
+        fields = cast(list[str | None], self.redis.hmget(self.keys.run(run_id), "state", "node", "fence"))
+        state, node, fence = fields
         return state or "", node or "", int(fence or 0)
 
     def heartbeats(self) -> dict[str, float]:
         """Worker node name → time of its last heartbeat."""
-        return dict(self.redis.zrange(self.keys.workers, 0, -1, withscores=True))
+        return dict(cast(list[tuple[str, float]], self.redis.zrange(self.keys.workers, 0, -1, withscores=True)))
 
     def requeue(self, run_id: str, fence: int, event: dict, send_guard_at: float) -> int | None:
         """Hand a running run back to the queue under a new fence; the new fence, or None if it moved on."""
@@ -771,9 +779,10 @@ class Store:
             args=[str(per_minute), str(max(1, cost)), str(self.audit_maxlen), str(self.audit_retention)])
         return {0: "ok", 1: "rate", 2: "full"}[int(verdict)], int(value)
 
-    def audit_entries(self, count: int, before: str | None = None) -> list[tuple[str, dict]]:
+    def audit_entries(self, count: int, before: str | None = None) -> list[Entry]:
         """Up to ``count`` audit entries, newest first, older than the entry id ``before`` if given."""
-        return self.redis.xrevrange(self.keys.audit, max=f"({before}" if before else "+", count=count)
+        return cast(list[Entry], self.redis.xrevrange(self.keys.audit, max=f"({before}" if before else "+",
+                                                      count=count))
 
     # -- API tokens ----------------------------------------------------------------------------
 
@@ -821,8 +830,8 @@ class Store:
         target = pipe or self.redis.pipeline(transaction=True)
         for field, amount in counts.items():
             target.hincrby(self.keys.metrics, field, amount)
-        for field, amount in (sums or {}).items():
-            target.hincrbyfloat(self.keys.metrics, field, amount)
+        for field, added in (sums or {}).items():
+            target.hincrbyfloat(self.keys.metrics, field, added)
         if values:
             target.hset(self.keys.metrics, mapping={field: repr(float(value)) for field, value in values.items()})
         if pipe is None:

@@ -10,10 +10,12 @@ import json
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import cast
 
 from core import metrics
 from core.events import RUN_ENDINGS, EventType
 from core.service import Service
+from core.store import Entry
 
 RATE_BUCKETS = 30
 
@@ -61,10 +63,10 @@ def recent_activity(service: Service) -> tuple[Activity, str]:
     """Activity of the last hour read once from the events stream, and the id to follow from."""
     activity = Activity()
     since = int((time.time() - 3600) * 1000)
-    entries = service.store.redis.xrange(service.store.keys.events, min=f"{since}-0", count=20_000)
+    entries = cast(list[Entry], service.store.redis.xrange(service.store.keys.events, min=f"{since}-0", count=20_000))
     for _, entry in entries:
         activity.add(json.loads(entry["event"]))
-    last = service.store.redis.xrevrange(service.store.keys.events, count=1)
+    last = service.store.stream_tail("events", 1)
     return activity, (last[0][0] if last else "0-0")
 
 
