@@ -73,7 +73,7 @@ def main() -> None:
         for start in range(0, n, 1000):
             service.create_many([dict(spec, name=f"task-{i:05d}") for i in range(start, min(n, start + 1000))])
         begin = time.perf_counter()
-        service.list(limit=n)
+        service.list_tasks(limit=n)
         list_s = time.perf_counter() - begin
         before = total_calls(service.store.redis)
         time.sleep(10)

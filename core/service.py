@@ -151,6 +151,7 @@ class Service:
                 raise InvalidSpec(f"[{index}].{exc.field}" if exc.field else f"[{index}]", exc.reason) from None
         for index, spec in enumerate(specs):
             where = f" (spec [{index}])" if len(specs) > 1 else ""
+            assert spec.kind is not None  # validation always infers it
             self._allow("create", spec.kind, what=f"{spec.kind.value} tasks{where}")
         now = time.time()
         tasks = [Task(id=new_id(), spec=spec, state=TaskState.ACTIVE, created_at=now + index * 1e-6, updated_at=now)
@@ -198,8 +199,8 @@ class Service:
 
     # -- read ----------------------------------------------------------------------------------
 
-    def list(self, *, state: str | None = None, kind: str | None = None, mode: str | None = None,
-             name: str | None = None, limit: int = 100, offset: int = 0) -> list[Task]:
+    def list_tasks(self, *, state: str | None = None, kind: str | None = None, mode: str | None = None,
+                   name: str | None = None, limit: int = 100, offset: int = 0) -> list[Task]:
         """Tasks newest first, filtered by state, kind, mode or a name substring."""
         for field, value, allowed in (("state", state, TaskState), ("kind", kind, Kind), ("mode", mode, Mode)):
             if value is not None and value not in {item.value for item in allowed}:

@@ -438,7 +438,7 @@ def create_app(service: Service, settings: Settings) -> FastAPI:
     def list_tasks(request: Request, svc: Caller, state: TaskState | None = None, kind: Kind | None = None,
                    mode: Mode | None = None, name: NameFilter = None, limit: Limit = 100,
                    offset: Offset = 0) -> JSONResponse:
-        tasks = svc.list(state=state, kind=kind, mode=mode, name=name, limit=limit, offset=offset)
+        tasks = svc.list_tasks(state=state, kind=kind, mode=mode, name=name, limit=limit, offset=offset)
         filtered = any(value is not None for value in (state, kind, mode, name))
         return list_page(request, [task.to_dict() for task in tasks], limit, offset,
                          None if filtered else svc.store.count_tasks())
@@ -518,7 +518,7 @@ def create_app(service: Service, settings: Settings) -> FastAPI:
              responses={200: {"model": list[TaskOut]}, **READ_ERRORS})
     def list_scheduled(request: Request, svc: Caller, state: TaskState | None = None, kind: Kind | None = None,
                        name: NameFilter = None, limit: Limit = 100, offset: Offset = 0) -> JSONResponse:
-        tasks = svc.list(state=state, kind=kind, mode=Mode.SCHEDULED, name=name, limit=limit, offset=offset)
+        tasks = svc.list_tasks(state=state, kind=kind, mode=Mode.SCHEDULED, name=name, limit=limit, offset=offset)
         return list_page(request, [task.to_dict() for task in tasks], limit, offset, None)
 
     @app.get("/api/export", tags=["admin"], summary="Every definition, secrets included (admin only)",
@@ -681,5 +681,5 @@ def create_app(service: Service, settings: Settings) -> FastAPI:
             app.openapi_schema = schema
         return app.openapi_schema
 
-    app.openapi = openapi
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend the schema
     return app

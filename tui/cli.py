@@ -138,7 +138,7 @@ def submit(file, as_json: bool) -> None:
 @handles_errors
 def list_tasks(state, kind, mode, name, limit, offset, as_json) -> None:
     """List tasks, newest first."""
-    tasks = _service().list(state=state, kind=kind, mode=mode, name=name, limit=limit, offset=offset)
+    tasks = _service().list_tasks(state=state, kind=kind, mode=mode, name=name, limit=limit, offset=offset)
     if as_json:
         _emit_json([task.to_dict() for task in tasks])
         return

@@ -197,4 +197,4 @@ def test_a_viewer_changes_nothing(service):
         with pytest.raises(Forbidden):
             action()
     assert viewer.get(task.id).state.value == "active"
-    assert [t.id for t in viewer.list(limit=10)] == [task.id]
+    assert [t.id for t in viewer.list_tasks(limit=10)] == [task.id]

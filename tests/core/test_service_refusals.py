@@ -98,7 +98,7 @@ def test_refused_batch_stores_none_of_it(service):
     assert info.value.field.startswith("[2]")
     assert info.value.field == "[2].timeout"
     assert snapshot(service) == before
-    assert not [task for task in service.list(limit=1000) if task.name.startswith("batch-")]
+    assert not [task for task in service.list_tasks(limit=1000) if task.name.startswith("batch-")]
 
     with pytest.raises(InvalidSpec) as info:
         service.create_many([*good, "not a spec"])
@@ -380,7 +380,7 @@ def test_list_refuses_bad_paging_naming_the_argument(service):
     for kwargs, field in (({"limit": 0}, "limit"), ({"offset": -1}, "offset"), ({"state": "bogus"}, "state"),
                           ({"kind": "shell"}, "kind"), ({"mode": "weekly"}, "mode")):
         with pytest.raises(InvalidSpec) as info:
-            service.list(**kwargs)
+            service.list_tasks(**kwargs)
         assert info.value.field == field
 
 

@@ -122,7 +122,7 @@ def test_queue_names_never_reach_broker_internals(clients, stack, http_server):
     batch = [{"name": marker(), "task_name": "taskman.echo", "delay_seconds": FAR_DELAY},
              {"name": marker(), "task_name": "taskman.echo", "queue": "unacked"}]
     refused(operator.post("/api/tasks", json=batch), "[1].queue")
-    assert not stack.list(name=batch[0]["name"]), "a refused batch creates nothing"
+    assert not stack.list_tasks(name=batch[0]["name"]), "a refused batch creates nothing"
     kept = operator.post("/api/tasks", json={"name": marker(), "task_name": "taskman.echo", "args": [1],
                                              "queue": "registered", "delay_seconds": FAR_DELAY})
     assert kept.status_code == 201, kept.text

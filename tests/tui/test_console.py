@@ -73,7 +73,7 @@ async def test_new_code_task_through_the_form_runs_and_its_logs_arrive(stack):
         code.load_text("def main():\n    print('from the form')\n    return 6 * 7\n")
         await pilot.press("ctrl+s")
         await until(pilot, lambda: isinstance(pilot.app.screen, MainScreen), message="the form to close")
-        task = next(t for t in stack.list(name=name))
+        task = next(t for t in stack.list_tasks(name=name))
         run = await until(pilot, lambda: (r := stack.get(task.id).runs) and r[0].state.final and r[0])
         assert run.result == 42
         logs = pilot.app.screen.query_one(LogPane)
@@ -110,8 +110,8 @@ async def test_new_api_and_registered_tasks_through_the_form(stack, http_server)
         await pilot.press("ctrl+s")
         await until(pilot, lambda: isinstance(pilot.app.screen, MainScreen), message="the form to close")
 
-    api = stack.list(name=api_name)[0]
-    reg = stack.list(name=reg_name)[0]
+    api = stack.list_tasks(name=api_name)[0]
+    reg = stack.list_tasks(name=reg_name)[0]
     api_run = await _final(stack, api.id)
     assert api_run.result["body"]["json"] == {"hello": "form"}
     assert (await _final(stack, reg.id)).result == 42
@@ -398,7 +398,7 @@ async def test_duplicate_opens_the_form_filled_in_and_creates_a_copy(stack):
         assert form.query_one("#timezone", Input).value == "Asia/Tokyo"
         await pilot.press("ctrl+s")
         await until(pilot, lambda: isinstance(pilot.app.screen, MainScreen), message="the form to close")
-    original, copy = stack.list(name=name, limit=2)[::-1]
+    original, copy = stack.list_tasks(name=name, limit=2)[::-1]
     assert copy.name == f"{name} copy"
     same = {key: value for key, value in original.spec.to_dict().items() if key != "name"}
     assert {key: value for key, value in copy.spec.to_dict().items() if key != "name"} == same

@@ -65,7 +65,7 @@ class DetailScreen(CarriesOn, Screen[None]):
         table.border_title = "runs"
         self.query_one("#run-detail").border_title = "run"
         self.load()
-        self.watch()
+        self.follow_changes()
         table.focus()
 
     @work(thread=True, exclusive=True, group="detail-load", exit_on_error=False)
@@ -78,7 +78,7 @@ class DetailScreen(CarriesOn, Screen[None]):
         self.app.call_from_thread(self._show, task)
 
     @work(thread=True, exclusive=True, group="detail-watch", exit_on_error=False)
-    def watch(self) -> None:
+    def follow_changes(self) -> None:
         worker = get_current_worker()
         for _, event in follow_events(self.service.store, "$", lambda: worker.is_cancelled):
             if event.get("task_id") == self.task_id:
@@ -131,7 +131,8 @@ class DetailScreen(CarriesOn, Screen[None]):
         if not table.row_count:
             view.update("no runs yet")
             return
-        run = self.runs.get(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
+        run_id = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        run = self.runs.get(run_id) if run_id is not None else None
         if run is None:
             return
         from rich.console import Group

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import TYPE_CHECKING, cast
 
 import redis
 from rich.text import Text
@@ -31,6 +32,9 @@ from tui.widgets.editor import EditorPane
 from tui.widgets.log_pane import LogPane
 from tui.widgets.status_bar import StatusBar
 from tui.widgets.task_table import TaskTable
+
+if TYPE_CHECKING:
+    from tui.app import TaskmanApp
 
 PAGE = 20_000
 STATUS_EVERY = 2.0
@@ -134,7 +138,7 @@ class MainScreen(CarriesOn, Screen):
             try:
                 activity, last_id = feed.recent_activity(self.service)
                 self.activity = activity
-                self.post_message(TasksLoaded(self.service.list(limit=PAGE)))
+                self.post_message(TasksLoaded(self.service.list_tasks(limit=PAGE)))
                 delay = 0.5
                 while not worker.is_cancelled:
                     entries = store.read_stream("events", last_id, 1000)
@@ -205,7 +209,7 @@ class MainScreen(CarriesOn, Screen):
     @on(TasksChanged)
     def _changed(self, message: TasksChanged) -> None:
         for task_id in message.gone:
-            self.table.remove(task_id)
+            self.table.remove_task(task_id)
         self.table.upsert(message.tasks)
         self.logs.names.update({task.id: task.name for task in message.tasks})
         self.table.border_title = f"Tasks ({len(self.table.tasks)})"
@@ -217,7 +221,8 @@ class MainScreen(CarriesOn, Screen):
     @on(StatusRead)
     def _status(self, message: StatusRead) -> None:
         banner = self.query_one("#banner", Static)
-        location = self.app.redis_label
+        app = cast("TaskmanApp", self.app)
+        location = app.redis_label
         if message.values is None:
             self.redis_ok = False
             banner.update(plain(f"Redis at {location} is unreachable ({message.error}) — reconnecting…"))
@@ -235,7 +240,7 @@ class MainScreen(CarriesOn, Screen):
                                              due=values["due"], queued=values["queued"],
                                              scheduler=values["scheduler"], per_minute=self.activity.per_minute(),
                                              failed_hour=self.activity.failures_last_hour(),
-                                             walls=values.get("walls", ""), restarts=self.app.restarts())
+                                             walls=values.get("walls", ""), restarts=app.restarts())
         self.set_timer(STATUS_EVERY, self.poll_status)
 
     @on(TaskTable.Selected)

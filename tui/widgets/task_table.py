@@ -109,7 +109,7 @@ class TaskTable(CarriesOn, DataTable):
         self._add_columns(shown)
         for task in shown:
             self.add_row(*self._cells(task), key=task.id)
-        if selected in self.rows:
+        if selected is not None and selected in self.rows:
             self.move_cursor(row=self.get_row_index(selected))
         self._announce()
 
@@ -132,7 +132,7 @@ class TaskTable(CarriesOn, DataTable):
     def newest_first(self) -> list[Task]:
         return sorted(self.tasks.values(), key=lambda task: -task.created_at)
 
-    def remove(self, task_id: str) -> None:
+    def remove_task(self, task_id: str) -> None:
         self.tasks.pop(task_id, None)
         if task_id in self.rows:
             self.remove_row(task_id)
@@ -145,7 +145,7 @@ class TaskTable(CarriesOn, DataTable):
     def refresh_due_times(self) -> None:
         """Redraw the NEXT column (relative times move on; no Redis read needed)."""
         for key in self.rows:
-            task = self.tasks.get(key.value)
+            task = self.tasks.get(key.value) if key.value is not None else None
             if task is not None and task.next_run_at is not None:
                 self.update_cell(key, "next", relative(task.next_run_at))
 
