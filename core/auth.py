@@ -120,9 +120,10 @@ def create(store: Store, name: str, role: Role | str, *, actor: str = "system") 
     role = parse_role(role)
     secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
     now = time.time()
-    record = {"name": name, "role": role.value, "created_at": now, "created_by": actor, "sha256": digest(secret)}
+    sha256 = digest(secret)
+    record = {"name": name, "role": role.value, "created_at": now, "created_by": actor, "sha256": sha256}
     entry = audit.entry(actor, "token.create", name, {"role": role.value}, now)
-    if not store.add_token(name, record["sha256"], record, entry):
+    if not store.add_token(name, sha256, record, entry):
         raise Conflict(f"a token named {name!r} already exists; revoke it first or pick another name")
     return secret, public(record)
 

@@ -310,6 +310,7 @@ class TaskSpec(BaseModel):
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as JSON, in the seed's format, without unset optional fields (round-trips)."""
+        assert self.kind is not None  # validation (``_coherent``) always infers it
         return self.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_defaults=True) | {
             "name": self.name,
             "kind": self.kind.value,
@@ -380,9 +381,10 @@ def merge_changes(spec: TaskSpec, changes: dict[str, Any]) -> dict[str, Any]:
     if new_mode != merged["task_type"]:
         for name in (name for fields in MODE_FIELDS.values() for name in fields):
             merged.pop(name, None)
-    new_kinds = {kind for kind, fields in KIND_FIELDS.items() if fields[0] in changes}
+    new_kinds: set[str] = {kind for kind, fields in KIND_FIELDS.items() if fields[0] in changes}
     if changes.get("kind") and isinstance(changes["kind"], str):  # anything else is refused by validation
         new_kinds.add(changes["kind"])
+    assert spec.kind is not None  # validation (``_coherent``) always infers it
     if new_kinds and spec.kind not in new_kinds:
         for name in KIND_FIELDS[spec.kind]:
             merged.pop(name, None)

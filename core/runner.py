@@ -17,6 +17,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
+
 from core import http, jail, metrics, sandbox
 from core.config import Settings
 from core.events import EventType
@@ -125,12 +127,12 @@ class Runner:
         self.store = store
         self.settings = settings
         self.worker_name = worker_name
-        self._http_client = None
+        self._http_client: httpx.Client | None = None
         self.jail = jail.Jail(jail_uid=settings.jail_uid, accept_weak=settings.jail_accept_weak,
                               grace=settings.kill_grace, unrestricted=unrestricted_code)
 
     @property
-    def http_client(self):
+    def http_client(self) -> httpx.Client:
         if self._http_client is None:
             self._http_client = http.make_client(self.settings.http_allow)
         return self._http_client
@@ -155,6 +157,9 @@ class Runner:
         if previous is None:
             return None
         run = self.store._run_from(answers[1])
+        # The transition above found the run in an allowed state, so its hash, read in the same
+        # transaction, exists.
+        assert run is not None
         task = self.store._task_from(answers[2]) if task_id else None
         logs = LogBuffer(self.store, run.task_id, run.id, self.settings.log_lines_cap)
         if previous == RunState.RUNNING.value:
@@ -167,22 +172,27 @@ class Runner:
         logs.add("info", f"run {run.id} started on {self.worker_name} (attempt {run.attempt}/{run.max_attempts})")
         return Started(run, task, logs, fence)
 
-    def _begin_task_run(self, run_id: str, task_id: str, fence: int | None, node: str) -> Started | None:
-        """``begin`` for runs that need their task's definition; a deleted task fails the run."""
+    def _begin_task_run(self, run_id: str, task_id: str, fence: int | None,
+                        node: str) -> tuple[Started, Task] | None:
+        """``begin`` for runs that need their task's definition (returned with it); a deleted task fails
+        the run."""
         started = self.begin(run_id, task_id, fence=fence, node=node)
-        if started is not None and started.task is None:
+        if started is None:
+            return None
+        if started.task is None:
             self.finish(started, RunState.FAILED, error="the task was deleted before this run started")
             return None
-        return started
+        return started, started.task
 
     def run_code(self, run_id: str, task_id: str, fence: int | None = None, node: str = "") -> None:
         """Execute a code task's function in a jailed process and record the outcome."""
-        started = self._begin_task_run(run_id, task_id, fence, node)
-        if started is None:
+        begun = self._begin_task_run(run_id, task_id, fence, node)
+        if begun is None:
             return
-        spec = started.task.spec
+        started, task = begun
+        spec = task.spec
         limits = sandbox.Limits.for_task(self.settings, spec)
-        timeout = self._timeout(started.task)
+        timeout = self._timeout(task)
         try:
             outcome = self.jail.run(spec.function_code or "", spec.function_name or "", list(spec.args),
                                     dict(spec.kwargs), limits, timeout,
@@ -216,14 +226,15 @@ class Runner:
 
     def run_http(self, run_id: str, task_id: str, fence: int | None = None, node: str = "") -> None:
         """Send an API task's request and record the response."""
-        started = self._begin_task_run(run_id, task_id, fence, node)
-        if started is None:
+        begun = self._begin_task_run(run_id, task_id, fence, node)
+        if begun is None:
             return
-        spec = started.task.spec
+        started, task = begun
+        spec = task.spec
         try:
             response = http.execute(
                 self.http_client, method=spec.method, url=spec.api_url or "", headers=dict(spec.headers),
-                params=dict(spec.params), json=spec.json_body, data=spec.data, timeout=self._timeout(started.task),
+                params=dict(spec.params), json=spec.json_body, data=spec.data, timeout=self._timeout(task),
                 body_cap=self.settings.http_body_cap,
             )
         except http.HttpTaskError as exc:

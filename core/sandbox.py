@@ -96,7 +96,7 @@ except ImportError:  # pragma: no cover
 try:
     from billiard.exceptions import SoftTimeLimitExceeded as _SoftTimeLimitExceeded
 except ImportError:  # pragma: no cover - billiard comes with Celery
-    _SoftTimeLimitExceeded = None  # type: ignore[assignment,misc]
+    _SoftTimeLimitExceeded = None
 
 log = logging.getLogger(__name__)
 
@@ -483,6 +483,8 @@ class ModuleProxy:
     """A read-only stand-in for an allowed module: only the attributes it was given."""
 
     __slots__ = ("_name", "_attrs")
+    _name: str
+    _attrs: types.MappingProxyType[str, object]
 
     def __init__(self, name: str, attrs: dict[str, object]) -> None:
         object.__setattr__(self, "_name", name)
@@ -620,7 +622,8 @@ def guarded_getattr(obj: object, name: str, default: object = _NO_DEFAULT) -> ob
     traceback or code object, no ``AttributeError.obj``, no ABC registration."""
     _check_name(name)
     # A super proxy reads attributes of its __self__ (past some classes of its MRO): judge that.
-    subject = obj.__self__ if isinstance(obj, super) and obj.__self__ is not None else obj
+    # (typeshed's ``super`` lacks the ``__self__`` every super object has)
+    subject = obj.__self__ if isinstance(obj, super) and obj.__self__ is not None else obj  # type: ignore[attr-defined]
     if name == "register" and isinstance(subject, abc.ABCMeta):
         # ``fractions.Fraction.register(str)`` (or ``register`` on a task's subclass of ``UserList``,
         # through the ABC's subclass cache) would change isinstance() for the host and every later run.
@@ -819,7 +822,8 @@ def _memory_limit(megabytes: int) -> Iterator[None]:
 
 
 def _stack_depth() -> int:
-    depth, frame = 0, sys._getframe(1)
+    depth = 0
+    frame: types.FrameType | None = sys._getframe(1)
     while frame is not None:
         depth += 1
         frame = frame.f_back
@@ -954,8 +958,8 @@ def _json_safe(value: object, cap: int) -> object:
                 return text(number)
             return number
         if isinstance(obj, float):
-            number = float(obj)
-            return number if math.isfinite(number) else repr(number)
+            real = float(obj)
+            return real if math.isfinite(real) else repr(real)
         if isinstance(obj, str):
             string = _valid_text(obj)
             charge(len(string) + 1)

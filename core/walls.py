@@ -282,7 +282,7 @@ def build_ruleset(readable: list[str] | tuple[str, ...]) -> tuple[int | None, st
 def restrict_files(report: WallReport, readable: list[str] | tuple[str, ...], ruleset: int | None = None) -> None:
     """Enforce Landlock on this process: ``ruleset`` if one was built already, else one built now."""
     own = ruleset is None
-    if own:
+    if ruleset is None:
         ruleset, detail = build_ruleset(readable)
         if ruleset is None:
             report.raise_("landlock", False, detail)
@@ -368,13 +368,24 @@ _RET_KILL_PROCESS = 0x80000000
 _X32_BIT = 0x40000000
 
 
+Jump = int | str
+"""A BPF jump: an offset, or the name of a ``_Label`` resolved at the end."""
+
+
+@dataclass(frozen=True)
+class _Label:
+    """A jump target in a program being built."""
+
+    name: str
+
+
 def seccomp_program(machine: str, own_pid: int) -> list[tuple[int, int, int, int]] | None:
     """The filter as BPF instructions ``(code, jt, jf, k)``, or None on an architecture without a table."""
     if machine not in _ARCHES:
         return None
     audit_arch, numbers = _ARCHES[machine]
     # Built with symbolic jump targets ("deny", "allow", "enosys", "kill"), resolved at the end.
-    body: list[tuple[int, object, object, int]] = [
+    body: list[tuple[int, Jump, Jump, int] | _Label] = [
         (_LD_ABS_W, 0, 0, 4),  # seccomp_data.arch
         (_JEQ, 0, "kill", audit_arch),
         (_LD_ABS_W, 0, 0, 0),  # seccomp_data.nr
@@ -389,32 +400,32 @@ def seccomp_program(machine: str, own_pid: int) -> list[tuple[int, int, int, int
     body.append((_JEQ, 0, "after_clone", numbers["clone"]))
     body.append((_LD_ABS_W, 0, 0, 16))  # args[0] low word: clone flags
     body.append((_JSET, "allow", "deny", CLONE_THREAD))  # threads yes, processes no
-    body.append(("label", "after_clone", None, 0))
+    body.append(_Label("after_clone"))
     for name in SELF_ONLY:
         body.append((_JEQ, 0, f"skip_{name}", numbers[name]))
         body.append((_LD_ABS_W, 0, 0, 20))  # args[0] high word must be 0
         body.append((_JEQ, 0, "deny", 0))
         body.append((_LD_ABS_W, 0, 0, 16))  # args[0] low word must be our pid
         body.append((_JEQ, "allow", "deny", own_pid))
-        body.append(("label", f"skip_{name}", None, 0))
-    body.append(("label", "allow", None, 0))
+        body.append(_Label(f"skip_{name}"))
+    body.append(_Label("allow"))
     body.append((_RET, 0, 0, _RET_ALLOW))
-    body.append(("label", "deny", None, 0))
+    body.append(_Label("deny"))
     body.append((_RET, 0, 0, _RET_ERRNO | errno.EPERM))
-    body.append(("label", "enosys", None, 0))
+    body.append(_Label("enosys"))
     body.append((_RET, 0, 0, _RET_ERRNO | errno.ENOSYS))
-    body.append(("label", "kill", None, 0))
+    body.append(_Label("kill"))
     body.append((_RET, 0, 0, _RET_KILL_PROCESS))
     del clone_at
     labels: dict[str, int] = {}
-    program: list[tuple] = []
+    program: list[tuple[int, Jump, Jump, int]] = []
     for item in body:
-        if item[0] == "label":
-            labels[item[1]] = len(program)
+        if isinstance(item, _Label):
+            labels[item.name] = len(program)
         else:
             program.append(item)
 
-    def offset(target: object, at: int) -> int:
+    def offset(target: Jump, at: int) -> int:
         if isinstance(target, int):
             return target
         distance = labels[target] - at - 1

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ ACTIONS: tuple[Action, ...] = (
 )
 
 
-def bindings() -> list[Binding]:
+def bindings() -> list[BindingType]:
     """Textual bindings for the main screen, built from ``ACTIONS``."""
     return [Binding(a.key, a.action, a.label, show=a.footer, id=a.id, tooltip=a.help) for a in ACTIONS]
 

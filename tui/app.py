@@ -61,7 +61,8 @@ class TaskmanApp(CarriesOn, App):
         now = time.monotonic()
         self._error_times = [at for at in self._error_times if now - at < ERROR_WINDOW] + [now]
         if len(self._error_times) > ERROR_BURST or not self.is_running or not isinstance(cause, Exception):
-            super()._handle_exception(cause if isinstance(cause, Exception) else error)
+            # Textual annotates ``error`` as Exception; it handles (and prints) any BaseException.
+            super()._handle_exception(cause if isinstance(cause, Exception) else error)  # type: ignore[arg-type]
             return
         self.errors = [*self.errors[-19:], "".join(traceback.format_exception(cause))]
         try:

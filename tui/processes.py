@@ -70,10 +70,10 @@ def _supervise(commands: list[list[str]], env: dict | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, forward)
     while True:
-        codes = [child.poll() for child in children]
-        if all(code is not None for code in codes):
+        codes = [code for code in (child.poll() for child in children) if code is not None]
+        if len(codes) == len(children):
             return max(codes)
-        if any(code is not None for code in codes):
+        if codes:
             forward(signal.SIGTERM, None)
         time.sleep(0.2)
 
@@ -173,6 +173,7 @@ class Stack:
                 if owner is not None:
                     self.display_url = f"{existing.rsplit('@', 1)[-1]} (run by the `taskman up` with pid {owner})"
                     return self
+                assert redis_pid is not None  # read_address found the file naming a live pid
                 self.adopted_redis_pid = redis_pid
                 write_address(data_dir, existing, redis_pid, owner=os.getpid())
                 self.display_url = f"{existing.rsplit('@', 1)[-1]} (embedded, left running by an earlier `up`)"
@@ -192,6 +193,7 @@ class Stack:
         self.display_url = f"127.0.0.1:{self.redis.port} (embedded, data in {data_dir / 'redis'})"
 
     def _start_children(self, data_dir: Path) -> None:
+        assert self.settings.redis_url is not None  # the adopted or started server's, set by start()
         self._env = {**os.environ, "TASKMAN_REDIS_URL": self.settings.redis_url,
                      "TASKMAN_NAMESPACE": self.settings.namespace}
         logs = private_dir(data_dir / "logs")  # tracebacks of runs end up in these
@@ -249,6 +251,7 @@ class Stack:
     def _restart_redis(self) -> None:
         """The embedded Redis died: start it again on the same port, password and append-only file."""
         old = self.redis
+        assert old is not None  # called when the embedded server (self.redis) has exited
         self._report("the embedded Redis exited; restarting it on its append-only file")
         try:
             self.redis = RedisServer(old.directory, port=old.port, appendonly=True, password=old.password).start()

@@ -101,6 +101,7 @@ class NewTaskScreen(CarriesOn, Screen[None]):
         # A copy shows secrets masked, as every view does; creating it puts them back (``spec``).
         body = spec.json_body if spec.json_body is not None else spec.data
         body = redact.mask_fields(body)
+        assert spec.kind is not None  # validation always infers it
         return {
             "kind": spec.kind.value, "mode": spec.task_type.value, "name": one_line(f"{spec.name} copy"),
             "function_name": spec.function_name or "main",
