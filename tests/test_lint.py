@@ -27,3 +27,10 @@ def test_ruff_reports_nothing() -> None:
     if done.returncode != 0:
         pytest.fail(f"ruff check found problems (exit {done.returncode}):\n{done.stdout}{done.stderr}",
                     pytrace=False)
+
+
+def test_mypy_reports_nothing() -> None:
+    # The cache (under .mypy_cache, see pyproject.toml) keeps later runs to a few seconds.
+    done = _run("mypy", *SOURCES, timeout=300)
+    if done.returncode != 0:
+        pytest.fail(f"mypy found problems (exit {done.returncode}):\n{done.stdout}{done.stderr}", pytrace=False)
