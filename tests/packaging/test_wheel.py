@@ -91,9 +91,9 @@ def docker_context(dest: Path) -> list[str]:
     """Copy what the Dockerfile's COPY lines copy (before ``pip install .``) into ``dest``."""
     copied = []
     for line in (ROOT / "Dockerfile").read_text().splitlines():
-        words = shlex.split(line)
-        if not words or words[0].upper() != "COPY":
+        if not line.strip().upper().startswith("COPY "):
             continue
+        words = shlex.split(line)
         args = [word for word in words[1:] if not word.startswith("--")]
         sources, target = args[:-1], args[-1]
         for source in sources:
