@@ -87,3 +87,29 @@ def test_engine_never_imports_textual_or_tui_even_with_httpx_cli(redis_server):
             "print(bad, rich_from_httpx_only); sys.exit(1 if bad or not rich_from_httpx_only else 0)")
     result = run_python(code, redis_server.url)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+CORE_MODULES = sorted(path.stem for path in (ROOT / "core").glob("*.py") if path.stem != "__init__")
+
+
+@pytest.mark.parametrize("module", CORE_MODULES)
+def test_every_core_module_stays_clear_of_the_console(module, redis_server):
+    """Each module of core/ imported alone (as the jail's template and the workers do) pulls in no Textual,
+    Rich or tui, and the jail's modules not even pydantic, Celery or Redis."""
+    code = (BLOCK_HTTPX_CLI + f"import sys, core.{module}; "
+            "mods={m.split('.')[0] for m, loaded in sys.modules.items() if loaded is not None}; "
+            "print(sorted(mods & {'textual','rich','tui'})); "
+            "print(sorted(mods & {'pydantic','celery','redis','kombu','httpx'}))")
+    result = run_python(code, redis_server.url)
+    assert result.returncode == 0, result.stderr
+    console, heavy = result.stdout.splitlines()
+    assert console == "[]", f"core.{module} imports {console}"
+    if module in ("jail", "walls", "sandbox", "allowed_imports", "errors"):
+        assert heavy == "[]", f"core.{module} (loaded by the jail's template) imports {heavy}"
+
+
+def test_the_core_module_list_is_the_one_the_readme_names():
+    readme = (ROOT / "README.md").read_text()
+    layout = readme[readme.index("## Layout"):]
+    missing = [module for module in CORE_MODULES if f"`{module}`" not in layout]
+    assert not missing, f"README's Layout does not name core modules {missing}"
