@@ -20,6 +20,7 @@ import uuid
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from textual.widgets import DataTable
 
 from core.text import json_text, one_line, visible
 from tests.conftest import ROOT, _process_env, wait_for
@@ -174,8 +175,20 @@ async def test_markup_in_names_and_output_is_plain_text_everywhere(stack, tmp_pa
         await until(pilot, lambda: isinstance(pilot.app.screen, MainScreen), message="back")
 
         await pilot.press("a")
-        await until(pilot, lambda: isinstance(pilot.app.screen, AuditScreen), message="the audit trail")
-        await until(pilot, lambda: "weekly [/]" in screen_text(pilot.app), message="names in the audit details")
+        audit_screen = await until(pilot, lambda: isinstance(pilot.app.screen, AuditScreen) and pilot.app.screen,
+                                   message="the audit trail")
+        audit_table = audit_screen.query_one(DataTable)
+
+        def audit_cells() -> list[str]:
+            return [str(cell) for row in range(audit_table.row_count) for cell in audit_table.get_row_at(row)]
+
+        try:
+            await until(pilot, lambda: any("weekly [/]" in cell for cell in audit_cells()),
+                        message="names in the audit details")
+        except AssertionError as exc:  # say what the trail held, and any error the console survived
+            raise AssertionError(f"{exc}; {audit_table.row_count} rows, first: {audit_cells()[:10]}; "
+                                 f"errors: {pilot.app.errors[-2:]}; notified: {notified(pilot.app)[-3:]}") from None
+        await pilot.pause(0.2)
         assert_terminal_safe(pilot.app)
         await pilot.press("escape")
         assert_survived(pilot.app)
