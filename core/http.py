@@ -406,8 +406,13 @@ def _connect(address: str, port: int, timeout: float | None, local_address: str 
         raise
     except OSError as exc:
         sock.close()
-        raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
+        raise httpcore.ConnectError(_os_message(exc)) from exc
     return _Stream(sock)
+
+
+def _os_message(exc: BaseException) -> str:
+    """An error's message, or its type's name when it has none (a bare timeout)."""
+    return str(exc) or type(exc).__name__
 
 
 class _Stream(httpcore.NetworkStream):
@@ -424,7 +429,7 @@ class _Stream(httpcore.NetworkStream):
         except (Abandoned, httpcore.ReadTimeout):
             raise
         except OSError as exc:
-            raise httpcore.ReadError(str(exc) or type(exc).__name__) from exc
+            raise httpcore.ReadError(_os_message(exc)) from exc
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
         data = memoryview(buffer)
@@ -436,7 +441,7 @@ class _Stream(httpcore.NetworkStream):
         except (Abandoned, httpcore.WriteTimeout):
             raise
         except OSError as exc:
-            raise httpcore.WriteError(str(exc) or type(exc).__name__) from exc
+            raise httpcore.WriteError(_os_message(exc)) from exc
 
     def close(self) -> None:
         self._sock.close()
@@ -450,7 +455,7 @@ class _Stream(httpcore.NetworkStream):
             tls = ssl_context.wrap_socket(self._sock, server_hostname=server_hostname, do_handshake_on_connect=False)
         except OSError as exc:
             self.close()
-            raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
+            raise httpcore.ConnectError(_os_message(exc)) from exc
         try:
             _sliced(_on_socket(tls, tls.do_handshake), timeout, httpcore.ConnectTimeout, "in the TLS handshake")
         except (Abandoned, httpcore.ConnectTimeout):
@@ -458,7 +463,7 @@ class _Stream(httpcore.NetworkStream):
             raise
         except OSError as exc:
             tls.close()
-            raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
+            raise httpcore.ConnectError(_os_message(exc)) from exc
         return _Stream(tls)
 
     def get_extra_info(self, info: str) -> typing.Any:
@@ -539,7 +544,7 @@ _EXCEPTIONS: tuple[tuple[type[Exception], type[httpx.HTTPError]], ...] = (
 def _to_httpx(exc: Exception) -> Exception:
     for core_type, httpx_type in _EXCEPTIONS:
         if isinstance(exc, core_type):
-            return httpx_type(str(exc) or type(exc).__name__)
+            return httpx_type(_os_message(exc))
     return exc
 
 

@@ -154,8 +154,9 @@ class Scheduler:
         """
         beats = self.store.heartbeats()
         handed = 0
-        for run_id, started_at in self.store.running_runs():
-            state, node, fence = self.store.run_owner(run_id)
+        running = self.store.running_runs()
+        owners = self.store.run_owners([run_id for run_id, _ in running])
+        for (run_id, started_at), (state, node, fence) in zip(running, owners, strict=True):
             last_sign = beats.get(node, started_at) if node else started_at
             if state == RunState.RUNNING.value and now - max(last_sign, started_at) < self.dead_worker_grace:
                 continue

@@ -743,9 +743,15 @@ class Store:
 
     def run_owner(self, run_id: str) -> tuple[str, str, int]:
         """(state, worker node, fence) of a run, as the dead-worker watch needs them."""
-        fields = cast(list[str | None], self.redis.hmget(self.keys.run(run_id), "state", "node", "fence"))
-        state, node, fence = fields
-        return state or "", node or "", int(fence or 0)
+        return self.run_owners([run_id])[0]
+
+    def run_owners(self, run_ids: list[str]) -> list[tuple[str, str, int]]:
+        """:meth:`run_owner` of many runs, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for run_id in run_ids:
+            pipe.hmget(self.keys.run(run_id), "state", "node", "fence")
+        answers = cast(list[list[str | None]], pipe.execute())
+        return [(state or "", node or "", int(fence or 0)) for state, node, fence in answers]
 
     def heartbeats(self) -> dict[str, float]:
         """Worker node name → time of its last heartbeat."""
