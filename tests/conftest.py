@@ -215,6 +215,18 @@ class Recorder(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _handle
 
 
+def serve_locally(handler: type[BaseHTTPRequestHandler]):
+    """A threading HTTP server for ``handler`` on a free loopback port (``.base`` is its URL) while the
+    generator is suspended; shut down after. For module fixtures: ``yield from serve_locally(Handler)``."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    server.base = f"http://127.0.0.1:{server.server_address[1]}"  # type: ignore[attr-defined]
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
 @pytest.fixture(scope="session")
 def http_server():
     server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)

@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from core import auth
 from tests.conftest import wait_for
-from tests.e2e.apiserver import ROOT, ApiServer, process_env, taskman_command
+from tests.e2e.apiserver import ROOT, process_env, taskman_command
 
 pytestmark = pytest.mark.usefixtures("stack")
 
@@ -29,13 +29,6 @@ FAR_CRON = "0 0 1 1 *"
 FAR_DELAY = 30 * 24 * 3600
 TASK_KEYS = {"id", "name", "kind", "mode", "state", "next_run_at", "created_at", "updated_at", "last_run", "spec",
              "runs"}
-
-
-@pytest.fixture(scope="module")
-def api(taskman_env, stack, tmp_path_factory):
-    server = ApiServer(process_env(taskman_env), tmp_path_factory.mktemp("api") / "api.log").start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -18,41 +18,24 @@ import threading
 import time
 import uuid
 import zlib
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import httpx
 import pytest
 
 from core import auth
 from core.models import RunState
-from tests.conftest import wait_for
+from tests.conftest import serve_locally, wait_for
 from tests.e2e.apiserver import ApiServer, process_env
+from tests.e2e.conftest import role_clients, token_client
 from tests.e2e.test_hostile import assert_stack_up, cli_bytes, final_run, marker
 
 FAR_DELAY = 30 * 24 * 3600
 
 
-def token_client(api: ApiServer, secret: str) -> httpx.Client:
-    return httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {secret}"}, timeout=15)
-
-
-@pytest.fixture(scope="module")
-def api(taskman_env, stack, tmp_path_factory):
-    server = ApiServer(process_env(taskman_env), tmp_path_factory.mktemp("api") / "api.log").start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture(scope="module")
 def clients(api, stack):
-    made = {}
-    for role in ("viewer", "operator", "admin"):
-        secret, _ = auth.create(stack.store, f"f-{role}-{uuid.uuid4().hex[:6]}", role, actor="test")
-        made[role] = token_client(api, secret)
-    made["anonymous"] = httpx.Client(base_url=api.url, timeout=15)
-    yield made
-    for client in made.values():
-        client.close()
+    yield from role_clients(api, stack.store, "f")
 
 
 def cli(taskman_env, *args: str):
@@ -232,13 +215,7 @@ class Hostile(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def hostile():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Hostile)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    server.base = f"http://127.0.0.1:{server.server_address[1]}"
-    yield server
-    server.shutdown()
-    server.server_close()
+    yield from serve_locally(Hostile)
 
 
 def http_worker(workers):

@@ -23,10 +23,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from core import auth
 from core.service import Service
 from tests.conftest import _process_env, wait_for
-from tests.e2e.apiserver import ROOT, ApiServer, process_env, taskman_command
+from tests.e2e.apiserver import ROOT, process_env, taskman_command
+from tests.e2e.conftest import role_clients
 
 FAR_DELAY = 30 * 24 * 3600
 RAW_CONTROL = [bytes([code]) for code in [*range(0x00, 0x09), *range(0x0b, 0x20), 0x7f]] + [
@@ -39,22 +39,8 @@ def marker() -> str:
 
 
 @pytest.fixture(scope="module")
-def api(taskman_env, stack, tmp_path_factory):
-    server = ApiServer(process_env(taskman_env), tmp_path_factory.mktemp("api") / "api.log").start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def clients(api, stack):
-    made = {}
-    for role in ("viewer", "operator", "admin"):
-        secret, _ = auth.create(stack.store, f"h-{role}-{uuid.uuid4().hex[:6]}", role, actor="test")
-        made[role] = httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {secret}"}, timeout=15)
-    made["anonymous"] = httpx.Client(base_url=api.url, timeout=15)
-    yield made
-    for client in made.values():
-        client.close()
+    yield from role_clients(api, stack.store, "h")
 
 
 def refused(response: httpx.Response, field: str) -> str:

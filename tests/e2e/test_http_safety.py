@@ -10,15 +10,14 @@ masked it.
 from __future__ import annotations
 
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from core.models import RunState
-from tests.conftest import wait_for
+from tests.conftest import serve_locally, wait_for
 
 pytestmark = pytest.mark.usefixtures("stack")
 
@@ -60,13 +59,7 @@ class Echo(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def echo():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    server.base = f"http://127.0.0.1:{server.server_address[1]}"
-    yield server
-    server.shutdown()
-    server.server_close()
+    yield from serve_locally(Echo)
 
 
 def final_runs(service, task_id, count=1, timeout=20.0):

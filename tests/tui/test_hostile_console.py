@@ -9,6 +9,7 @@ unexpected error in a handler or a worker is shown while the console, and the st
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -24,6 +25,7 @@ from textual.widgets import DataTable
 
 from core.text import json_text, one_line, visible
 from tests.conftest import ROOT, _process_env, wait_for
+from tests.tui.test_console import until as console_until
 from tui.app import TaskmanApp
 from tui.screens.audit import AuditScreen
 from tui.screens.confirm import ConfirmScreen
@@ -41,14 +43,7 @@ MARKUP_NAMES = ["weekly [/]", "[@click=app.screenshot()]x", "[bold red]loud[/] [
                 "[b]unclosed", "close [/b] and [@click=app.quit]quit[/]"]
 
 
-async def until(pilot, predicate, timeout: float = 30.0, message: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        await pilot.pause(0.05)
-    raise AssertionError(f"timed out waiting for {message}")
+until = functools.partial(console_until, timeout=30.0)
 
 
 def segments(app):
