@@ -286,9 +286,10 @@ class Service:
         return {worker: detail["isolation"] for worker, detail in self.store.worker_reports().items()
                 if detail.get("isolation") and beats.get(worker, 0) >= alive_after}
 
-    def isolation_summary(self) -> tuple[bool, str]:
-        """(every live code worker has all its walls up, one line that says so or names what is down)."""
-        reports = self.isolation()
+    def isolation_summary(self, reports: dict[str, dict] | None = None) -> tuple[bool, str]:
+        """(every live code worker has all its walls up, one line that says so or names what is down);
+        ``reports`` is :meth:`isolation`'s answer when the caller has it already."""
+        reports = self.isolation() if reports is None else reports
         if not reports:
             return True, "no code worker is up"
         weak = {worker: report for worker, report in reports.items() if report.get("missing")}

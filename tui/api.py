@@ -652,16 +652,17 @@ def create_app(service: Service, settings: Settings) -> FastAPI:
         started = time.perf_counter()
         try:
             snap = metrics.snapshot(service.store, settings.heartbeat_ttl)
+            reports = service.isolation()
+            lost = service.data_loss()
         except redis.exceptions.RedisError as exc:
             return JSONResponse({"status": "unavailable", "redis": f"unreachable: {exc}"}, status_code=503)
-        jailed, isolation = service.isolation_summary()
-        lost = service.data_loss()
+        jailed, isolation = service.isolation_summary(reports)
         return JSONResponse({"status": "ok", "redis": "ok", "workers": snap.workers, "scheduler": snap.scheduler,
                              "queued": snap.queued, "due": snap.due, "log_streams": slots.open,
                              "isolation": {"ok": jailed, "summary": isolation,
                                            "workers": {worker: {"missing": report.get("missing", []),
                                                                 "accept_weak": report.get("accept_weak", False)}
-                                                       for worker, report in service.isolation().items()}},
+                                                       for worker, report in reports.items()}},
                              "data_lost_at": lost["at"] if lost else None,
                              "redis_ms": round((time.perf_counter() - started) * 1000, 3)})
 
