@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import time
 import traceback as tb
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,22 +21,13 @@ import httpx
 from core import http, jail, metrics, sandbox
 from core.config import Settings
 from core.events import EventType
+from core.lifecycle import next_attempt, run_event
 from core.models import Run, RunState, Task
 from core.store import Store
 
 MAX_DELIVERIES = 3
 LOG_FLUSH_SECONDS = 0.2
 LOG_FLUSH_LINES = 100
-
-
-def new_id() -> str:
-    """A short, unique, URL-safe id for tasks and runs."""
-    return uuid.uuid4().hex[:16]
-
-
-def run_event(kind: str, run: Run, **extra: Any) -> dict:
-    """The events-stream entry for something that happened to a run."""
-    return {"type": kind, "task_id": run.task_id, "run_id": run.id, "ts": time.time(), **extra}
 
 
 def log_entry(task_id: str, run_id: str, level: str, message: str) -> dict[str, str]:
@@ -297,13 +287,10 @@ class Runner:
 
     def _add_retry(self, started: Started, now: float, pipe) -> None:
         """Queue the next attempt in the finishing transaction: it exists exactly when this one is retrying."""
-        run, task = started.run, started.task
-        backoff = (task.spec.retry_backoff if task else 1.0) * (2 ** (run.attempt - 1))
-        retry = Run(id=new_id(), task_id=run.task_id, state=RunState.QUEUED, attempt=run.attempt + 1,
-                    max_attempts=run.max_attempts, trigger="retry", queued_at=now, scheduled_for=now + backoff,
-                    series=run.series or run.id)
-        self.store.add_retry(run.id, retry, now + backoff,
-                             run_event(EventType.RUN_QUEUED, retry, attempt=retry.attempt, due_at=now + backoff), pipe)
+        retry = next_attempt(started.run, started.task, now)
+        due_at = retry.scheduled_for or now
+        self.store.add_retry(started.run.id, retry, due_at,
+                             run_event(EventType.RUN_QUEUED, retry, attempt=retry.attempt, due_at=due_at), pipe)
 
     # -- registered tasks, observed through Celery's signals -------------------------------------
 

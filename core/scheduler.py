@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import cast
 
@@ -28,9 +29,9 @@ from kombu.exceptions import OperationalError
 from core import cron, metrics
 from core.dispatch import Dispatcher
 from core.events import EventType
-from core.models import Mode, Run, RunState
-from core.runner import new_id, run_event
-from core.store import Store, due_member_for_run
+from core.lifecycle import Launcher, new_run, run_event
+from core.models import Mode, RunState
+from core.store import Store
 
 log = logging.getLogger("taskman.scheduler")
 
@@ -45,8 +46,10 @@ class Scheduler:
     """Claims due entries and sends their runs; ``tick`` returns how long to sleep."""
 
     def __init__(self, store: Store, dispatcher: Dispatcher, *, interval: float = 0.25, lock_ttl: float = 10.0,
-                 lease: float = 60.0, dead_worker_grace: float = 30.0) -> None:
+                 lease: float = 60.0, dead_worker_grace: float = 30.0,
+                 clock: Callable[[], float] = time.time) -> None:
         self.store = store
+        self.clock = clock
         self.dispatcher = dispatcher
         self.interval = interval
         self.lock_ttl = lock_ttl
@@ -59,6 +62,7 @@ class Scheduler:
         self.dead_worker_grace = dead_worker_grace
         self.next_watch = 0.0
         self.epoch: str | None = None
+        self.launcher = Launcher(store, dispatcher, lease)
 
     def tick(self, now: float | None = None) -> float:
         """Do one round of work if this scheduler holds the lock; return seconds until the next look.
@@ -101,9 +105,9 @@ class Scheduler:
             self.is_leader = leader
         if not leader:
             return min(self.lock_ttl / 3, 1.0)
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
         lags = []
-        for member, due_at in self.store.claim_due(now, self.lease):
+        for member, due_at in self.store.claim_due(now, self.lease, self.token):
             lags.append(now - due_at)
             try:
                 self.fire(member, due_at, now)
@@ -114,13 +118,13 @@ class Scheduler:
         if time.monotonic() >= self.next_watch:
             self.next_watch = time.monotonic() + min(2.0, self.dead_worker_grace / 4)
             self._check_epoch()
-            self.hand_over_silent_workers_runs(time.time())
+            self.hand_over_silent_workers_runs(self.store.server_time())
         try:
             metrics.record_lags(self.store, lags)
         except Exception:
             log.exception("could not record the scheduler's lag")
         next_due = self.store.next_due()
-        wait = self.interval if next_due is None else max(0.0, min(self.interval, next_due - time.time()))
+        wait = self.interval if next_due is None else max(0.0, min(self.interval, next_due - self.clock()))
         return wait
 
     def fire(self, member: str, due_at: float, now: float) -> None:
@@ -128,26 +132,27 @@ class Scheduler:
         kind, _, ident = member.partition(":")
         self.last_lag = max(0.0, now - due_at)
         if kind == "r":
-            self._send_retry(member, ident)
+            self._send_queued(member, ident)
             return
         task = self.store.get_task(ident)
         if task is None:
             self.store.remove_due(member)
             return
-        run = Run(id=new_id(), task_id=task.id, state=RunState.QUEUED, attempt=1,
-                  max_attempts=task.spec.max_retries + 1,
-                  trigger="cron" if task.mode is Mode.SCHEDULED else "delay", queued_at=now, scheduled_for=due_at)
+        run = new_run(task, "cron" if task.mode is Mode.SCHEDULED else "delay", now, scheduled_for=due_at)
         next_due = None
         if task.mode is Mode.SCHEDULED:
             after = datetime.fromtimestamp(max(now, due_at), tz=UTC)
             next_due = cron.next_fire(task.spec.cron_expression or "", task.spec.timezone, after).timestamp()
         event = run_event(EventType.RUN_QUEUED, run, trigger=run.trigger, lag_ms=round(self.last_lag * 1000, 3))
-        if self.store.fire(task, run, next_due, now, event, send_guard_at=now + self.lease):
-            self.dispatcher.send(task, run)
-            self.store.remove_due(due_member_for_run(run.id))
+        if self.store.fire(task, run, next_due, now, event, token=self.token, leased_to=now + self.lease,
+                           due_at=due_at, send_guard_at=now + self.lease):
+            self.launcher.send(task, run)
 
     def hand_over_silent_workers_runs(self, now: float) -> int:
         """Requeue, under a new fence, every running run whose worker has sent no heartbeat for the grace.
+
+        ``now`` is Redis's clock, as are the heartbeats and run starts it is compared with (so a jump of
+        this host's clock hands nothing over).
 
         The fence makes the dead worker's message (redelivered by the broker much later) and a slow
         worker's late finish refused, so a run is never carried on by two workers at once.
@@ -162,15 +167,14 @@ class Scheduler:
                 continue
             event = {"type": EventType.RUN_REQUEUED, "run_id": run_id, "ts": now, "state": "queued",
                      "reason": f"worker {node or '?'} silent for {now - last_sign:.0f} s"}
-            new_fence = self.store.requeue(run_id, fence, event, send_guard_at=now + self.lease)
+            new_fence = self.store.requeue(run_id, fence, event, send_guard_at=self.clock() + self.lease)
             if new_fence is None:
                 continue
             run = self.store.get_run(run_id)
             task = self.store.get_task(run.task_id) if run else None
             if run is None or task is None:
                 continue  # the send guard's turn stops it (task deleted) or finds it gone
-            self.dispatcher.send(task, run, fence=new_fence)
-            self.store.remove_due(due_member_for_run(run_id))
+            self.launcher.send(task, run, fence=new_fence)
             self.store.add_logs([{"ts": repr(now), "task": run.task_id, "run": run_id, "level": "warning",
                                   "msg": f"run {run_id}: worker {node or '?'} silent for {now - last_sign:.0f} s; "
                                          "handed to another worker"}])
@@ -178,20 +182,27 @@ class Scheduler:
             handed += 1
         return handed
 
-    def _send_retry(self, member: str, run_id: str) -> None:
-        """Send a queued run whose due entry came up: a retry's backoff ended, or a send guard's lease did."""
+    def _send_queued(self, member: str, run_id: str) -> None:
+        """Send a queued run whose due entry came up: a retry's backoff ended, or a send guard's lease did.
+
+        The run's fence moves on first, so if an earlier message for it does exist (its sender died
+        before dropping the guard), that one is refused on arrival and the run runs once.
+        """
         run = self.store.get_run(run_id)
-        task = self.store.get_task(run.task_id) if run else None
         if run is None or run.state is not RunState.QUEUED:
             self.store.remove_due(member)
             return
+        task = self.store.get_task(run.task_id)
         if task is None:
             self.store.transition(run.id, (RunState.QUEUED,), RunState.STOPPED,
-                                  fields={"error": "the task was deleted", "finished_at": time.time()})
+                                  fields={"error": "the task was deleted", "finished_at": self.clock()})
             self.store.remove_due(member)
             return
-        self.dispatcher.send(task, run, fence=self.store.run_owner(run_id)[2])
-        self.store.remove_due(member)  # only once sent: a failed send leaves the leased entry to come back
+        fence = self.store.refence_queued(run_id, self.token)
+        if fence == -1:
+            self.store.remove_due(member)
+        elif fence >= 0:
+            self.launcher.send(task, run, fence=fence)  # a failed send leaves the entry to come back
 
     def close(self) -> None:
         """Give up the lock so a standby scheduler takes over at once."""

@@ -24,6 +24,7 @@ from core.dispatch import Dispatcher, make_celery
 from core.embedded import resolve_redis_url
 from core.errors import Conflict, InvalidSpec, NotFound
 from core.events import EventType
+from core.lifecycle import Launcher, new_id, new_run, run_event
 from core.models import (
     CODE_QUEUE,
     HTTP_QUEUE,
@@ -38,7 +39,6 @@ from core.models import (
     merge_changes,
     parse_spec,
 )
-from core.runner import new_id, run_event
 from core.store import Store, due_member_for_run, due_member_for_task
 
 MAX_BATCH = 1000
@@ -60,6 +60,7 @@ class Service:
         self.settings = settings
         self.actor = actor
         self.role = role
+        self.launcher = Launcher(store, dispatcher, settings.claim_lease)
 
     def acting_as(self, actor: str, role: auth.Role | None = None) -> Service:
         """A shallow copy that audits its changes as ``actor`` and, given a ``role``, enforces it."""
@@ -161,10 +162,11 @@ class Service:
         for task in tasks:
             if task.mode is Mode.IMMEDIATE:
                 task.state = TaskState.DONE
-                run = self._new_run(task, "now", now)
+                run = new_run(task, "now", now)
                 task.runs = [run]
                 self.store.add_task(task, pipe)
                 self.store.add_run(run, pipe)
+                self.launcher.guard(run, now, pipe)
                 to_send.append((task, run))
             else:
                 task.next_run_at = self._first_due(task.spec, now)
@@ -173,13 +175,8 @@ class Service:
             self.store.add_event({"type": EventType.TASK_CREATED, "task_id": task.id, "ts": now}, pipe)
             self._audit("create", task.id, {"name": task.name, "kind": task.kind.value, "mode": task.mode.value}, pipe)
         pipe.execute()
-        for task, run in to_send:
-            self._send(task, run)
+        self.launcher.send_or_fail(to_send)
         return tasks
-
-    def _new_run(self, task: Task, trigger: str, now: float) -> Run:
-        return Run(id=new_id(), task_id=task.id, state=RunState.QUEUED, attempt=1,
-                   max_attempts=task.spec.max_retries + 1, trigger=trigger, queued_at=now)
 
     @staticmethod
     def _first_due(spec: TaskSpec, now: float) -> float:
@@ -187,15 +184,6 @@ class Service:
             return now + (spec.delay_seconds or 0.0)
         return cron.next_fire(spec.cron_expression or "", spec.timezone,
                               datetime.fromtimestamp(now, tz=UTC)).timestamp()
-
-    def _send(self, task: Task, run: Run) -> None:
-        try:
-            self.dispatcher.send(task, run)
-        except Exception as exc:
-            self.store.transition(run.id, (RunState.QUEUED,), RunState.FAILED,
-                                  event=run_event(EventType.RUN_FAILED, run, state="failed"),
-                                  fields={"error": f"could not queue the run: {exc}", "finished_at": time.time()})
-            raise
 
     # -- read ----------------------------------------------------------------------------------
 
@@ -324,7 +312,7 @@ class Service:
         if schedule_changed and task.state is TaskState.ACTIVE:
             if spec.task_type is Mode.IMMEDIATE:
                 task.state, task.next_run_at = TaskState.DONE, None
-                self.store.remove_due(due_member_for_task(task.id), pipe)
+                self.store.remove_due(due_member_for_task(task.id), pipe=pipe)
             else:
                 task.next_run_at = self._first_due(spec, now)
                 self.store.set_due(due_member_for_task(task.id), task.next_run_at, pipe)
@@ -339,13 +327,14 @@ class Service:
         task = self.get(task_id, runs=0)
         self._allow("run", task.kind)
         now = time.time()
-        run = self._new_run(task, "manual", now)
+        run = new_run(task, "manual", now)
         pipe = self.store.pipeline()
         self.store.add_run(run, pipe)
+        self.launcher.guard(run, now, pipe)
         self.store.add_event(run_event(EventType.RUN_QUEUED, run), pipe)
         self._audit("run", task.id, {"name": task.name, "run_id": run.id}, pipe)
         pipe.execute()
-        self._send(task, run)
+        self.launcher.send_or_fail([(task, run)])
         return run
 
     def pause(self, task_id: str) -> Task:
@@ -357,7 +346,7 @@ class Service:
         if task.state is TaskState.DONE:
             raise Conflict(f"task {task_id} already ran; nothing left to pause")
         pipe = self.store.pipeline()
-        self.store.remove_due(due_member_for_task(task.id), pipe)
+        self.store.remove_due(due_member_for_task(task.id), pipe=pipe)
         self.store.set_task_state(task.id, TaskState.PAUSED, None, pipe)
         self.store.add_event({"type": EventType.TASK_PAUSED, "task_id": task.id, "ts": time.time()}, pipe)
         self._audit("pause", task.id, {"name": task.name}, pipe)
@@ -394,7 +383,7 @@ class Service:
         now = time.time()
         if task.state is TaskState.ACTIVE and task.mode is not Mode.IMMEDIATE:
             pipe = self.store.pipeline()
-            self.store.remove_due(due_member_for_task(task.id), pipe)
+            self.store.remove_due(due_member_for_task(task.id), pipe=pipe)
             self.store.set_task_state(task.id, TaskState.PAUSED, None, pipe)
             pipe.execute()
             task.state, task.next_run_at = TaskState.PAUSED, None
@@ -418,7 +407,7 @@ class Service:
                 continue
             stopped.append(run.id)
             pipe = self.store.pipeline()
-            self.store.remove_due(due_member_for_run(run.id), pipe)
+            self.store.remove_due(due_member_for_run(run.id), pipe=pipe)
             self.store.set_last_run(task.id, run.id, RunState.STOPPED, None, pipe)
             self.store.expire_run(run.id, pipe)
             self.store.add_logs([{"ts": repr(now), "task": task.id, "run": run.id, "level": "warning",

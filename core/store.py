@@ -195,6 +195,17 @@ end
 return current
 """
 
+# KEYS[1] run hash, KEYS[2] scheduler lock; ARGV[1] the sender's lock token
+# Before a queued run's message is sent again (its send guard or its retry's backoff came up), moves
+# its fence on: a message sent earlier (the process that sent it died before dropping the guard) is
+# then refused on arrival, so two messages never run it twice at once. Returns the new fence, -1 if
+# the run is no longer queued (nothing to send), -2 if the sender lost the lock (leave it).
+REFENCE = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -2 end
+if redis.call('HGET', KEYS[1], 'state') ~= 'queued' then return -1 end
+return redis.call('HINCRBY', KEYS[1], 'fence', 1)
+"""
+
 # KEYS[1] run hash, KEYS[2] running set, KEYS[3] events stream, KEYS[4] due set
 # ARGV[1] the fence the run was found with, ARGV[2] event JSON, ARGV[3] events maxlen,
 # ARGV[4] send-guard due member, ARGV[5] its score.
@@ -231,12 +242,24 @@ return 1
 # KEYS[1] task hash, KEYS[2] due set, KEYS[3] run hash, KEYS[4] task's runs set, KEYS[5] events stream
 # ARGV[1] due member, ARGV[2] next due score ('' = one-shot: remove from due set, task becomes done),
 # ARGV[3] run fields as a flat JSON object, ARGV[4] now, ARGV[5] event JSON, ARGV[6] events maxlen,
-# ARGV[7] history size kept per task, ARGV[8] send-guard due member ('' = none), ARGV[9] its score.
+# ARGV[7] history size kept per task, ARGV[8] send-guard due member ('' = none), ARGV[9] its score,
+# KEYS[6] scheduler lock, ARGV[10] the firing scheduler's lock token, ARGV[11] the score its claim
+# leased the entry to, ARGV[12] the entry's due time before the claim.
+# Fenced twice: the entry must still hold this claim's lease (an edit, a pause, or another scheduler
+# claiming it after the lease ran out all change it) and the firer must still hold the lock; a firer
+# that lost the lock (frozen past it) hands the entry back at its due time for the holder to fire.
 # The send guard is the run's own due entry, due when the lease ends: if the message is never sent
 # (the scheduler dies, or the send fails), the run is sent again then; a sent run removes it.
 # Fires a task only while it is active, so a pause or delete racing the scheduler always wins.
-# Returns 1 if a run was created, 0 if the task is gone or not active (its due entry is dropped).
+# Returns 1 if a run was created, 0 if not: the claim or lock was lost, or the task is gone or not
+# active (its due entry is then dropped).
 FIRE = """
+local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if not score or tonumber(score) ~= tonumber(ARGV[11]) then return 0 end
+if redis.call('GET', KEYS[6]) ~= ARGV[10] then
+  redis.call('ZADD', KEYS[2], ARGV[12], ARGV[1])
+  return 0
+end
 local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= 'active' then
   redis.call('ZREM', KEYS[2], ARGV[1])
@@ -300,18 +323,27 @@ redis.call('SET', KEYS[2], cjson.encode({at = tonumber(ARGV[3]), was = ARGV[1], 
 return {current, 'lost'}
 """
 
-# KEYS[1] due set
-# ARGV[1] now, ARGV[2] lease seconds, ARGV[3] max entries
+# KEYS[1] due set, KEYS[2] scheduler lock
+# ARGV[1] now, ARGV[2] lease seconds, ARGV[3] max entries, ARGV[4] the claimer's lock token
 # Claims due entries by pushing their score to now + lease: a scheduler that dies before sending
 # leaves them to fire again after the lease (at-least-once), and nothing else sees them meanwhile.
+# Only the lock's holder claims: a scheduler frozen past its lock claims nothing when it wakes.
 # Returns a flat list member, original score, ...
 CLAIM = """
+if redis.call('GET', KEYS[2]) ~= ARGV[4] then return {} end
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[3]))
 local leased = tonumber(ARGV[1]) + tonumber(ARGV[2])
 for i = 1, #due, 2 do
   redis.call('ZADD', KEYS[1], leased, due[i])
 end
 return due
+"""
+
+# KEYS[1] workers zset; ARGV[1] worker node name. Scores the beat by Redis's own clock.
+HEARTBEAT = """
+local now = redis.call('TIME')
+redis.call('ZADD', KEYS[1], tonumber(now[1]) + tonumber(now[2]) / 1000000, ARGV[1])
+return 1
 """
 
 # KEYS[1] lock key; ARGV[1] owner token, ARGV[2] ttl in milliseconds
@@ -456,6 +488,7 @@ class Store:
         self.audit_retention = max(1, int(audit_retention))
         self._transition = client.register_script(TRANSITION)
         self._requeue = client.register_script(REQUEUE)
+        self._refence = client.register_script(REFENCE)
         self._epoch = client.register_script(EPOCH)
         self._fire = client.register_script(FIRE)
         self._claim = client.register_script(CLAIM)
@@ -628,12 +661,14 @@ class Store:
     def set_due(self, member: str, when: float, pipe: redis.client.Pipeline) -> None:
         pipe.zadd(self.keys.due, {member: when})
 
-    def remove_due(self, member: str, pipe: redis.client.Pipeline | None = None) -> None:
-        (pipe or self.redis).zrem(self.keys.due, member)
+    def remove_due(self, *members: str, pipe: redis.client.Pipeline | None = None) -> None:
+        if members:
+            (pipe or self.redis).zrem(self.keys.due, *members)
 
-    def claim_due(self, now: float, lease: float, limit: int = 500) -> list[tuple[str, float]]:
-        """Atomically lease the due entries whose time has come; returns (member, due time) pairs."""
-        flat = self._claim(keys=[self.keys.due], args=[repr(now), repr(lease), limit])
+    def claim_due(self, now: float, lease: float, token: str, limit: int = 500) -> list[tuple[str, float]]:
+        """Atomically lease the due entries whose time has come to the holder of the scheduler lock
+        ``token`` (until ``now + lease``); returns (member, due time) pairs, none if the lock is not held."""
+        flat = self._claim(keys=[self.keys.due, self.keys.scheduler_lock], args=[repr(now), repr(lease), limit, token])
         return [(flat[i], float(flat[i + 1])) for i in range(0, len(flat), 2)]
 
     def next_due(self) -> float | None:
@@ -646,21 +681,22 @@ class Store:
     def due_score(self, member: str) -> float | None:
         return self.redis.zscore(self.keys.due, member)
 
-    def fire(self, task: Task, run: Run, next_due: float | None, now: float, event: dict,
-             send_guard_at: float | None = None) -> bool:
-        """Atomically record a fired run and move (or drop) the task's due entry; False if not active.
+    def fire(self, task: Task, run: Run, next_due: float | None, now: float, event: dict, *, token: str,
+             leased_to: float, due_at: float, send_guard_at: float) -> bool:
+        """Atomically record a fired run and move (or drop) the task's due entry. False if nothing fired:
+        the entry no longer holds the claim that leased it to ``leased_to``, the lock ``token`` was lost
+        (the entry is handed back at ``due_at``), or the task is not active.
 
-        With ``send_guard_at``, the run's own due entry is set for then, in the same script: the run is
-        sent again at that time unless the caller removes the entry after sending it.
+        The run's own due entry (its send guard) is set for ``send_guard_at`` in the same script: the run
+        is sent again at that time unless the caller removes the entry after sending it.
         """
         fields = self.run_fields(run)
         created = self._fire(
             keys=[self.keys.task(task.id), self.keys.due, self.keys.run(run.id), self.keys.task_runs(task.id),
-                  self.keys.events],
+                  self.keys.events, self.keys.scheduler_lock],
             args=[due_member_for_task(task.id), "" if next_due is None else repr(next_due), json.dumps(fields),
                   repr(now), json.dumps(event), str(self.events_maxlen), str(self.history_per_task),
-                  "" if send_guard_at is None else due_member_for_run(run.id),
-                  "" if send_guard_at is None else repr(send_guard_at)],
+                  due_member_for_run(run.id), repr(send_guard_at), token, repr(leased_to), repr(due_at)],
         )
         return bool(created)
 
@@ -738,7 +774,7 @@ class Store:
         return {worker: json.loads(raw) for worker, raw in sorted(reports.items())}
 
     def running_runs(self) -> list[tuple[str, float]]:
-        """(run id, when it started) of every run in the dead-worker watch."""
+        """(run id, when it started by Redis's clock) of every run in the dead-worker watch."""
         return cast(list[tuple[str, float]], self.redis.zrange(self.keys.running, 0, -1, withscores=True))
 
     def run_owner(self, run_id: str) -> tuple[str, str, int]:
@@ -757,6 +793,11 @@ class Store:
         """Worker node name → time of its last heartbeat."""
         return dict(cast(list[tuple[str, float]], self.redis.zrange(self.keys.workers, 0, -1, withscores=True)))
 
+    def refence_queued(self, run_id: str, token: str) -> int:
+        """Move a queued run's fence on before sending it again (see ``REFENCE``): the new fence, -1 if the
+        run is not queued, -2 if the lock ``token`` is not held."""
+        return int(self._refence(keys=[self.keys.run(run_id), self.keys.scheduler_lock], args=[token]))
+
     def requeue(self, run_id: str, fence: int, event: dict, send_guard_at: float) -> int | None:
         """Hand a running run back to the queue under a new fence; the new fence, or None if it moved on."""
         answer = self._requeue(keys=[self.keys.run(run_id), self.keys.running, self.keys.events, self.keys.due],
@@ -765,8 +806,18 @@ class Store:
         return None if answer is None else int(answer)
 
     def heartbeat(self, worker: str, when: float | None = None) -> None:
-        """Note that ``worker`` is alive (``core.metrics`` counts workers seen recently)."""
-        self.redis.zadd(self.keys.workers, {worker: time.time() if when is None else when})
+        """Note that ``worker`` is alive (``core.metrics`` counts workers seen recently), by Redis's clock
+        unless ``when`` is given: the dead-worker watch compares beats from many hosts, whose clocks may
+        differ or jump."""
+        if when is None:
+            self.redis.eval(HEARTBEAT, 1, self.keys.workers, worker)
+        else:
+            self.redis.zadd(self.keys.workers, {worker: when})
+
+    def server_time(self) -> float:
+        """Redis's clock, in seconds since the epoch: one clock for every host's heartbeats and run starts."""
+        seconds, micros = cast(tuple[int, int], self.redis.time())
+        return seconds + micros / 1e6
 
     def worker_gone(self, worker: str) -> None:
         self.redis.zrem(self.keys.workers, worker)

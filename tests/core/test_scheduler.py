@@ -1,0 +1,162 @@
+"""The scheduler's rules, driven tick by tick in-process on a real Redis with an injected clock.
+
+End-to-end tests (tests/e2e, tests/faults) run the real beat process; these step its clock through
+jumps and freeze it mid-tick, which real time cannot do in a bounded test. Messages go to the real
+broker in a namespace no worker serves: what is checked is which runs were fired, and when for.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+
+import pytest
+
+from core.models import RunState
+from core.scheduler import Scheduler
+from core.store import due_member_for_run, due_member_for_task
+
+
+class Clock:
+    """A wall clock the test moves: forward in steps, or jumping either way."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def service(settings, redis_server):
+    from core.service import Service
+
+    own = settings.model_copy(update={"namespace": f"sched{uuid.uuid4().hex[:8]}"})
+    return Service.from_settings(own)
+
+
+def scheduler(service, clock: Clock, **options) -> Scheduler:
+    return Scheduler(service.store, service.dispatcher, clock=clock, **options)
+
+
+def advance(sched: Scheduler, clock: Clock, seconds: float, step: float = 5.0) -> None:
+    """Move the clock forward ``seconds`` in ``step``s, ticking after each step."""
+    end = clock.now + seconds
+    while clock.now < end:
+        clock.now = min(end, clock.now + step)
+        sched.tick()
+
+
+def fired_slots(service, task_id: str) -> list[float]:
+    return sorted(run.scheduled_for for run in service.runs(task_id, limit=500))
+
+
+def minute_slots(start: float, end: float) -> int:
+    """Nominal fires of ``* * * * *`` in (start, end]."""
+    return math.floor(end / 60) - math.floor(start / 60)
+
+
+def test_wall_clock_jumps_fire_nothing_twice_and_lose_nothing_beyond_the_misfire_rule(service):
+    every_minute = service.create({"name": "every minute", "function_code": "def main():\n    return 1\n",
+                                   "function_name": "main", "cron_expression": "* * * * *"})
+    in_half_an_hour = service.create({"name": "in half an hour", "function_code": "def main():\n    return 1\n",
+                                      "function_name": "main", "delay_seconds": 1800})
+    clock = Clock(time.time())
+    start = clock.now
+    sched = scheduler(service, clock)
+    advance(sched, clock, 300)
+    assert len(fired_slots(service, every_minute.id)) == minute_slots(start, clock.now)
+    before_jump = clock.now
+
+    clock.now += 3600  # the host's clock jumps an hour ahead
+    sched.tick()
+    after_jump = fired_slots(service, every_minute.id)
+    assert len(after_jump) == minute_slots(start, before_jump) + 1, "the missed hour is caught up by one fire"
+    assert len(service.runs(in_half_an_hour.id)) == 1, "the delayed run that fell due in the jump ran once"
+    jumped_from = clock.now
+    advance(sched, clock, 300)
+    assert len(fired_slots(service, every_minute.id)) == len(after_jump) + minute_slots(jumped_from, clock.now)
+
+    back_from = clock.now
+    clock.now -= 600  # and ten minutes back
+    advance(sched, clock, 660)
+    slots = fired_slots(service, every_minute.id)
+    expected = len(after_jump) + minute_slots(jumped_from, back_from) + minute_slots(back_from, clock.now)
+    assert len(slots) == expected, "the ten minutes lived twice fire once, not twice"
+    assert len(set(slots)) == len(slots)
+    assert all(slot % 60 == 0 for slot in slots), "every fire is for a nominal minute"
+    assert len(service.runs(in_half_an_hour.id)) == 1
+
+
+def test_a_scheduler_frozen_past_its_lock_fires_nothing_when_it_wakes(service):
+    task = service.create({"name": "soon", "function_code": "def main():\n    return 1\n",
+                           "function_name": "main", "delay_seconds": 1})
+    clock = Clock(time.time() + 2)
+    frozen = scheduler(service, clock, lock_ttl=0.3)
+    standby = scheduler(service, clock, lock_ttl=0.3)
+    # The frozen scheduler was mid-tick: it held the lock and had claimed the entry when it stopped.
+    assert service.store.acquire_lock(frozen.token, frozen.lock_ttl)
+    [(member, due_at)] = service.store.claim_due(clock.now, frozen.lease, frozen.token)
+    time.sleep(0.5)  # its lock runs out
+    standby.tick()
+    assert standby.is_leader and service.runs(task.id) == [], "the claimed entry is hidden from the standby"
+
+    frozen.fire(member, due_at, clock.now)  # it wakes up and carries on where it stopped
+    assert service.runs(task.id) == [], "a scheduler that lost the lock fires nothing"
+    assert service.store.due_score(member) == due_at, "it handed the entry back at its due time"
+    assert service.store.claim_due(clock.now, frozen.lease, frozen.token) == [], "and claims nothing more"
+
+    standby.tick()
+    [run] = service.runs(task.id)
+    assert run.scheduled_for == due_at
+
+
+def test_a_claim_whose_lease_ran_out_cannot_fire_after_another_claim(service):
+    task = service.create({"name": "leased", "function_code": "def main():\n    return 1\n",
+                           "function_name": "main", "cron_expression": "* * * * *"})
+    clock = Clock(time.time())
+    sched = scheduler(service, clock, lease=5)
+    clock.now = service.store.due_score(due_member_for_task(task.id)) + 0.1
+    assert service.store.acquire_lock(sched.token, sched.lock_ttl)
+    [(member, due_at)] = service.store.claim_due(clock.now, sched.lease, sched.token)
+    first_claim_at = clock.now
+    clock.now += 6  # past the lease: the entry comes up again and is fired by the next tick
+    sched.tick()
+    assert len(service.runs(task.id)) == 1
+    sched.fire(member, due_at, first_claim_at)  # the first claim's fire arrives late
+    assert len(service.runs(task.id)) == 1, "a claim that lost its lease fires nothing"
+
+
+def test_a_schedule_edited_while_claimed_fires_by_the_new_schedule(service):
+    task = service.create({"name": "edited", "function_code": "def main():\n    return 1\n",
+                           "function_name": "main", "cron_expression": "* * * * *"})
+    clock = Clock(service.store.due_score(due_member_for_task(task.id)) + 0.1)
+    sched = scheduler(service, clock)
+    assert service.store.acquire_lock(sched.token, sched.lock_ttl)
+    [(member, due_at)] = service.store.claim_due(clock.now, sched.lease, sched.token)
+    service.update(task.id, {"cron_expression": "0 0 1 1 *"})
+    sched.fire(member, due_at, clock.now)
+    assert service.runs(task.id) == [], "the claim made before the edit does not fire"
+    assert service.store.due_score(member) == service.get(task.id).next_run_at
+
+
+def test_a_queued_run_sent_again_moves_its_fence_so_the_first_message_is_refused(service):
+    from core.runner import Runner
+
+    task = service.create({"name": "guarded", "function_code": "def main():\n    return 1\n",
+                           "function_name": "main", "cron_expression": "0 0 1 1 *"})
+    run = service.run_now(task.id)  # sent under fence 0; nothing serves this namespace, so it waits
+    clock = Clock(time.time() + service.settings.claim_lease + 1)
+    sched = scheduler(service, clock)
+    guard = due_member_for_run(run.id)
+    pipe = service.store.pipeline()
+    service.store.set_due(guard, time.time(), pipe)  # as if the sender had died before dropping the guard
+    pipe.execute()
+    sched.tick()
+    assert service.store.run_owner(run.id)[2] == 1, "the resend carries a new fence"
+    assert service.store.due_score(guard) is None
+    runner = Runner(service.store, service.settings, "test-worker", unrestricted_code=True)
+    assert runner.begin(run.id, fence=0) is None, "the first message is refused on arrival"
+    started = runner.begin(run.id, fence=1)
+    assert started is not None and service.get_run(run.id).state is RunState.RUNNING

@@ -1,0 +1,102 @@
+"""No path leaves a run queued with nothing behind it: every run is written with its send guard.
+
+A process that dies between writing a run and sending its message (a submit, a "run now") leaves
+the guard; the scheduler sends the run when the guard comes up, and a worker runs it. A send that
+raises fails the run at once, with the reason, and leaves no guard to send it later.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from core.models import RunState
+from core.store import due_member_for_run
+from tests.conftest import ROOT, _process_env, wait_for
+
+CODE = "def main():\n    return 'sent by its guard'\n"
+
+# Submits (or runs now) with a dispatcher whose send kills the process: the run and its guard are
+# written, the message never leaves. Prints the task id first so the test can find the run.
+DIES_BEFORE_SENDING = """
+import os, sys
+from core.config import Settings
+from core.service import Service
+service = Service.from_settings(Settings())
+def die(*args, **kwargs):
+    os._exit(9)
+if sys.argv[1] == "submit":
+    service.dispatcher.send = lambda *a, **k: (print(a[0].id, flush=True), die())
+    service.create({"name": "dies before sending", "function_code": sys.argv[2], "function_name": "main"})
+else:
+    service.dispatcher.send = die
+    service.run_now(sys.argv[2])
+"""
+
+
+def die_before_sending(taskman_env, *args: str) -> str:
+    env = {**_process_env(taskman_env), "TASKMAN_CLAIM_LEASE": "1"}
+    result = subprocess.run([sys.executable, "-c", DIES_BEFORE_SENDING, *args], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 9, result.stderr
+    return result.stdout.strip()
+
+
+def test_a_submit_whose_process_dies_before_sending_is_sent_by_its_guard(stack, taskman_env):
+    task_id = die_before_sending(taskman_env, "submit", CODE)
+    guarded_at = time.monotonic()
+    run = stack.get(task_id).runs[0]
+    assert run.state is RunState.QUEUED
+    done = wait_for(lambda: (r := stack.get_run(run.id)).state.final and r, timeout=30,
+                    message="the guarded run to be sent and run")
+    assert done.state is RunState.SUCCEEDED and done.result == "sent by its guard"
+    assert done.attempt == 1 and len(stack.get(task_id).runs) == 1, "the run was sent, not created again"
+    assert stack.store.due_score(due_member_for_run(run.id)) is None
+    assert time.monotonic() - guarded_at < 15
+
+
+def test_a_run_now_whose_process_dies_before_sending_is_sent_by_its_guard(stack, taskman_env):
+    task = stack.create({"name": "run now dies", "function_code": CODE, "function_name": "main",
+                         "cron_expression": "0 0 1 1 *"})
+    die_before_sending(taskman_env, "run", task.id)
+    runs = stack.get(task.id).runs
+    assert len(runs) == 1 and runs[0].trigger == "manual"
+    done = wait_for(lambda: (r := stack.get_run(runs[0].id)).state.final and r, timeout=30,
+                    message="the guarded manual run to be sent and run")
+    assert done.state is RunState.SUCCEEDED
+
+
+def test_a_send_that_raises_fails_the_run_and_every_unsent_one_of_its_batch(stack):
+    from core.service import Service
+
+    sent = []
+
+    class Broker(RuntimeError):
+        pass
+
+    def flaky_send(task, run, fence=0):
+        if len(sent) == 1:
+            raise Broker("broker unreachable")
+        stack.dispatcher.send(task, run, fence)
+        sent.append(run.id)
+
+    service = Service(stack.store, stack.dispatcher, stack.settings)
+    service.launcher.dispatcher = type("FlakyDispatcher", (), {"send": staticmethod(flaky_send)})()
+    prefix = f"batch {uuid.uuid4().hex[:6]}"
+    specs = [{"name": f"{prefix} {index}", "function_code": CODE, "function_name": "main"} for index in range(3)]
+    with pytest.raises(Broker):
+        service.create_many(specs)
+    tasks = stack.list_tasks(name=prefix)
+    assert len(tasks) == 3
+    runs = [stack.get(task.id).runs[0] for task in tasks]
+    failed = [run for run in runs if run.id not in sent]
+    assert len(sent) == 1 and len(failed) == 2
+    assert wait_for(lambda: stack.get_run(sent[0]).state is RunState.SUCCEEDED, message="the sent run to run")
+    assert all(run.state is RunState.FAILED for run in failed)
+    assert all(run.error == "could not queue the run: broker unreachable" for run in failed)
+    for run in runs:
+        assert stack.store.due_score(due_member_for_run(run.id)) is None, "no guard is left behind"
