@@ -1,6 +1,6 @@
 """The stack rides out Redis trouble: a stalled Redis and a Redis killed and restarted on its AOF.
 
-Each test runs against a Redis of its own (append-only) with its own worker and scheduler processes,
+Each test runs against a Redis of its own (append-only, fsync always) with its own worker and scheduler processes,
 so stopping or killing that Redis disturbs nothing else. The invariants: the scheduler process is
 still alive afterwards, every delayed run that fell due during the outage ran exactly once, and the
 cron schedule fires again, each nominal fire at most once.
@@ -14,38 +14,23 @@ import time
 import uuid
 
 import pytest
+import redis
 
 from core.config import Settings
 from core.embedded import RedisServer
 from core.models import RunState
 from tests.conftest import Processes, _process_env, wait_for
-from tests.faults.conftest import FIGURES
-
-WORKER = ("worker", "-Q", "code", "-P", "prefork", "-c", "1", "-n", "trouble@%h", "-l", "INFO",
-          "--without-mingle", "--without-gossip")
-EVERY_2S = "* * * * * */2"
-CODE = "def main():\n    return 'ran'\n"
+from tests.faults.conftest import BEAT, CODE, EVERY_2S, FIGURES, code_worker
 
 
 @pytest.fixture
-def troubled(taskman_env, tmp_path):
-    """(service, processes, redis server, settings values) on a private append-only Redis."""
-    from core.service import Service
-
-    server = RedisServer(tmp_path / "redis", appendonly=True)
-    (tmp_path / "redis").mkdir()
-    server.start()
-    env = {**taskman_env, "TASKMAN_REDIS_URL": server.url, "TASKMAN_NAMESPACE": f"trouble{uuid.uuid4().hex[:6]}",
-           "TASKMAN_SCHEDULER_LOCK_TTL": "3", "TASKMAN_CLAIM_LEASE": "20"}
-    procs = Processes(_process_env(env), tmp_path)
-    values = {key.removeprefix("TASKMAN_").lower(): value for key, value in env.items()}
-    service = Service.from_settings(Settings(**values))
-    procs.start("worker", *WORKER)
-    beat = procs.start("beat", "beat", "-l", "INFO", "--pidfile=")
-    wait_for(lambda: service.registered_tasks(), timeout=60, message="the worker to be ready")
-    yield service, procs, server, beat
-    procs.stop_all()
-    server.stop()
+def troubled(private_stack):
+    """(service, processes, redis server, beat) on a private append-only Redis, worker and scheduler up."""
+    stack = private_stack
+    stack.procs.start("worker", *code_worker("trouble"))
+    beat = stack.procs.start("beat", *BEAT)
+    wait_for(lambda: stack.service.registered_tasks(), timeout=60, message="the worker to be ready")
+    return stack.service, stack.procs, stack.server, beat
 
 
 def runs_of(service, task_id):
@@ -108,11 +93,10 @@ def test_redis_killed_and_restarted_on_its_aof(troubled, tmp_path):
     delayed = service.create({"name": "due-while-down", "function_code": CODE, "function_name": "main",
                               "delay_seconds": 4})
     wait_for(lambda: fires_after(service, cron.id, 0) >= 1, timeout=30, message="the first cron fire")
-    time.sleep(1.0)  # the AOF is written once a second
-    os.kill(server.pid, signal.SIGKILL)
+    os.kill(server.pid, signal.SIGKILL)  # fsync always: everything acknowledged is on disk
     server._proc.wait()
     time.sleep(6)
-    restarted = RedisServer(server.directory, port=server.port, appendonly=True).start()
+    restarted = RedisServer(server.directory, port=server.port, appendonly=True, appendfsync="always").start()
     try:
         back = time.time()
         assert beat.poll() is None, "the scheduler survived Redis's death"
@@ -166,3 +150,36 @@ def _quiet(call):
         return call()
     except Exception:
         return None
+
+
+def test_connections_killed_five_times_in_three_seconds(troubled, tmp_path):
+    """``CLIENT KILL TYPE normal`` drops every client's connection (worker, scheduler, this service) five
+    times while runs are being submitted: every acknowledged submit runs, the schedule keeps firing once
+    per slot, and every process carries on."""
+    service, procs, server, beat = troubled
+    cron = service.create({"name": "every-2s", "function_code": CODE, "function_name": "main",
+                           "cron_expression": EVERY_2S})
+    wait_for(lambda: fires_after(service, cron.id, 0) >= 1, timeout=30, message="the first cron fire")
+    admin = redis.Redis.from_url(server.url)
+    acknowledged, refused, killed = [], 0, 0
+    started = time.monotonic()
+    while killed < 5:
+        killed += 1 if admin.client_kill_filter(_type="normal", skipme=True) else 0
+        try:
+            acknowledged.append(service.create({"name": f"between kills {killed}", "function_code": CODE,
+                                                "function_name": "main"}))
+        except Exception:
+            refused += 1
+        time.sleep(0.5)
+    assert time.monotonic() - started < 3.5
+    after = time.time()
+    for task in acknowledged:
+        run = wait_for(lambda task=task: (r := runs_of(service, task.id)) and r[0].state.final and r[0],
+                       timeout=60, message=f"the run of {task.name}")
+        assert run.state is RunState.SUCCEEDED, (task.name, run.state, run.error)
+    wait_for(lambda: fires_after(service, cron.id, after) >= 2, timeout=30, message="cron to fire again")
+    duplicates = assert_each_fire_once(service, cron.id)
+    assert beat.poll() is None and all(child.poll() is None for child in procs.children)
+    FIGURES["CLIENT KILL TYPE normal x5 in 3 s"] = (
+        f"{len(acknowledged)} submits acknowledged and run, {refused} refused; duplicate fires {duplicates}")
+    assert "Traceback" not in (tmp_path / "beat.log").read_text()
