@@ -7,7 +7,7 @@ Celery signal and ``celery inspect`` answer name the run directly. Only JSON cro
 
 from __future__ import annotations
 
-from celery import Celery
+from typing import TYPE_CHECKING
 
 from core.config import Settings
 from core.errors import InvalidSpec
@@ -26,6 +26,9 @@ from core.models import (
 )
 from core.store import Keys
 
+if TYPE_CHECKING:
+    from celery import Celery
+
 OWN_TASKS = INTERNAL_TASKS
 FENCE_HEADER = "taskman_fence"
 """Message header carrying the run's fence (see ``core.store``): a worker refuses a stale one."""
@@ -35,6 +38,8 @@ __all__ = ["CODE_QUEUE", "CODE_TASK", "HTTP_QUEUE", "HTTP_TASK", "OWN_TASKS", "R
 
 def make_celery(settings: Settings, redis_url: str) -> Celery:
     """A Celery app configured the way every taskman process must agree on."""
+    from celery import Celery  # here, not above: a front end that only reads tasks never loads Celery
+
     app = Celery("taskman", broker=redis_url, set_as_current=False)
     visibility = int(settings.max_timeout + settings.kill_grace + settings.redelivery_margin)
     app.conf.update(
@@ -68,9 +73,18 @@ def make_celery(settings: Settings, redis_url: str) -> Celery:
 class Dispatcher:
     """Sends run messages and termination requests to the workers."""
 
-    def __init__(self, app: Celery, settings: Settings) -> None:
-        self.app = app
+    def __init__(self, app: Celery | None, settings: Settings, *, redis_url: str | None = None) -> None:
+        """Send through ``app``; or, with ``app=None``, through one made from ``redis_url`` on first use."""
+        self._app = app
+        self._redis_url = redis_url
         self.settings = settings
+
+    @property
+    def app(self) -> Celery:
+        if self._app is None:
+            assert self._redis_url is not None, "a Dispatcher without an app needs a redis_url"
+            self._app = make_celery(self.settings, self._redis_url)
+        return self._app
 
     def timeout_for(self, task: Task) -> float:
         return min(task.spec.timeout or self.settings.default_timeout, self.settings.max_timeout)

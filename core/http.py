@@ -58,6 +58,7 @@ import httpx
 
 from core import redact
 from core.errors import InvalidSpec
+from core.spec_fields import HTTP_METHODS
 
 __all__ = [
     "METHODS",
@@ -75,7 +76,7 @@ __all__ = [
     "secret_values",
 ]
 
-METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
+METHODS = HTTP_METHODS
 
 MAX_URL_LENGTH = 4096
 

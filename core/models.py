@@ -17,9 +17,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from core import cron, http, redact, sandbox
+from core import cron, redact
 from core.config import MIN_MEMORY_LIMIT_MB
 from core.errors import InvalidSpec
+from core.spec_fields import HTTP_METHODS, TASK_LIMIT_FIELDS
 from core.text import has_control, has_surrogate
 
 MAX_NAME = 200
@@ -176,8 +177,8 @@ class TaskSpec(BaseModel):
     @classmethod
     def _known_method(cls, value: str) -> str:
         upper = value.upper()
-        if upper not in http.METHODS:
-            raise ValueError(f"must be one of {', '.join(http.METHODS)}, not {value!r}")
+        if upper not in HTTP_METHODS:
+            raise ValueError(f"must be one of {', '.join(HTTP_METHODS)}, not {value!r}")
         return upper
 
     @field_validator("headers")
@@ -247,14 +248,18 @@ class TaskSpec(BaseModel):
             raise InvalidSpec("queue", f"only a registered task takes a queue; {self.kind.value} tasks run on "
                                        f"taskman's own {CODE_QUEUE!r} and {HTTP_QUEUE!r} queues")
         if self.kind is not Kind.CODE:
-            for name in sandbox.TASK_LIMIT_FIELDS:
+            for name in TASK_LIMIT_FIELDS:
                 if getattr(self, name) is not None:
                     raise InvalidSpec(name, f"only a code task takes {name}, this one is a {self.kind.value} task")
         if self.kind is Kind.CODE:
             if not self.function_name:
                 raise InvalidSpec("function_name", "a code task needs the name of the function to call")
+            from core import sandbox  # only when a code spec is validated: reading tasks needs no RestrictedPython
+
             sandbox.check_source(self.function_code or "", self.function_name)
         elif self.kind is Kind.API:
+            from core import http  # only when an HTTP spec is validated: reading tasks needs no httpx
+
             http.check_url(self.api_url or "")
             if self.data is not None and self.json_body is not None:
                 raise InvalidSpec("data", "give the body as 'data' or as 'json', not both")
@@ -357,7 +362,7 @@ def parse_spec(data: Any, *, max_timeout: float | None = None, max_retries: int 
 
 
 KIND_FIELDS = {
-    Kind.CODE: ("function_code", "function_name", *sandbox.TASK_LIMIT_FIELDS),
+    Kind.CODE: ("function_code", "function_name", *TASK_LIMIT_FIELDS),
     Kind.API: ("api_url", "method", "headers", "params", "data", "json"),
     Kind.REGISTERED: ("task_name", "queue"),
 }
@@ -493,6 +498,8 @@ class Task:
     last_run_id: str | None = None
     last_run_state: str | None = None
     last_duration_ms: float | None = None
+    last_started_at: float | None = None
+    """When the latest run started, while it runs (``Service`` fills it in; not stored with the task)."""
     runs: list[Run] = field(default_factory=list)
 
     @property
@@ -522,7 +529,8 @@ class Task:
             "created_at": iso(self.created_at),
             "updated_at": iso(self.updated_at),
             "last_run": (
-                {"id": self.last_run_id, "state": self.last_run_state, "duration_ms": self.last_duration_ms}
+                {"id": self.last_run_id, "state": self.last_run_state, "duration_ms": self.last_duration_ms,
+                 "started_at": iso(self.last_started_at)}
                 if self.last_run_id
                 else None
             ),

@@ -87,6 +87,7 @@ from RestrictedPython.transformer import INSPECT_ATTRIBUTES, IOPERATOR_TO_STR, c
 
 from core.allowed_imports import SANDBOX_IMPORTS
 from core.errors import InvalidSpec
+from core.spec_fields import TASK_LIMIT_FIELDS
 
 try:  # pragma: no cover - depends on the platform
     import resource
@@ -181,10 +182,6 @@ class Limits:
             if wanted is not None:
                 overrides[name] = min(wanted, getattr(settings, f"max_{name}"))
         return cls.from_settings(settings, **overrides)
-
-
-TASK_LIMIT_FIELDS = ("memory_limit_mb", "output_cap", "result_cap", "recursion_limit")
-"""Limits a code task's spec may set for itself, each bounded by the setting ``max_<field>``."""
 
 
 class SandboxError(Exception):

@@ -18,9 +18,9 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from core import audit, auth, builtins, cron, metrics, redact
+from core import audit, auth, builtins, cron, filters, metrics, redact
 from core.config import Settings
-from core.dispatch import Dispatcher, make_celery
+from core.dispatch import Dispatcher
 from core.embedded import resolve_redis_url
 from core.errors import Conflict, InvalidSpec, NotFound
 from core.events import EventType
@@ -80,7 +80,7 @@ class Service:
         """Connect to the configured (or embedded) Redis and build the service on it."""
         url = resolve_redis_url(settings)
         store = Store.from_settings(settings, url)
-        return cls(store, Dispatcher(make_celery(settings, url), settings), settings)
+        return cls(store, Dispatcher(None, settings, redis_url=url), settings)
 
     # -- validation ----------------------------------------------------------------------------
 
@@ -188,30 +188,29 @@ class Service:
     # -- read ----------------------------------------------------------------------------------
 
     def list_tasks(self, *, state: str | None = None, kind: str | None = None, mode: str | None = None,
-                   name: str | None = None, limit: int = 100, offset: int = 0) -> list[Task]:
-        """Tasks newest first, filtered by state, kind, mode or a name substring."""
-        for field, value, allowed in (("state", state, TaskState), ("kind", kind, Kind), ("mode", mode, Mode)):
-            if value is not None and value not in {item.value for item in allowed}:
-                raise InvalidSpec(field, f"must be one of {', '.join(item.value for item in allowed)}")
+                   name: str | None = None, last: str | None = None, limit: int = 100,
+                   offset: int = 0) -> list[Task]:
+        """Tasks newest first, filtered by the words ``core.filters`` reads: a task state or the state of
+        the last run (``state``, ``last``), a kind, a mode (as the spec or the list spells it), a piece of
+        the name. A task whose latest run is running says so (:meth:`with_running`)."""
+        query = filters.from_options(state=state, kind=kind, mode=mode, last=last, name=name)
         if limit < 1 or offset < 0:
             raise InvalidSpec("limit" if limit < 1 else "offset", "must be at least 1" if limit < 1 else
                               "must not be negative")
-        filtered = any(value is not None for value in (state, kind, mode, name))
-        if not filtered:
-            return self.store.get_tasks(self.store.task_ids(offset, offset + limit - 1))
+        if not query:
+            return self.with_running(self.store.get_tasks(self.store.task_ids(offset, offset + limit - 1)))
         matches: list[Task] = []
         skipped = 0
         page = 500
         start = 0
+        running = self._running_ids()
         while len(matches) < limit:
             ids = self.store.task_ids(start, start + page - 1)
             if not ids:
                 break
             start += page
-            for task in self.store.get_tasks(ids):
-                if state and task.state.value != state or kind and task.kind.value != kind:
-                    continue
-                if mode and task.mode.value != mode or name and name.lower() not in task.name.lower():
+            for task in self.with_running(self.store.get_tasks(ids), running):
+                if not query.matches(task):
                     continue
                 if skipped < offset:
                     skipped += 1
@@ -221,13 +220,39 @@ class Service:
                     break
         return matches
 
+    def tasks(self, task_ids: Iterable[str]) -> list[Task]:
+        """The tasks with these ids that exist (as :meth:`list_tasks` shows them), in no set order."""
+        return self.with_running(self.store.get_tasks(task_ids))
+
+    def _running_ids(self) -> set[str]:
+        return {run_id for run_id, _ in self.store.running_runs()}
+
+    def with_running(self, tasks: list[Task], running: set[str] | None = None) -> list[Task]:
+        """Mark the tasks whose latest run is running as such, with when it started (``last_started_at``).
+
+        The task's own summary of its latest run says ``queued`` until the run ends; the run record and
+        the running set (which the run enters in the same step as it starts) say otherwise. ``running``:
+        the running set's ids, when the caller read them already.
+        """
+        waiting = [task for task in tasks if task.last_run_id and task.last_run_state == RunState.QUEUED.value]
+        if not waiting:
+            return tasks
+        running = self._running_ids() if running is None else running
+        for task in waiting:
+            if task.last_run_id not in running:
+                continue
+            run = self.store.get_run(task.last_run_id or "")
+            if run is not None and run.state is RunState.RUNNING:
+                task.last_run_state, task.last_started_at = RunState.RUNNING.value, run.started_at
+        return tasks
+
     def get(self, task_id: str, *, runs: int = 20) -> Task:
         """One task with its latest ``runs`` runs, newest first."""
         task = self.store.get_task(task_id) if _well_formed_id(task_id) else None
         if task is None:
             raise NotFound(f"no task with id {task_id!r}")
         task.runs = self.store.recent_runs(task_id, runs)
-        return task
+        return self.with_running([task])[0]
 
     def runs(self, task_id: str, *, limit: int = 50, offset: int = 0, state: str | None = None) -> list[Run]:
         """A page of the task's run history, newest first (kept after a delete until it expires)."""
