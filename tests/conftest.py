@@ -40,6 +40,27 @@ hypothesis_settings.register_profile("dev", deadline=None)
 hypothesis_settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
+# -- figures ----------------------------------------------------------------------------------------
+# Tests that measure something (the fault suite's recovery times) attach it to their report as a user
+# property named "figure: ..."; the run's summary prints them, also when pytest-xdist ran the tests in
+# other processes (reports, unlike module globals, travel back to the controller).
+FIGURE_PREFIX = "figure: "
+_figures: dict[str, str] = {}
+
+
+def pytest_runtest_logreport(report) -> None:
+    for name, value in report.user_properties:
+        if name.startswith(FIGURE_PREFIX):
+            _figures[name.removeprefix(FIGURE_PREFIX)] = value
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if _figures:
+        terminalreporter.section("fault suite: recovery figures")
+        for name, figure in sorted(_figures.items()):
+            terminalreporter.write_line(f"{name:58} {figure}")
+
+
 def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, message: str = "condition"):
     """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
     deadline = time.monotonic() + timeout

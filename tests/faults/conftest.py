@@ -1,4 +1,4 @@
-"""The fault suite's shared parts: a stack on a Redis of its own, and the recovery figures it prints.
+"""The fault suite's shared parts: a stack on a Redis of its own, and the recovery figures it reports.
 
 Every scenario that stops, kills or restarts Redis or a scheduler runs on a private ``redis-server``
 (append-only, ``appendfsync always``, ``noeviction``) in a namespace of its own, with worker and
@@ -16,7 +16,7 @@ import pytest
 
 from core.config import Settings
 from core.embedded import RedisServer
-from tests.conftest import Processes, _process_env
+from tests.conftest import FIGURE_PREFIX, Processes, _process_env
 
 FIGURES: dict[str, str] = {}
 """What each fault test measured (time to recover, runs lost, duplicate fires), by scenario."""
@@ -72,8 +72,12 @@ def private_stack(taskman_env, tmp_path) -> Iterator[PrivateStack]:
         server.stop()
 
 
-def pytest_terminal_summary(terminalreporter) -> None:
-    if FIGURES:
-        terminalreporter.section("fault suite: recovery figures")
-        for name, figure in FIGURES.items():
-            terminalreporter.write_line(f"{name:58} {figure}")
+@pytest.fixture(autouse=True)
+def _report_figures(request):
+    """Hand what a test put in ``FIGURES`` to its report, which reaches the run's summary (see
+    ``tests/conftest.py``) from whichever process ran the test."""
+    before = dict(FIGURES)
+    yield
+    for name, figure in FIGURES.items():
+        if before.get(name) != figure:
+            request.node.user_properties.append((f"{FIGURE_PREFIX}{name}", figure))
