@@ -15,7 +15,8 @@ readable. JSON output keeps its own escaping: :func:`json_text` escapes the few 
 ``json.dumps(ensure_ascii=False)`` lets through, and the result is still valid JSON with the same value.
 
 This module decides nothing about markup: the console shows data as ``rich.text.Text``, never as
-markup (``tui/safe.py``).
+markup (``tui/safe.py``). It also holds the one way durations are written for people
+(:func:`human_duration`), so every front end writes them the same way.
 """
 
 from __future__ import annotations
@@ -77,3 +78,23 @@ def has_control(text: str, *, allow: str = "") -> bool:
 def has_surrogate(text: str) -> bool:
     """Whether ``text`` holds a lone surrogate (not Unicode text: it cannot be encoded)."""
     return any("\ud800" <= char <= "\udfff" for char in text)
+
+
+def human_duration(seconds: float) -> str:
+    """A duration as people read it: ``850 ms``, ``12.3 s``, ``4 m 05 s``, ``2 h 07 m``, ``3 d 04 h``.
+
+    Each unit is used until the next one reads better; what a unit cannot show is rounded, never cut
+    (59.97 s is ``1 m 00 s``, not ``60.0 s``)."""
+    seconds = max(0.0, seconds)
+    if seconds * 1000 < 999.5:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 59.95:
+        return f"{seconds:.1f} s"
+    whole = round(seconds)
+    if whole < 3600:
+        return f"{whole // 60} m {whole % 60:02d} s"
+    minutes = round(seconds / 60)
+    if minutes < 24 * 60:
+        return f"{minutes // 60} h {minutes % 60:02d} m"
+    hours = round(seconds / 3600)
+    return f"{hours // 24} d {hours % 24:02d} h"
