@@ -160,6 +160,7 @@ class Runner:
                 return None
             logs.add("warning", f"run {run.id} redelivered after its worker was lost (delivery {deliveries})")
         logs.add("info", f"run {run.id} started on {self.worker_name} (attempt {run.attempt}/{run.max_attempts})")
+        logs.flush()  # shown as the run starts, not held back until it ends (or lost, if it is stopped)
         return Started(run, task, logs, fence)
 
     def _begin_task_run(self, run_id: str, task_id: str, fence: int | None,
