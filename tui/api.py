@@ -371,6 +371,16 @@ def create_app(service: Service, settings: Settings) -> FastAPI:
     Offset = Annotated[int, Query(ge=0, le=10_000_000, description="How many to skip.")]
     NameFilter = Annotated[str | None, Query(max_length=200, description="Only names containing this text.")]
 
+    # Filter words (``core.filters``): the words the console shows; anything else is refused with 422.
+    StateWord = Annotated[str | None, Query(max_length=40, description=(
+        "A task state (active, paused, done) or the state of the task's last run (queued, running, succeeded, "
+        "failed, timed_out, stopped, retrying)."))]
+    LastWord = Annotated[str | None, Query(max_length=40, description=(
+        "The state of the task's last run: queued, running, succeeded, failed, timed_out, stopped, retrying."))]
+    KindWord = Annotated[str | None, Query(max_length=40, description="code, api, registered (or reg).")]
+    ModeWord = Annotated[str | None, Query(max_length=40, description=(
+        "now, delay, cron (or immediate, delayed, scheduled)."))]
+
     # -- errors -----------------------------------------------------------------------------------
 
     @app.exception_handler(TaskmanError)
@@ -435,11 +445,11 @@ def create_app(service: Service, settings: Settings) -> FastAPI:
 
     @app.get("/api/tasks", tags=["tasks"], summary="List tasks, newest first",
              responses={200: {"model": list[TaskOut]}, **READ_ERRORS})
-    def list_tasks(request: Request, svc: Caller, state: TaskState | None = None, kind: Kind | None = None,
-                   mode: Mode | None = None, name: NameFilter = None, limit: Limit = 100,
+    def list_tasks(request: Request, svc: Caller, state: StateWord = None, kind: KindWord = None,
+                   mode: ModeWord = None, last: LastWord = None, name: NameFilter = None, limit: Limit = 100,
                    offset: Offset = 0) -> JSONResponse:
-        tasks = svc.list_tasks(state=state, kind=kind, mode=mode, name=name, limit=limit, offset=offset)
-        filtered = any(value is not None for value in (state, kind, mode, name))
+        tasks = svc.list_tasks(state=state, kind=kind, mode=mode, last=last, name=name, limit=limit, offset=offset)
+        filtered = any(value is not None for value in (state, kind, mode, last, name))
         return list_page(request, [task.to_dict() for task in tasks], limit, offset,
                          None if filtered else svc.store.count_tasks())
 
@@ -516,9 +526,11 @@ def create_app(service: Service, settings: Settings) -> FastAPI:
 
     @app.get("/api/scheduled-tasks", tags=["tasks"], summary="List scheduled (cron) tasks, newest first",
              responses={200: {"model": list[TaskOut]}, **READ_ERRORS})
-    def list_scheduled(request: Request, svc: Caller, state: TaskState | None = None, kind: Kind | None = None,
-                       name: NameFilter = None, limit: Limit = 100, offset: Offset = 0) -> JSONResponse:
-        tasks = svc.list_tasks(state=state, kind=kind, mode=Mode.SCHEDULED, name=name, limit=limit, offset=offset)
+    def list_scheduled(request: Request, svc: Caller, state: StateWord = None, kind: KindWord = None,
+                       last: LastWord = None, name: NameFilter = None, limit: Limit = 100,
+                       offset: Offset = 0) -> JSONResponse:
+        tasks = svc.list_tasks(state=state, kind=kind, mode=Mode.SCHEDULED, last=last, name=name, limit=limit,
+                               offset=offset)
         return list_page(request, [task.to_dict() for task in tasks], limit, offset, None)
 
     @app.get("/api/export", tags=["admin"], summary="Every definition, secrets included (admin only)",

@@ -22,7 +22,7 @@ import redis
 
 from core.config import Settings
 from core.errors import NoRedis, TaskmanError
-from core.text import json_text, one_line, visible
+from core.text import human_duration, json_text, one_line, visible
 
 
 def _user() -> str:
@@ -117,6 +117,13 @@ def submit(file, as_json: bool) -> None:
             f"{file.name}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
     except RecursionError:
         raise TaskmanError(f"{file.name}: the JSON is nested too deeply") from None
+    if data == []:
+        # An empty array is a valid batch (an empty namespace exports as one, and export → submit
+        # round-trips), so this is a success that says so rather than silence.
+        click.echo("nothing to submit: the array holds no specs", err=True)
+        if as_json:
+            _emit_json([])
+        return
     service = _service()
     tasks = service.create_many(data if isinstance(data, list) else [data])
     if as_json:
@@ -128,27 +135,33 @@ def submit(file, as_json: bool) -> None:
 
 
 @main.command("list")
-@click.option("--state", type=click.Choice(["active", "paused", "done"]), help="Only tasks in this state.")
-@click.option("--kind", type=click.Choice(["code", "api", "registered"]), help="Only tasks of this kind.")
-@click.option("--mode", type=click.Choice(["immediate", "delayed", "scheduled"]), help="Only tasks of this mode.")
+@click.option("--state", help="Only tasks in this state (active, paused, done), or whose last run is in this "
+                             "one (queued, running, succeeded, failed, timed_out, stopped, retrying).")
+@click.option("--last", help="Only tasks whose last run is in this state (running, failed, ...).")
+@click.option("--kind", help="Only tasks of this kind: code, api, registered (or reg).")
+@click.option("--mode", help="Only tasks of this mode: now, delay, cron (or immediate, delayed, scheduled).")
 @click.option("--name", help="Only tasks whose name contains this text.")
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10_000))
 @click.option("--offset", default=0, type=click.IntRange(min=0))
 @click.option("--json", "as_json", is_flag=True)
 @handles_errors
-def list_tasks(state, kind, mode, name, limit, offset, as_json) -> None:
-    """List tasks, newest first."""
-    tasks = _service().list_tasks(state=state, kind=kind, mode=mode, name=name, limit=limit, offset=offset)
+def list_tasks(state, last, kind, mode, name, limit, offset, as_json) -> None:
+    """List tasks, newest first; the filters take the words the list shows (core.filters)."""
+    tasks = _service().list_tasks(state=state, last=last, kind=kind, mode=mode, name=name, limit=limit,
+                                  offset=offset)
     if as_json:
         _emit_json([task.to_dict() for task in tasks])
         return
     click.echo(f"{'ID':16}  {'NAME':24}  {'KIND':10}  {'MODE':9}  {'STATE':7}  {'NEXT':19}  LAST")
+    now = time.time()
     for task in tasks:
-        last = f"{task.last_run_state or '–'}"
-        if task.last_duration_ms is not None:
-            last += f" {task.last_duration_ms:.0f}ms"
+        latest = f"{task.last_run_state or '–'}"
+        if task.last_run_state == "running" and task.last_started_at is not None:
+            latest += f" {human_duration(now - task.last_started_at)}"
+        elif task.last_duration_ms is not None:
+            latest += f" {human_duration(task.last_duration_ms / 1000)}"
         click.echo(f"{task.id:16}  {_cell(one_line(task.name), 24)}  {task.kind.value:10}  {task.mode.value:9}  "
-                   f"{task.state.value:7}  {_when(task.next_run_at):19}  {last}")
+                   f"{task.state.value:7}  {_when(task.next_run_at):19}  {latest}")
 
 
 @main.command()
@@ -181,7 +194,12 @@ def show(task_id, runs, as_json) -> None:
         _block(code, "    ")
     click.echo(f"runs ({len(task.runs)} shown):")
     for index, run in enumerate(task.runs):
-        took = f"{run.duration_ms:.0f} ms" if run.duration_ms is not None else ""
+        if run.duration_ms is not None:
+            took = human_duration(run.duration_ms / 1000)
+        elif run.state.value == "running" and run.started_at is not None:
+            took = f"{human_duration(time.time() - run.started_at)} so far"
+        else:
+            took = ""
         click.echo(f"  {run.id}  {run.state.value:9}  attempt {run.attempt}/{run.max_attempts}  "
                    f"{_when(run.started_at or run.queued_at)}  {took}")
         if run.error:

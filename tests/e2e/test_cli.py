@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -482,3 +483,65 @@ def test_edit_changes_fields_with_set_and_refuses_bad_values(cli):
     assert refused.returncode == 2 and "timeout" in refused.stderr
     assert json.loads(cli("show", created["id"], "--json").stdout)["spec"]["timeout"] == 5
     assert cli("delete", created["id"]).returncode == 0
+
+
+# -- what list shows and the words it takes ---------------------------------------------------------
+
+
+def test_empty_array_says_nothing_to_submit(cli):
+    before = len(cli.json("list", "--limit", "1000"))
+    done = cli.ok("submit", "-", input="[]")
+    assert done.stdout == "" and "nothing to submit" in done.stderr
+    done = cli.ok("submit", "-", "--json", input="[]\n")
+    assert json.loads(done.stdout) == [] and "nothing to submit" in done.stderr
+    assert len(cli.json("list", "--limit", "1000")) == before
+
+
+def test_list_and_logs_show_a_running_run_as_it_runs(cli, stack):
+    name = marker()
+    task = cli.json("submit", "-", input=json.dumps(
+        {"name": name, "cron_expression": FAR_CRON, "timeout": 60, "function_name": "f",
+         "function_code": "def f():\n    while True:\n        pass"}))
+    run_id = cli.ok("run", task["id"]).stdout.split()[-1]
+    try:
+        listed = wait_for(lambda: (t := cli.json("list", "--name", name)[0])["last_run"]["state"] == "running" and t,
+                          timeout=20, interval=0.2, message="the run to show as running")
+        assert listed["last_run"]["id"] == run_id and is_iso_with_offset(listed["last_run"]["started_at"])
+        human = cli.ok("list", "--name", name).stdout.splitlines()[1]
+        assert re.search(r"running \d+(\.\d)? (ms|s)$", human), human
+        assert [t["id"] for t in cli.json("list", "--name", name, "--state", "running")] == [task["id"]]
+        assert [t["id"] for t in cli.json("list", "--name", name, "--last", "running")] == [task["id"]]
+        assert f"run {run_id} started on" in cli.ok("logs", task["id"]).stdout
+        assert cli.json("show", task["id"])["runs"][0]["state"] == "running", "the start is logged while it runs"
+        assert re.search(r"running .* \d+(\.\d)? (ms|s) so far", cli.ok("show", task["id"]).stdout)
+    finally:
+        cli.ok("delete", task["id"])
+
+
+def test_durations_read_as_people_write_them(finished_code_task, cli):
+    task, run = finished_code_task
+    row = next(line for line in cli.ok("list", "--name", task["name"]).stdout.splitlines() if task["id"] in line)
+    assert re.search(r"succeeded \d+(\.\d)? (ms|s)$", row), row
+    shown = cli.ok("show", task["id"]).stdout
+    assert re.search(rf"{run['id']}  succeeded .* \d+(\.\d)? (ms|s)$", shown, re.M), shown
+
+
+def test_every_list_filter_example_in_readme_works_as_written(cli, stack, http_server):
+    from tests.filter_examples import cli_examples, expected, specs
+
+    prefix = marker()
+    made = {task["name"].rsplit("-", 1)[1]: task for task in cli.json(
+        "submit", "-", input=json.dumps(list(specs(prefix, http_server.base_url).values())))}
+    cli.ok("pause", made["cron"]["id"])
+    for suffix in ("failed", "ok"):
+        wait_for(lambda suffix=suffix: show_run(cli, made[suffix]["id"]), timeout=20, interval=0.2,
+                 message=f"the {suffix} run to finish")
+    examples = cli_examples()
+    answers = cli.many("json", [("list", "--name", prefix, option, value) for option, value in examples])
+    for (option, value), tasks in zip(examples, answers, strict=True):
+        assert {t["name"] for t in tasks} == expected(prefix, f"{option[2:]}:{value}"), (option, value)
+    for (option, value), done in zip(examples, cli.many("ok", [("list", option, value) for option, value in examples]),
+                                     strict=True):
+        assert all(name in done.stdout for name in expected(prefix, f"{option[2:]}:{value}")), (option, value)
+    stderr = cli.refused("list", "--state", "broken")
+    assert "state" in stderr and "failed" in stderr and "active" in stderr
