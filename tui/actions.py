@@ -21,6 +21,8 @@ class Action:
     label: str
     help: str
     footer: bool = True
+    priority: bool = False
+    """Checked before the focused widget sees the key (a text area would otherwise take ``esc``)."""
 
 
 ACTIONS: tuple[Action, ...] = (
@@ -39,7 +41,8 @@ ACTIONS: tuple[Action, ...] = (
     Action("audit", "a", "audit", "audit", "Show the audit trail: who changed what, from which front end",
            footer=False),
     Action("save", "ctrl+s", "save", "save", "Save the editor's changes to the task", footer=False),
-    Action("discard", "escape", "discard", "discard", "Discard the editor's changes", footer=False),
+    Action("discard", "escape", "discard", "discard",
+           "Discard the editor's changes (or close the filter) and go back to the list", footer=False, priority=True),
     Action("help", "question_mark", "help", "keys", "Show every key"),
     Action("quit", "q", "app.quit", "quit", "Quit the console", footer=False),
 )
@@ -47,7 +50,8 @@ ACTIONS: tuple[Action, ...] = (
 
 def bindings() -> list[BindingType]:
     """Textual bindings for the main screen, built from ``ACTIONS``."""
-    return [Binding(a.key, a.action, a.label, show=a.footer, id=a.id, tooltip=a.help) for a in ACTIONS]
+    return [Binding(a.key, a.action, a.label, show=a.footer, id=a.id, tooltip=a.help, priority=a.priority)
+            for a in ACTIONS]
 
 
 def display_key(key: str) -> str:

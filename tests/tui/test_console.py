@@ -402,3 +402,213 @@ async def test_duplicate_opens_the_form_filled_in_and_creates_a_copy(stack):
     assert copy.name == f"{name} copy"
     same = {key: value for key, value in original.spec.to_dict().items() if key != "name"}
     assert {key: value for key, value in copy.spec.to_dict().items() if key != "name"} == same
+
+
+# -- what the list shows: running runs, filter words, counts, the empty list ------------------------
+
+
+def cron_task(name: str, body: str = "return 1", **extra) -> dict:
+    """A code task that fires once a year, so it runs only when told to."""
+    return {"name": name, "cron_expression": FAR_CRON, "function_name": "f", "function_code": f"def f():\n    {body}",
+            **extra}
+
+
+LOOP = "while True:\n        pass"
+
+
+def last_shown(table: TaskTable, task_id: str) -> str:
+    """The LAST cell of a task's row, as text."""
+    return str(table.get_cell(task_id, "last"))
+
+
+def shown_names(table: TaskTable) -> set[str]:
+    return {table.tasks[key.value].name for key in table.rows if key.value}
+
+
+async def type_text(pilot, text: str) -> None:
+    for char in text:
+        await pilot.press("space" if char == " " else char)
+
+
+async def test_a_running_run_shows_as_running_its_time_ticks_and_its_start_is_logged_at_once(stack):
+    name = unique("long-run")
+    task = stack.create(cron_task(name, LOOP, timeout=60))
+    async with TaskmanApp(stack).run_test(size=SIZE) as pilot:
+        await select_task(pilot, name)
+        table, logs = pilot.app.screen.table, pilot.app.screen.logs
+        await pilot.press("r")
+        first = await until(pilot, lambda: (shown := last_shown(table, task.id)).startswith("▶") and shown,
+                            message="▶ in the LAST column")
+        assert table.tasks[task.id].last_run_state == "running"
+        run = stack.get(task.id).runs[0]
+        await until(pilot, lambda: any(f"run {run.id} started on" in entry.get("msg", "") for entry in logs.entries),
+                    message="the run's start in the log pane")
+        assert stack.get_run(run.id).state is RunState.RUNNING, "the start is logged while the run runs"
+        await until(pilot, lambda: (shown := last_shown(table, task.id)).startswith("▶") and shown != first,
+                    message=f"the running time to move on from {first!r}")
+        assert last_shown(table, task.id).endswith((" ms", " s")), last_shown(table, task.id)
+        await pilot.press("s")
+        await until(pilot, lambda: last_shown(table, task.id).startswith("■"), message="■ once stopped")
+
+
+async def test_every_filter_example_in_readme_works_as_written(stack, http_server):
+    from tests.filter_examples import console_examples, expected, specs
+
+    prefix = unique("readme")
+    made = {suffix: stack.create(spec) for suffix, spec in specs(prefix, http_server.base_url).items()}
+    stack.pause(made["cron"].id)
+    for suffix in ("failed", "ok"):
+        await _final(stack, made[suffix].id)
+    async with TaskmanApp(stack).run_test(size=SIZE) as pilot:
+        screen = pilot.app.screen
+        table, box = screen.table, screen.query_one("#filter", Input)
+        await until(pilot, lambda: all(t.id in table.tasks for t in made.values()), message="the tasks")
+        for word in console_examples():
+            await pilot.press("slash")
+            box.value = ""
+            await type_text(pilot, f"{prefix} {word}")
+            await pilot.press("enter")
+            want = expected(prefix, word)
+            await until(pilot, lambda want=want: shown_names(table) == want,
+                        message=f"/{prefix} {word} to show {sorted(want)}")
+
+
+async def test_the_filter_count_stays_right_when_an_event_arrives(stack):
+    prefix = unique("counted")
+    crons = stack.create_many([cron_task(f"{prefix}-{n}") for n in range(2)])
+    stack.create({"name": f"{prefix}-later", "delay_seconds": 86400, "function_name": "f",
+                  "function_code": "def f():\n    return 1"})
+    async with TaskmanApp(stack).run_test(size=SIZE) as pilot:
+        screen = pilot.app.screen
+        table, box = screen.table, screen.query_one("#list")
+        await until(pilot, lambda: all(t.id in table.tasks for t in crons), message="the tasks")
+        await pilot.press("slash")
+        await type_text(pilot, f"{prefix} mode:cron")
+        await pilot.press("enter")
+        await until(pilot, lambda: table.row_count == 2, message="two rows")
+        assert box.border_title == f"Tasks (2/{len(table.tasks)})"
+        stack.pause(crons[0].id)  # an event about a row that shows
+        other = stack.create(cron_task(unique("elsewhere")))  # and one about a task that does not show
+        await until(pilot, lambda: other.id in table.tasks and table.tasks[crons[0].id].state.value == "paused",
+                    message="both events")
+        assert table.row_count == 2 and box.border_title == f"Tasks (2/{len(table.tasks)})", box.border_title
+
+
+async def test_an_empty_list_says_to_press_n_and_an_empty_filter_says_how_to_clear_it(settings):
+    from core.service import Service
+
+    service = Service.from_settings(settings.model_copy(update={"namespace": f"empty{time.time_ns() % 10**9}"}))
+    async with TaskmanApp(service).run_test(size=SIZE) as pilot:
+        screen = pilot.app.screen
+        hint = screen.query_one("#empty", Static)
+        await until(pilot, lambda: hint.display and "press n" in str(hint.render()).lower(), message="the hint")
+        assert screen.query_one("#list").border_title == "Tasks (0)"
+        task = service.create(cron_task("first"))
+        await until(pilot, lambda: screen.table.row_count == 1 and not hint.display, message="the row, no hint")
+        await pilot.press("slash")
+        await type_text(pilot, "nothing-like-it")
+        await until(pilot, lambda: hint.display and "esc clears" in str(hint.render()), message="the filter's hint")
+        await pilot.press("escape")
+        await until(pilot, lambda: screen.table.selected_id == task.id and not hint.display, message="cleared")
+
+
+# -- keys -------------------------------------------------------------------------------------------
+
+
+async def test_j_k_g_shift_g_home_and_end_move_in_the_list(stack):
+    prefix = unique("keys")
+    stack.create_many([cron_task(f"{prefix}-{n}") for n in range(3)])
+    async with TaskmanApp(stack).run_test(size=SIZE) as pilot:
+        table = pilot.app.screen.table
+        await until(pilot, lambda: sum(t.name.startswith(prefix) for t in table.tasks.values()) == 3, message="rows")
+        await pilot.press("slash")
+        await type_text(pilot, prefix)
+        await pilot.press("enter")
+        await until(pilot, lambda: table.row_count == 3 and table.has_focus, message="three rows, the list focused")
+        for key, row in (("G", 2), ("g", 0), ("j", 1), ("j", 2), ("k", 1), ("home", 0), ("end", 2)):
+            await pilot.press(key)
+            await until(pilot, lambda row=row: table.cursor_row == row, message=f"{key} to reach row {row}")
+        await pilot.press("question_mark")
+        help_screen = await until(pilot, lambda: isinstance(pilot.app.screen, HelpScreen) and pilot.app.screen)
+        keys = help_screen.query_one("#keys", DataTable)
+        shown = {str(keys.get_row_at(index)[0]) for index in range(keys.row_count)}
+        assert {"j", "k", "g / home", "G / end"} <= shown, shown
+
+
+async def test_esc_in_the_editor_discards_at_once_and_saving_goes_back_to_the_list(stack):
+    name = unique("esc")
+    task = stack.create(cron_task(name, "return 'kept'"))
+    async with TaskmanApp(stack).run_test(size=SIZE) as pilot:
+        await select_task(pilot, name)
+        screen = pilot.app.screen
+        editor = screen.query_one(EditorPane)
+        await until(pilot, lambda: "'kept'" in editor.area.text, message="the code")
+        original = editor.area.text
+        await pilot.press("e")
+        assert editor.area.has_focus
+        await type_text(pilot, "xyz")
+        assert editor.area.text != original and editor.dirty
+        await pilot.press("escape")
+        assert editor.area.text == original and not editor.dirty, "one esc discards"
+        assert screen.table.has_focus, "and the list has the keys again"
+        await pilot.press("e")
+        editor.area.load_text("def f():\n    return 'saved'")
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: stack.get(task.id).spec.function_code.endswith("'saved'"), message="the save")
+        await until(pilot, lambda: screen.table.has_focus, message="the list to have the keys after saving")
+        await pilot.press("n")  # a key after saving acts on the list, and never types into the code
+        await until(pilot, lambda: isinstance(pilot.app.screen, NewTaskScreen), message="the form")
+    assert stack.get(task.id).spec.function_code.endswith("'saved'")
+
+
+async def test_the_forms_code_editor_shows_a_key_that_leaves_it_and_tab_still_indents(stack):
+    async with TaskmanApp(stack).run_test(size=SIZE) as pilot:
+        await pilot.press("n")
+        form = await until(pilot, lambda: isinstance(pilot.app.screen, NewTaskScreen) and pilot.app.screen)
+        code = form.query_one("#code", TextArea)
+        code.focus()
+        await pilot.pause()
+        shown = form.active_bindings["escape"].binding
+        assert shown.show and shown.description == "next field", shown
+        before = code.text
+        await pilot.press("tab")
+        assert code.has_focus and code.text != before, "tab indents"
+        await pilot.press("escape")
+        await until(pilot, lambda: not code.has_focus and form.focused is not None, message="focus past the editor")
+        assert isinstance(pilot.app.screen, NewTaskScreen), "esc in the editor does not cancel the form"
+        assert form.active_bindings["escape"].binding.description == "cancel"
+        await pilot.press("escape")
+        await until(pilot, lambda: isinstance(pilot.app.screen, MainScreen), message="esc elsewhere cancels")
+
+
+async def test_the_cursor_lands_on_a_new_task_and_on_a_copy_scrolled_into_view(stack):
+    prefix = unique("many")
+    stack.create_many([cron_task(f"{prefix}-{n:02d}") for n in range(40)])
+    name = unique("landed")
+    async with TaskmanApp(stack).run_test(size=SIZE) as pilot:
+        table = pilot.app.screen.table
+        await until(pilot, lambda: sum(t.name.startswith(prefix) for t in table.tasks.values()) == 40, message="rows")
+        await pilot.press("G")
+        await until(pilot, lambda: table.scroll_y > 0, message="the list scrolled down")
+        await pilot.press("n")
+        form = await until(pilot, lambda: isinstance(pilot.app.screen, NewTaskScreen) and pilot.app.screen)
+        form.query_one("#name", Input).value = name
+        form.query_one("#mode", Select).value = "scheduled"
+        form.query_one("#cron", Input).value = FAR_CRON
+        await pilot.pause()
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: isinstance(pilot.app.screen, MainScreen), message="the form to close")
+        await until(pilot, lambda: table.selected is not None and table.selected.name == name, message="on the new")
+        assert _row_in_view(table), (table.cursor_row, table.scroll_y)
+        await pilot.press("c")
+        await until(pilot, lambda: isinstance(pilot.app.screen, NewTaskScreen), message="the copy's form")
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: isinstance(pilot.app.screen, MainScreen), message="the form to close")
+        await until(pilot, lambda: table.selected is not None and table.selected.name == f"{name} copy",
+                    message="the cursor on the copy")
+        assert _row_in_view(table), (table.cursor_row, table.scroll_y)
+
+
+def _row_in_view(table: TaskTable) -> bool:
+    rows_shown = table.scrollable_content_region.height - table.header_height
+    return table.scroll_y <= table.cursor_row < table.scroll_y + rows_shown

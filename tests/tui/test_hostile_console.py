@@ -257,7 +257,8 @@ async def test_an_unexpected_error_is_shown_and_the_console_carries_on(stack):
     async with TaskmanApp(stack).run_test(size=SIZE) as pilot:
         screen = pilot.app.screen
         table = screen.query_one(TaskTable)
-        await until(pilot, lambda: table.border_title and table.border_title.startswith("Tasks ("), message="list")
+        box = screen.query_one("#list")
+        await until(pilot, lambda: box.border_title and box.border_title.startswith("Tasks ("), message="list")
         screen.post_message(TasksChanged(None, None))  # a handler that raises: a bug, not an input error
         await until(pilot, lambda: any(message.startswith("TypeError") for message in notified(pilot.app)),
                     message="the error shown")

@@ -22,6 +22,7 @@ from core.errors import TaskmanError
 from core.events import follow_events
 from core.models import Run, Task
 from core.service import Service
+from core.text import human_duration
 from tui.guard import CarriesOn
 from tui.safe import block, json_text, one_line, plain, visible
 from tui.widgets.task_table import STATE_STYLES
@@ -95,7 +96,7 @@ class DetailScreen(CarriesOn, Screen[None]):
         table.clear()
         self.runs = {run.id: run for run in task.runs}
         for run in task.runs:
-            took = f"{run.duration_ms:.0f} ms" if run.duration_ms is not None else "–"
+            took = human_duration(run.duration_ms / 1000) if run.duration_ms is not None else "–"
             table.add_row(Text(run.state.value, style=STATE_STYLES.get(run.state.value, "")),
                           f"{run.attempt}/{run.max_attempts}", plain(run.trigger),
                           _time(run.started_at or run.queued_at),

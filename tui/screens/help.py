@@ -10,6 +10,7 @@ from textual.widgets import DataTable, Static
 
 from tui.actions import ACTIONS, display_key
 from tui.guard import CarriesOn
+from tui.widgets.task_table import TaskTable
 
 
 class HelpScreen(CarriesOn, ModalScreen[None]):
@@ -28,4 +29,7 @@ class HelpScreen(CarriesOn, ModalScreen[None]):
         table.add_columns("key", "what it does")
         for action in ACTIONS:
             table.add_row(display_key(action.key), action.help)
+        for binding in TaskTable.BINDINGS:
+            if isinstance(binding, Binding):
+                table.add_row(" / ".join(binding.key.split(",")), binding.tooltip)
         table.add_row("ctrl+p", "Command palette: every action by name")

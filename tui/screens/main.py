@@ -15,7 +15,7 @@ import redis
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
-from textual.containers import Horizontal
+from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Static
@@ -91,9 +91,11 @@ class MainScreen(CarriesOn, Screen):
         yield StatusBar(id="status")
         yield Static("", id="banner")
         with Horizontal(id="top"):
-            yield TaskTable(id="tasks")
+            with Vertical(id="list"):
+                yield TaskTable(id="tasks")
+                yield Static("", id="empty")
             yield EditorPane(id="editor")
-        yield Input(placeholder="filter: words in names, state:failed kind:api mode:scheduled", id="filter")
+        yield Input(placeholder="filter: words in names, state:failed last:running kind:api mode:cron", id="filter")
         yield LogPane(id="logs")
         yield Footer()
 
@@ -114,7 +116,7 @@ class MainScreen(CarriesOn, Screen):
         self.set_class(event.size.width < NARROW, "narrow")
 
     def on_mount(self) -> None:
-        self.table.border_title = "Tasks"
+        self.query_one("#list").border_title = "Tasks"
         self.logs.border_title = "Logs · all (follow)"
         self.query_one("#filter", Input).display = False
         self.start_feeds()
@@ -158,7 +160,7 @@ class MainScreen(CarriesOn, Screen):
                             changed.discard(task_id)
                         else:
                             changed.add(task_id)
-                    tasks = store.get_tasks(changed)
+                    tasks = self.service.tasks(changed)
                     gone += [task_id for task_id in changed if task_id not in {t.id for t in tasks}]
                     self.post_message(TasksChanged(tasks, gone))
             except redis.RedisError as exc:
@@ -204,7 +206,7 @@ class MainScreen(CarriesOn, Screen):
         self.logs.names = {task.id: task.name for task in message.tasks}
         scoped = self.table.tasks.get(self.logs.scope) if self.logs.scope else None
         self.logs.show_scope(self.logs.scope, self._log_title(scoped))
-        self.table.border_title = f"Tasks ({len(message.tasks)})"
+        self._show_count()
 
     @on(TasksChanged)
     def _changed(self, message: TasksChanged) -> None:
@@ -212,7 +214,21 @@ class MainScreen(CarriesOn, Screen):
             self.table.remove_task(task_id)
         self.table.upsert(message.tasks)
         self.logs.names.update({task.id: task.name for task in message.tasks})
-        self.table.border_title = f"Tasks ({len(self.table.tasks)})"
+        self._show_count()
+
+    def _show_count(self) -> None:
+        """The list's title counts the tasks (shown/all while a filter is on); an empty list says what to do."""
+        table, box = self.table, self.query_one("#list")
+        total = len(table.tasks)
+        box.border_title = f"Tasks ({table.row_count}/{total})" if table.filtered else f"Tasks ({total})"
+        if table.row_count:
+            hint = ""
+        elif table.filtered:
+            hint = "No task matches the filter; esc clears it."
+        else:
+            hint = "No tasks yet. Press n to create one, or i to import a JSON file."
+        self.query_one("#empty", Static).update(hint)
+        box.set_class(not table.row_count, "empty")
 
     @on(LogsArrived)
     def _logs(self, message: LogsArrived) -> None:
@@ -260,9 +276,9 @@ class MainScreen(CarriesOn, Screen):
     def _saved(self, task: Task) -> None:
         self.editor.saved(task)
         self.table.upsert([task])
-        if self.has_class("narrow"):
-            self.remove_class("editing")
-            self.table.focus()
+        self._show_count()
+        self.remove_class("editing")
+        self.table.focus()
 
     # -- actions -----------------------------------------------------------------------------------
 
@@ -291,13 +307,25 @@ class MainScreen(CarriesOn, Screen):
     def action_new_task(self) -> None:
         from tui.screens.new_task import NewTaskScreen
 
-        self.app.push_screen(NewTaskScreen(self.service))
+        self.app.push_screen(NewTaskScreen(self.service), self._created)
 
     def action_duplicate_task(self) -> None:
         from tui.screens.new_task import NewTaskScreen
 
         if task := self._need_task():
-            self.app.push_screen(NewTaskScreen(self.service, template=task))
+            self.app.push_screen(NewTaskScreen(self.service, template=task), self._created)
+
+    def _created(self, task: Task | None) -> None:
+        """The form made ``task``: put the cursor on it (clearing a filter that hides it), so the next key
+        acts on the new task, not on the one that was selected before."""
+        if task is None:
+            return
+        self.table.upsert([task])
+        if not self.table.select(task.id):
+            self._close_filter(clear=True)
+            self.table.select(task.id)
+        self._show_count()
+        self.table.focus()
 
     def action_open_detail(self) -> None:
         from tui.screens.detail import DetailScreen
@@ -335,13 +363,16 @@ class MainScreen(CarriesOn, Screen):
         self.editor.request_save()
 
     def action_discard(self) -> None:
-        if self.query_one("#filter", Input).display:
+        """esc: in the filter box, clear the filter; in the editor (or with its changes unsaved), discard them;
+        with a filter on, clear it. Each goes back to the list."""
+        box = self.query_one("#filter", Input)
+        if box.has_focus or (box.display and not self.editor.dirty and not self.editor.has_focus_within):
             self._close_filter(clear=True)
-        else:
-            if self.editor.dirty:
-                self.editor.discard()
-            self.remove_class("editing")
-            self.table.focus()
+            return
+        if self.editor.dirty:
+            self.editor.discard()
+        self.remove_class("editing")
+        self.table.focus()
 
     def action_delete_task(self) -> None:
         from tui.screens.confirm import ConfirmScreen
@@ -362,7 +393,7 @@ class MainScreen(CarriesOn, Screen):
     @on(Input.Changed, "#filter")
     def _filter_typed(self, event: Input.Changed) -> None:
         self.table.apply_filter(event.value)
-        self.table.border_title = f"Tasks ({self.table.row_count}/{len(self.table.tasks)})"
+        self._show_count()
 
     @on(Input.Submitted, "#filter")
     def _filter_done(self) -> None:
@@ -373,7 +404,7 @@ class MainScreen(CarriesOn, Screen):
         if clear:
             box.value = ""
             self.table.apply_filter("")
-            self.table.border_title = f"Tasks ({len(self.table.tasks)})"
+            self._show_count()
         box.display = bool(box.value)
         self.table.focus()
 

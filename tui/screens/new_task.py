@@ -2,6 +2,8 @@
 
 The form only gathers a spec; ``core.service`` validates it, and its refusal (naming the field) is
 shown in place, with the cursor moved to that field. Nothing is stored until the spec is valid.
+In the code editor Tab indents, so ``esc`` (shown in the footer while the editor has focus) moves on
+to the next field; anywhere else ``esc`` cancels the form.
 """
 
 from __future__ import annotations
@@ -67,6 +69,16 @@ def _headers(text: str) -> dict[str, str]:
     return headers
 
 
+class CodeEditor(TextArea):
+    """The form's code editor: Tab indents, so esc leaves it for the next field (and says so in the footer)."""
+
+    BINDINGS = [Binding("escape", "leave", "next field", priority=True, id="new.leave-editor",
+                        tooltip="Leave the code editor for the next field (Tab indents here)")]
+
+    def action_leave(self) -> None:
+        self.screen.focus_next()
+
+
 def cron_preview(expression: str, tz: str, count: int = 5) -> tuple[str, bool]:
     """The next ``count`` fires of ``expression`` in ``tz`` as text, or the refusal; (text, ok)."""
     try:
@@ -76,8 +88,9 @@ def cron_preview(expression: str, tz: str, count: int = 5) -> tuple[str, bool]:
     return "next: " + ", ".join(fire.strftime("%a %d %b %H:%M:%S") for fire in fires), True
 
 
-class NewTaskScreen(CarriesOn, Screen[None]):
-    """Gathers a spec and creates it through the service; ``template`` pre-fills a duplicate."""
+class NewTaskScreen(CarriesOn, Screen[Task | None]):
+    """Gathers a spec and creates it through the service; ``template`` pre-fills a duplicate. Dismissed
+    with the created task."""
 
     CSS_PATH = "new_task.tcss"
     BINDINGS = [
@@ -139,7 +152,7 @@ class NewTaskScreen(CarriesOn, Screen[None]):
                 with Horizontal(classes="row"):
                     yield Label("Function")
                     yield field("function_name", id="function-name")
-                yield TextArea.code_editor(d["code"], language="python", id="code")
+                yield CodeEditor.code_editor(d["code"], language="python", id="code")
             with Vertical(id="api-section", classes="section"):
                 with Horizontal(classes="row"):
                     yield Label("Method")
@@ -278,7 +291,7 @@ class NewTaskScreen(CarriesOn, Screen[None]):
             self.app.call_from_thread(self.query_one("#form-error", Static).update, block(exc.message))
             return
         self.app.call_from_thread(self.app.notify, f"created {task.name} ({task.kind.value}, {task.mode.value})")
-        self.app.call_from_thread(self.dismiss)
+        self.app.call_from_thread(self.dismiss, task)
 
     def _refused(self, exc: InvalidSpec) -> None:
         self.query_one("#form-error", Static).update(block(exc.message))

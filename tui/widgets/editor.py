@@ -134,7 +134,7 @@ class EditorPane(CarriesOn, Vertical):
         self.original = self._text_of(task) if task else ""
         self.area.language = "python" if task is not None and task.kind is Kind.CODE else None
         self.area.load_text(self.original)
-        self.set_hint(hint or ("ctrl+s save" if task else "no task selected"))
+        self.set_hint(hint or ("ctrl+s save   esc discard" if task else "no task selected"))
 
     @staticmethod
     def _text_of(task: Task) -> str:

@@ -1,16 +1,18 @@
-"""The task list: one row per task, updated in place as events arrive, filtered by a query."""
+"""The task list: one row per task, updated in place as events arrive, filtered by ``core.filters``' words."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 from rich.cells import cell_len
 from rich.text import Text
+from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import DataTable
 
+from core import filters
 from core.models import Task
+from core.text import human_duration
 from tui.guard import CarriesOn
 from tui.safe import one_line, plain
 
@@ -43,35 +45,31 @@ def relative(timestamp: float | None) -> str:
     return time.strftime("%Y", local)
 
 
-def last_cell(task: Task) -> Text:
+def last_cell(task: Task, now: float | None = None) -> Text:
+    """The LAST column: the latest run's state as a mark, with how long it took or, running, has run."""
     if not task.last_run_state:
         return Text("–", style="dim")
     mark = {"succeeded": "✔", "failed": "✘", "timed_out": "⏱", "stopped": "■", "retrying": "↻",
             "running": "▶", "queued": "…"}.get(task.last_run_state, "?")
-    took = f" {task.last_duration_ms:.0f}ms" if task.last_duration_ms is not None else ""
+    if task.last_run_state == "running" and task.last_started_at is not None:
+        took = f" {human_duration((now or time.time()) - task.last_started_at)}"
+    elif task.last_duration_ms is not None:
+        took = f" {human_duration(task.last_duration_ms / 1000)}"
+    else:
+        took = ""
     return Text(f"{mark}{took}", style=STATE_STYLES.get(task.last_run_state, ""))
-
-
-@dataclass
-class Query:
-    """A filter typed after ``/``: words match names; ``state:x``, ``kind:x``, ``mode:x`` match fields."""
-
-    text: str = ""
-
-    def matches(self, task: Task) -> bool:
-        for word in self.text.lower().split():
-            field, sep, value = word.partition(":")
-            if sep and field in ("state", "kind", "mode"):
-                actual = {"state": task.state.value, "kind": task.kind.value, "mode": task.mode.value}[field]
-                if not actual.startswith(value):
-                    return False
-            elif word not in task.name.lower():
-                return False
-        return True
 
 
 class TaskTable(CarriesOn, DataTable):
     """Tasks keyed by id; ``upsert`` and ``remove`` keep rows in place so the cursor never jumps."""
+
+    BINDINGS = [
+        Binding("j", "cursor_down", "down", show=False, id="list.down", tooltip="Move down the list (↓ too)"),
+        Binding("k", "cursor_up", "up", show=False, id="list.up", tooltip="Move up the list (↑ too)"),
+        Binding("g,home", "scroll_top", "first", show=False, id="list.first", tooltip="Go to the first task"),
+        Binding("G,end", "scroll_bottom", "last", show=False, id="list.last", tooltip="Go to the last task"),
+    ]
+    """The list's own keys (they act only while it has focus); the help screen lists them too."""
 
     class Selected(Message):
         """The highlighted task changed (None: the list is empty)."""
@@ -83,7 +81,7 @@ class TaskTable(CarriesOn, DataTable):
     def __init__(self, **kwargs) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
         self.tasks: dict[str, Task] = {}
-        self.query_filter = Query()
+        self.query_filter = filters.TaskFilter()
 
     def on_mount(self) -> None:
         self._add_columns([])
@@ -92,7 +90,7 @@ class TaskTable(CarriesOn, DataTable):
         """Columns with explicit widths (the name column as wide as the longest shown name, up to 32),
         so the layout depends only on what is shown, never on the order rows arrived in."""
         name_width = min(32, max([4, *(cell_len(one_line(task.name)) for task in tasks)]))
-        for column, width in zip(COLUMNS, (name_width, 4, 5, 7, 6, 9), strict=True):
+        for column, width in zip(COLUMNS, (name_width, 4, 5, 7, 6, 10), strict=True):
             self.add_column(column, key=column.lower(), width=width)
 
     def _cells(self, task: Task) -> tuple:
@@ -139,15 +137,33 @@ class TaskTable(CarriesOn, DataTable):
         self._announce()
 
     def apply_filter(self, text: str) -> None:
-        self.query_filter = Query(text)
+        """Show only the tasks ``text`` picks (``core.filters``; words are read as typed so far)."""
+        self.query_filter = filters.parse(text, partial=True)
         self.load(self.newest_first())
 
+    @property
+    def filtered(self) -> bool:
+        return bool(self.query_filter)
+
+    def select(self, task_id: str) -> bool:
+        """Put the cursor on ``task_id``'s row and scroll it into view; False if the row is not shown."""
+        if task_id not in self.rows:
+            return False
+        self.move_cursor(row=self.get_row_index(task_id), scroll=True)
+        return True
+
     def refresh_due_times(self) -> None:
-        """Redraw the NEXT column (relative times move on; no Redis read needed)."""
+        """Redraw what moves with the clock: the NEXT column, and how long running runs have run (no Redis
+        read needed)."""
+        now = time.time()
         for key in self.rows:
             task = self.tasks.get(key.value) if key.value is not None else None
-            if task is not None and task.next_run_at is not None:
+            if task is None:
+                continue
+            if task.next_run_at is not None:
                 self.update_cell(key, "next", relative(task.next_run_at))
+            if task.last_run_state == "running":
+                self.update_cell(key, "last", last_cell(task, now))
 
     @property
     def selected_id(self) -> str | None:
