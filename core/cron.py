@@ -107,9 +107,14 @@ def check_expression(expr: str, tz: str = "UTC") -> None:
 
     ``tz`` is checked too (``InvalidSpec("timezone")``), since the first fire is computed in it.
     """
-    spec = _spec(expr)
-    zone = check_timezone(tz)
-    _next_instant(spec, zone, datetime.now(_UTC))
+    _check_fires(_spec(expr), tz)
+
+
+@lru_cache(maxsize=1024)
+def _check_fires(spec: _Spec, tz: str) -> None:
+    """Whether an expression ever fires does not depend on when it is asked (cron has no year field), so
+    the answer is cached: a batch of a thousand specs with one expression asks croniter once."""
+    _next_instant(spec, check_timezone(tz), datetime.now(_UTC))
 
 
 def _spec(expr: str) -> _Spec:

@@ -72,24 +72,22 @@ class Launcher:
         self.store.remove_due(due_member_for_run(run.id))
 
     def send_or_fail(self, batch: list[tuple[Task, Run]]) -> None:
-        """Send each run of ``batch``; if a send raises, fail it and every run not yet sent, then raise."""
-        sent: list[str] = []
+        """Send every run of ``batch`` (its messages pipelined) and drop their guards; if sending raises,
+        fail every run of the batch that is still queued, then raise. (A message that did leave before the
+        error is refused on arrival: its run is no longer queued.)"""
         try:
-            for index, (task, run) in enumerate(batch):
-                try:
-                    self.dispatcher.send(task, run)
-                except Exception as exc:
-                    self._fail_unsent(batch[index:], exc)
-                    raise
-                sent.append(due_member_for_run(run.id))
-        finally:
-            if sent:
-                self.store.remove_due(*sent)
+            self.dispatcher.send_many(batch)
+        except Exception as exc:
+            self._fail_unsent(batch, exc)
+            raise
+        self.store.remove_due(*(due_member_for_run(run.id) for _, run in batch))
 
     def _fail_unsent(self, batch: list[tuple[Task, Run]], exc: Exception) -> None:
         now = time.time()
+        pipe = self.store.pipeline()
         for _, run in batch:
             self.store.transition(run.id, (RunState.QUEUED,), RunState.FAILED,
                                   event=run_event(EventType.RUN_FAILED, run, state="failed"),
-                                  fields={"error": f"could not queue the run: {exc}", "finished_at": now})
-            self.store.remove_due(due_member_for_run(run.id))
+                                  fields={"error": f"could not queue the run: {exc}", "finished_at": now}, pipe=pipe)
+            self.store.remove_due(due_member_for_run(run.id), pipe=pipe)
+        pipe.execute()

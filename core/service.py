@@ -159,6 +159,7 @@ class Service:
                  for index, spec in enumerate(specs)]
         pipe = self.store.pipeline()
         to_send: list[tuple[Task, Run]] = []
+        first_due: dict[tuple, float] = {}
         for task in tasks:
             if task.mode is Mode.IMMEDIATE:
                 task.state = TaskState.DONE
@@ -169,7 +170,10 @@ class Service:
                 self.launcher.guard(run, now, pipe)
                 to_send.append((task, run))
             else:
-                task.next_run_at = self._first_due(task.spec, now)
+                when = (task.spec.task_type, task.spec.cron_expression, task.spec.timezone, task.spec.delay_seconds)
+                if when not in first_due:  # a batch often shares one schedule: compute each once
+                    first_due[when] = self._first_due(task.spec, now)
+                task.next_run_at = first_due[when]
                 self.store.add_task(task, pipe)
                 self.store.set_due(due_member_for_task(task.id), task.next_run_at, pipe)
             self.store.add_event({"type": EventType.TASK_CREATED, "task_id": task.id, "ts": now}, pipe)

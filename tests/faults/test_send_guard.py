@@ -70,33 +70,36 @@ def test_a_run_now_whose_process_dies_before_sending_is_sent_by_its_guard(stack,
     assert done.state is RunState.SUCCEEDED
 
 
-def test_a_send_that_raises_fails_the_run_and_every_unsent_one_of_its_batch(stack):
+def test_a_send_that_raises_fails_every_run_of_its_batch_and_leaves_no_guard(stack):
     from core.service import Service
-
-    sent = []
 
     class Broker(RuntimeError):
         pass
 
-    def flaky_send(task, run, fence=0):
-        if len(sent) == 1:
+    class Unreachable:
+        def send_many(self, batch):
             raise Broker("broker unreachable")
-        stack.dispatcher.send(task, run, fence)
-        sent.append(run.id)
 
     service = Service(stack.store, stack.dispatcher, stack.settings)
-    service.launcher.dispatcher = type("FlakyDispatcher", (), {"send": staticmethod(flaky_send)})()
+    service.launcher.dispatcher = Unreachable()
     prefix = f"batch {uuid.uuid4().hex[:6]}"
     specs = [{"name": f"{prefix} {index}", "function_code": CODE, "function_name": "main"} for index in range(3)]
     with pytest.raises(Broker):
         service.create_many(specs)
-    tasks = stack.list_tasks(name=prefix)
-    assert len(tasks) == 3
-    runs = [stack.get(task.id).runs[0] for task in tasks]
-    failed = [run for run in runs if run.id not in sent]
-    assert len(sent) == 1 and len(failed) == 2
-    assert wait_for(lambda: stack.get_run(sent[0]).state is RunState.SUCCEEDED, message="the sent run to run")
-    assert all(run.state is RunState.FAILED for run in failed)
-    assert all(run.error == "could not queue the run: broker unreachable" for run in failed)
+    runs = [stack.get(task.id).runs[0] for task in stack.list_tasks(name=prefix)]
+    assert len(runs) == 3
+    assert all(run.state is RunState.FAILED for run in runs)
+    assert all(run.error == "could not queue the run: broker unreachable" for run in runs)
     for run in runs:
         assert stack.store.due_score(due_member_for_run(run.id)) is None, "no guard is left behind"
+
+
+def test_a_batch_is_sent_in_one_go_and_every_run_runs(stack):
+    prefix = f"bulk {uuid.uuid4().hex[:6]}"
+    tasks = stack.create_many([{"name": f"{prefix} {index}", "function_code": CODE, "function_name": "main"}
+                               for index in range(40)])
+    for task in tasks:
+        run = wait_for(lambda task=task: (r := stack.get(task.id).runs[0]).state.final and r, timeout=60,
+                       message=f"{task.name} to run")
+        assert run.state is RunState.SUCCEEDED
+        assert stack.store.due_score(due_member_for_run(run.id)) is None
