@@ -148,25 +148,44 @@ HEARTBEAT_SECONDS = 2.0
 _beating = threading.Event()
 
 
-def _beat_forever(node: str) -> None:
+def _beat_forever(node: str, facts: dict) -> None:
     """Mark this worker alive in Redis every 2 s, whether or not Celery's own events are on: the
-    scheduler hands a silent worker's running runs to another worker after ``dead_worker_grace``."""
+    scheduler hands a silent worker's running runs to another worker after ``dead_worker_grace``.
+    Each beat carries a few numbers for the workers view (``_stats``)."""
     store = runner().store
     while not _beating.wait(HEARTBEAT_SECONDS):
         try:
-            store.heartbeat(node)
+            store.heartbeat(node, stats=_stats(facts))
         except Exception:  # a missed beat only makes the worker look late; never let it disturb the consumer
             pass
+
+
+def _stats(facts: dict) -> dict:
+    """This worker's facts with its runs active and messages taken so far (Celery's own counters, kept in
+    this main process whatever the pool)."""
+    from celery.worker import state
+
+    return {**facts, "active": len(state.active_requests), "processed": state.all_total_count[0]}
+
+
+def _facts(consumer) -> dict:
+    """What does not change while this worker runs: host, pid, pool, concurrency."""
+    pool = getattr(consumer, "pool", None)
+    name = type(pool).__module__.rpartition(".")[2] if pool is not None else "?"
+    concurrency = getattr(getattr(consumer, "controller", None), "concurrency", None)
+    return {"host": socket.gethostname(), "pid": os.getpid(), "pool": {"thread": "threads"}.get(name, name),
+            "concurrency": concurrency if isinstance(concurrency, int) else None}
 
 
 @signals.worker_ready.connect
 def _start_heartbeat(sender=None, **_):
     node = sender.hostname if sender is not None else socket.gethostname()
+    facts = _facts(sender)
     try:
-        runner().store.heartbeat(node)
+        runner().store.heartbeat(node, stats=_stats(facts))
     except Exception:
         pass
-    threading.Thread(target=_beat_forever, args=(node,), name="taskman-heartbeat", daemon=True).start()
+    threading.Thread(target=_beat_forever, args=(node, facts), name="taskman-heartbeat", daemon=True).start()
 
 
 @signals.worker_shutdown.connect

@@ -36,11 +36,12 @@ __all__ = ["CODE_QUEUE", "CODE_TASK", "HTTP_QUEUE", "HTTP_TASK", "OWN_TASKS", "R
            "make_celery"]
 
 
-def make_celery(settings: Settings, redis_url: str) -> Celery:
-    """A Celery app configured the way every taskman process must agree on."""
+def make_celery(settings: Settings, redis_url: str, task_cls: type | None = None) -> Celery:
+    """A Celery app configured the way every taskman process must agree on (``task_cls``: the base of the
+    tasks defined on it; the worker's guards every run's start)."""
     from celery import Celery  # here, not above: a front end that only reads tasks never loads Celery
 
-    app = Celery("taskman", broker=redis_url, set_as_current=False)
+    app = Celery("taskman", broker=redis_url, set_as_current=False, task_cls=task_cls)
     visibility = int(settings.max_timeout + settings.kill_grace + settings.redelivery_margin)
     app.conf.update(
         task_serializer="json",
@@ -97,7 +98,7 @@ class Dispatcher:
         # binding, so declaring the queue again on each send would only cost time (workers declare theirs).
         options = {"soft_time_limit": timeout, "time_limit": timeout + self.settings.kill_grace, "headers": headers,
                    "producer": producer, "declare": []}
-        spec = task.spec
+        spec = task.spec.with_overrides(run.overrides)  # a run may be given other arguments
         if task.kind is Kind.CODE:
             self.app.send_task(CODE_TASK, args=[run.id, task.id], task_id=run.id, queue=CODE_QUEUE, **options)
         elif task.kind is Kind.API:

@@ -35,10 +35,13 @@ def new_id() -> str:
     return uuid.uuid4().hex[:16]
 
 
-def new_run(task: Task, trigger: str, now: float, *, scheduled_for: float | None = None) -> Run:
-    """A task's first attempt, queued at ``now`` (``trigger``: now, manual, cron or delay)."""
+def new_run(task: Task, trigger: str, now: float, *, scheduled_for: float | None = None,
+            overrides: dict | None = None) -> Run:
+    """A task's first attempt, queued at ``now`` (``trigger``: now, manual, cron or delay); ``overrides``:
+    the arguments or request body this run gets instead of the task's (``core.models.check_overrides``)."""
     return Run(id=new_id(), task_id=task.id, state=RunState.QUEUED, attempt=1,
-               max_attempts=task.spec.max_retries + 1, trigger=trigger, queued_at=now, scheduled_for=scheduled_for)
+               max_attempts=task.spec.max_retries + 1, trigger=trigger, queued_at=now, scheduled_for=scheduled_for,
+               overrides=overrides or None)
 
 
 def next_attempt(run: Run, task: Task | None, now: float) -> Run:
@@ -46,7 +49,7 @@ def next_attempt(run: Run, task: Task | None, now: float) -> Run:
     backoff = (task.spec.retry_backoff if task else 1.0) * (2 ** (run.attempt - 1))
     return Run(id=new_id(), task_id=run.task_id, state=RunState.QUEUED, attempt=run.attempt + 1,
                max_attempts=run.max_attempts, trigger="retry", queued_at=now, scheduled_for=now + backoff,
-               series=run.series or run.id)
+               series=run.series or run.id, overrides=run.overrides)
 
 
 def run_event(kind: str, run: Run, **extra: object) -> dict:

@@ -313,6 +313,21 @@ class TaskSpec(BaseModel):
             raise InvalidSpec("kind", "give only one of function_code, api_url and task_name")
         return given[0]
 
+    def with_overrides(self, overrides: dict[str, Any] | None) -> TaskSpec:
+        """The spec one run executes: its ``args``/``kwargs`` or request body replaced by the run's
+        overrides (:func:`check_overrides` checked them). A body given as ``data`` or ``json`` replaces
+        the spec's body, whichever field held it."""
+        if not overrides:
+            return self
+        update: dict[str, Any] = {}
+        if "args" in overrides:
+            update["args"] = list(overrides["args"])
+        if "kwargs" in overrides:
+            update["kwargs"] = dict(overrides["kwargs"])
+        if "data" in overrides or "json" in overrides:
+            update["data"], update["json_body"] = overrides.get("data"), overrides.get("json")
+        return self.model_copy(update=update)
+
     def to_dict(self) -> dict[str, Any]:
         """The spec as JSON, in the seed's format, without unset optional fields (round-trips)."""
         assert self.kind is not None  # validation (``_coherent``) always infers it
@@ -359,6 +374,63 @@ def parse_spec(data: Any, *, max_timeout: float | None = None, max_retries: int 
             raise InvalidSpec(name, f"must be at most {bound:g}{_UNITS.get(name, '')} "
                                     f"(the configured {BOUND_SETTINGS[name]})")
     return spec
+
+
+OVERRIDE_FIELDS = {
+    Kind.CODE: ("args", "kwargs"),
+    Kind.REGISTERED: ("args", "kwargs"),
+    Kind.API: ("data", "json"),
+}
+"""What one run may be given instead of its task's own: arguments, or another request body."""
+
+
+def _json_type(value: Any) -> str:
+    """What JSON calls ``value``'s type, with an article: "an object", "a string"."""
+    for kind, name in ((bool, "true or false"), (dict, "an object"), (list, "an array"), (str, "a string"),
+                       ((int, float), "a number")):
+        if isinstance(value, kind):
+            return name
+    return "null" if value is None else type(value).__name__
+
+
+def check_overrides(spec: TaskSpec, overrides: Any, *, bounds: dict[str, float] | None = None) -> dict[str, Any]:
+    """Validate what one run of the task ``spec`` is to be run with instead of its own arguments (code and
+    registered tasks: ``args``, ``kwargs``) or request body (API tasks: ``data`` or ``json``); returns the
+    overrides to store (empty: none). Refused as a spec would be (``InvalidSpec`` naming the field): the
+    task with the overrides applied must be a valid spec, so sizes, depth, types and NaN are checked alike.
+    """
+    if not isinstance(overrides, dict):
+        raise InvalidSpec("", "what to run with must be a JSON object: args and kwargs for code and registered "
+                              "tasks, data or json (the request body) for API tasks")
+    assert spec.kind is not None  # validation (``_coherent``) always infers it
+    allowed = OVERRIDE_FIELDS[spec.kind]
+    kind = {Kind.CODE: "a code task", Kind.API: "an API task", Kind.REGISTERED: "a registered task"}[spec.kind]
+    for key in overrides:
+        if key not in allowed:
+            takes = "args and kwargs" if spec.kind is not Kind.API else "data or json (the request body)"
+            known = {name for fields in OVERRIDE_FIELDS.values() for name in fields}
+            why = "unknown field" if key not in known else f"not for {kind}"
+            raise InvalidSpec(str(key), f"{why}: a run of {kind} can be given {takes}; "
+                                        "edit the task to change anything else")
+    if overrides.get("args") is not None and not isinstance(overrides["args"], list):
+        raise InvalidSpec("args", f"must be a JSON array of positional arguments, such as [1, \"a\"], "
+                                  f"not {_json_type(overrides['args'])}")
+    if overrides.get("kwargs") is not None and not isinstance(overrides["kwargs"], dict):
+        raise InvalidSpec("kwargs", f"must be a JSON object of keyword arguments, such as {{\"days\": 1}}, "
+                                    f"not {_json_type(overrides['kwargs'])}")
+    if overrides.get("data") is not None and overrides.get("json") is not None:
+        raise InvalidSpec("data", "give the body as 'data' or as 'json', not both")
+    # null args or kwargs: the task's own; a null body: none at all
+    overrides = {key: value for key, value in overrides.items() if value is not None or key in ("data", "json")}
+    if not overrides:
+        return {}
+    merged = spec.to_dict()
+    if "data" in overrides or "json" in overrides:
+        merged.pop("data", None)
+        merged.pop("json", None)
+    merged.update({key: value for key, value in overrides.items() if value is not None})
+    parse_spec(merged, bounds=bounds)
+    return dict(overrides)
 
 
 KIND_FIELDS = {
@@ -462,8 +534,11 @@ class Run:
     output: str = ""
     worker: str | None = None
     series: str | None = None
+    overrides: dict[str, Any] | None = None
+    """What this run was given instead of its task's arguments or request body (``check_overrides``)."""
 
     def to_dict(self) -> dict[str, Any]:
+        """The run as front ends show it; secret-named fields of its overrides masked (``core.redact``)."""
         return {
             "id": self.id,
             "task_id": self.task_id,
@@ -482,6 +557,8 @@ class Run:
             "output": self.output,
             "worker": self.worker,
             "series": self.series,
+            "overrides": ({key: redact.mask_fields(value) if key != "args" else value
+                           for key, value in self.overrides.items()} if self.overrides else None),
         }
 
 

@@ -181,7 +181,7 @@ class Runner:
         if begun is None:
             return
         started, task = begun
-        spec = task.spec
+        spec = task.spec.with_overrides(started.run.overrides)  # a run may be given other arguments
         limits = sandbox.Limits.for_task(self.settings, spec)
         timeout = self._timeout(task)
         try:
@@ -221,7 +221,7 @@ class Runner:
         if begun is None:
             return
         started, task = begun
-        spec = task.spec
+        spec = task.spec.with_overrides(started.run.overrides)  # a run may be given other arguments
         try:
             response = http.execute(
                 self.http_client, method=spec.method, url=spec.api_url or "", headers=dict(spec.headers),

@@ -13,6 +13,7 @@ console, the scheduler) may do everything; it is still audited.
 from __future__ import annotations
 
 import copy
+import json
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -36,10 +37,12 @@ from core.models import (
     Task,
     TaskSpec,
     TaskState,
+    check_overrides,
     merge_changes,
     parse_spec,
 )
 from core.store import Store, due_member_for_run, due_member_for_task
+from core.workers import Overview, overview
 
 MAX_BATCH = 1000
 
@@ -48,6 +51,18 @@ def _well_formed_id(value: object) -> bool:
     """Could ``value`` be a task or run id? (``abc:runs`` would address another key of the task.)"""
     return isinstance(value, str) and 0 < len(value) <= 64 and value.replace("-", "").replace("_", "").isalnum() \
         and value.isascii()
+
+
+AUDITED_OVERRIDES = 2000
+"""Characters of a run's (masked) overrides the audit entry quotes; longer ones are described by size."""
+
+
+def _audited(overrides: dict[str, Any]) -> dict[str, Any]:
+    """A run's masked overrides as its audit entry records them: as they are, or each field's size."""
+    if len(json.dumps(overrides, ensure_ascii=False)) <= AUDITED_OVERRIDES:
+        return overrides
+    return {key: f"<{len(json.dumps(value, ensure_ascii=False).encode())} bytes of JSON>"
+            for key, value in overrides.items()}
 
 
 class Service:
@@ -291,6 +306,11 @@ class Service:
         """Celery task names the workers have registered, with the worker and queues that reported them."""
         return self.store.registered()
 
+    def workers(self) -> Overview:
+        """Workers (host, pool, concurrency, runs active, messages processed, last heartbeat, isolation
+        walls), queues (waiting and unacknowledged messages) and registered task names (``core.workers``)."""
+        return overview(self.store, self.settings.heartbeat_ttl)
+
     def data_loss(self) -> dict | None:
         """When the scheduler found that Redis had come back without its data (``at``), or None."""
         return self.store.data_loss()
@@ -351,17 +371,29 @@ class Service:
         pipe.execute()
         return task
 
-    def run_now(self, task_id: str) -> Run:
-        """Queue a run of the task at once, whatever its mode or state."""
+    def run_now(self, task_id: str, overrides: dict[str, Any] | None = None) -> Run:
+        """Queue a run of the task at once, whatever its mode or state.
+
+        ``overrides``: other arguments for this run only (``args``, ``kwargs``; ``data`` or ``json`` for an
+        API task's request body), checked as a spec's fields are (``core.models.check_overrides``); the
+        task is not changed. A masked secret sent back unchanged (``***``) stands for the stored one.
+        """
         task = self.get(task_id, runs=0)
         self._allow("run", task.kind)
+        if overrides is not None:
+            if isinstance(overrides, dict):
+                overrides = redact.restore_spec(overrides, task.spec.to_dict())
+            overrides = check_overrides(task.spec, overrides, bounds=self.settings.task_limit_bounds())
         now = time.time()
-        run = new_run(task, "manual", now)
+        run = new_run(task, "manual", now, overrides=overrides)
         pipe = self.store.pipeline()
         self.store.add_run(run, pipe)
         self.launcher.guard(run, now, pipe)
         self.store.add_event(run_event(EventType.RUN_QUEUED, run), pipe)
-        self._audit("run", task.id, {"name": task.name, "run_id": run.id}, pipe)
+        detail: dict[str, Any] = {"name": task.name, "run_id": run.id}
+        if run.overrides:
+            detail["overrides"] = _audited(run.to_dict()["overrides"])
+        self._audit("run", task.id, detail, pipe)
         pipe.execute()
         self.launcher.send_or_fail([(task, run)])
         return run

@@ -21,6 +21,8 @@ Layout (every key under the namespace prefix ``{ns}:``, see ``Keys``):
 - ``ratelimit:{name}`` hash: the API token's allowance (``tokens`` left, ``at`` when last counted).
 - ``metrics``          hash of counters kept incrementally (see ``core.metrics`` for its fields).
 - ``workers``          sorted set: worker hostname scored by its last heartbeat.
+- ``workers:stats``    hash: worker hostname → JSON of what it said with its last heartbeat (host, pid,
+                       pool, concurrency, runs active, messages processed).
 - ``running``          sorted set: id of each running run scored by when it started (the dead-worker watch).
 - ``epoch``            a random id written once into a Redis; if it vanishes or changes, Redis lost its data.
 - ``data-lost``        JSON {at, was, now}: when the scheduler found the epoch gone or changed.
@@ -52,7 +54,7 @@ from core.models import Run, RunState, Task, TaskSpec, TaskState
 Entry = tuple[str, dict[str, str]]
 """One stream entry: (id, fields)."""
 
-RUN_FIELDS_JSON = ("result",)
+RUN_FIELDS_JSON = ("result", "overrides")
 RUN_FIELDS_FLOAT = ("queued_at", "scheduled_for", "started_at", "finished_at", "duration_ms")
 
 
@@ -139,6 +141,10 @@ class Keys:
     @property
     def workers(self) -> str:
         return self._key("workers")
+
+    @property
+    def worker_stats(self) -> str:
+        return self._key("workers", "stats")
 
     @property
     def running(self) -> str:
@@ -346,6 +352,25 @@ redis.call('ZADD', KEYS[1], tonumber(now[1]) + tonumber(now[2]) / 1000000, ARGV[
 return 1
 """
 
+# KEYS[1] kombu's unacked hash; ARGV[1] the most entries to look at
+# Counts the messages delivered to workers and not yet acknowledged by the queue they came from. Each
+# value is kombu's JSON ``[message, exchange, routing_key]``; only its tail is read (a message may be
+# large). Returns a flat list queue, count, ...; or {-1} when the hash holds more than ARGV[1] entries.
+UNACKED_BY_QUEUE = """
+if redis.call('HLEN', KEYS[1]) > tonumber(ARGV[1]) then return {-1} end
+local counts = {}
+for _, value in ipairs(redis.call('HVALS', KEYS[1])) do
+  local queue = string.match(string.sub(value, -300), ',%s*"([^"]*)"%s*%]%s*$') or '?'
+  counts[queue] = (counts[queue] or 0) + 1
+end
+local flat = {}
+for queue, count in pairs(counts) do
+  flat[#flat + 1] = queue
+  flat[#flat + 1] = count
+end
+return flat
+"""
+
 # KEYS[1] lock key; ARGV[1] owner token, ARGV[2] ttl in milliseconds
 # Takes the lock if free, or extends it if this owner holds it. Returns 1 when held by us.
 LOCK = """
@@ -497,6 +522,7 @@ class Store:
         self._token_create = client.register_script(TOKEN_CREATE)
         self._token_revoke = client.register_script(TOKEN_REVOKE)
         self._take_allowance = client.register_script(TAKE_ALLOWANCE)
+        self._unacked_by_queue = client.register_script(UNACKED_BY_QUEUE)
 
     # -- tasks ---------------------------------------------------------------------------------
 
@@ -574,6 +600,7 @@ class Store:
         for key in RUN_FIELDS_FLOAT:
             fields[key] = _encode(getattr(run, key))
         fields["result"] = json.dumps(run.result)
+        fields["overrides"] = json.dumps(run.overrides) if run.overrides else ""  # unmasked: the worker needs them
         return fields
 
     def add_run(self, run: Run, pipe: redis.client.Pipeline) -> None:
@@ -623,6 +650,7 @@ class Store:
             output=fields.get("output") or "",
             worker=fields.get("worker") or None,
             series=fields.get("series") or None,
+            overrides=json.loads(fields["overrides"]) if fields.get("overrides") else None,
         )
 
     def transition(self, run_id: str, allowed: Iterable[RunState], new: RunState, *,
@@ -805,14 +833,32 @@ class Store:
                                      due_member_for_run(run_id), repr(send_guard_at)])
         return None if answer is None else int(answer)
 
-    def heartbeat(self, worker: str, when: float | None = None) -> None:
+    def heartbeat(self, worker: str, when: float | None = None, stats: dict[str, Any] | None = None) -> None:
         """Note that ``worker`` is alive (``core.metrics`` counts workers seen recently), by Redis's clock
         unless ``when`` is given: the dead-worker watch compares beats from many hosts, whose clocks may
-        differ or jump."""
+        differ or jump. ``stats``: what the worker says about itself (the workers view shows it), written
+        in the same round trip."""
+        pipe = self.redis.pipeline(transaction=False)
         if when is None:
-            self.redis.eval(HEARTBEAT, 1, self.keys.workers, worker)
+            pipe.eval(HEARTBEAT, 1, self.keys.workers, worker)
         else:
-            self.redis.zadd(self.keys.workers, {worker: when})
+            pipe.zadd(self.keys.workers, {worker: when})
+        if stats is not None:
+            pipe.hset(self.keys.worker_stats, worker, json.dumps(stats))
+        pipe.execute()
+
+    def worker_stats(self) -> dict[str, dict]:
+        """Worker hostname → what it said with its last heartbeat (``heartbeat``'s ``stats``)."""
+        raw = cast(dict[str, str], self.redis.hgetall(self.keys.worker_stats))
+        return {worker: json.loads(value) for worker, value in raw.items()}
+
+    def unacked_by_queue(self, most: int = 2000) -> dict[str, int] | None:
+        """Messages delivered and not yet acknowledged, per queue; None when more than ``most`` are (then
+        only their total, ``gauges``' ``unacked``, is cheap to know)."""
+        flat = self._unacked_by_queue(keys=[self.keys.celery_unacked], args=[most])
+        if flat == [-1]:
+            return None
+        return {str(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
 
     def server_time(self) -> float:
         """Redis's clock, in seconds since the epoch: one clock for every host's heartbeats and run starts."""
@@ -820,7 +866,10 @@ class Store:
         return seconds + micros / 1e6
 
     def worker_gone(self, worker: str) -> None:
-        self.redis.zrem(self.keys.workers, worker)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrem(self.keys.workers, worker)
+        pipe.hdel(self.keys.worker_stats, worker)
+        pipe.execute()
 
     def add_audit(self, entry: dict[str, str], pipe: redis.client.Pipeline | None = None) -> None:
         """Append one audit entry (see ``core.audit.entry``), in the change's own pipeline when given;

@@ -98,3 +98,12 @@ def human_duration(seconds: float) -> str:
         return f"{minutes // 60} h {minutes % 60:02d} m"
     hours = round(seconds / 3600)
     return f"{hours // 24} d {hours % 24:02d} h"
+
+
+def human_ago(seconds: float) -> str:
+    """How long ago something happened: ``just now``, ``3 s ago``, ``4 m 05 s ago``."""
+    if seconds < 0.5:
+        return "just now"
+    if seconds < 59.5:
+        return f"{round(seconds)} s ago"
+    return f"{human_duration(seconds)} ago"

@@ -268,7 +268,43 @@ def _simple(action: str, help_text: str):
     return command
 
 
-_simple("run", "Run the task now, whatever its schedule.")
+@main.command()
+@click.argument("task_id")
+@click.option("--args", "args_json", metavar="JSON", help="This run's positional arguments, a JSON array "
+              "(code and registered tasks); the task keeps its own.")
+@click.option("--kwargs", "kwargs_json", metavar="JSON", help="This run's keyword arguments, a JSON object "
+              "(code and registered tasks).")
+@click.option("--data", "data_json", metavar="JSON", help="This run's request body (API tasks), as JSON; it "
+              "replaces the task's body, whether that was given as data or json.")
+@click.option("--json", "as_json", is_flag=True)
+@handles_errors
+def run(task_id, args_json, kwargs_json, data_json, as_json) -> None:
+    """Run the task now, whatever its schedule; --args/--kwargs/--data run it once with other arguments."""
+    overrides = {}
+    for option, field, raw in (("--args", "args", args_json), ("--kwargs", "kwargs", kwargs_json),
+                               ("--data", "data", data_json)):
+        if raw is not None:
+            overrides[field] = _json_option(option, raw)
+    outcome = _service().run_now(task_id, overrides or None)
+    if as_json:
+        _emit_json(outcome.to_dict())
+    else:
+        click.echo(f"queued run {outcome.id}" + (f" with {', '.join(sorted(overrides))} of its own"
+                                                 if overrides else ""))
+
+
+def _json_option(option: str, raw: str):
+    """An option's value read as JSON; a refusal names the option."""
+    from core.errors import InvalidSpec
+
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InvalidSpec(option, f"not valid JSON ({exc.msg} at column {exc.colno}): {raw[:80]!r}") from None
+    except RecursionError:
+        raise InvalidSpec(option, "the JSON is nested too deeply") from None
+
+
 _simple("stop", "Stop the task: queued runs never start, running ones are killed, the schedule pauses.")
 _simple("pause", "Pause a delayed or cron task's schedule.")
 _simple("resume", "Resume a paused task's schedule.")
@@ -297,6 +333,40 @@ def tasks(as_json) -> None:
                    f"({one_line(', '.join(detail['workers']))})")
     ok, summary = service.isolation_summary()
     click.echo(("" if ok else "warning: ") + one_line(summary), err=not ok)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@handles_errors
+def workers(as_json) -> None:
+    """Workers (host, pool, concurrency, runs active, processed, last heartbeat, isolation walls), queues
+    (waiting and unacknowledged messages) and the registered task names: the console's workers view."""
+    view = _service().workers()
+    if as_json:
+        _emit_json(view.to_dict())
+        return
+    from core.text import human_ago
+
+    click.echo(f"{'WORKER':28}  {'POOL':8}  {'CONC':>4}  {'ACTIVE':>6}  {'PROCESSED':>9}  {'HEARTBEAT':14}  WALLS")
+    for worker in view.workers:
+        seen = human_ago(worker.beat_age) if worker.beat_age is not None else "–"
+        click.echo(f"{_cell(one_line(worker.name), 28)}  {one_line(worker.pool):8}  "
+                   f"{_number(worker.concurrency):>4}  {_number(worker.active):>6}  {_number(worker.processed):>9}  "
+                   f"{_cell(seen if worker.alive else f'silent {seen}', 14)}  {one_line(worker.walls_summary())}")
+    if not view.workers:
+        click.echo("no worker is up: start one with `taskman worker` (or everything with `taskman up`)")
+    click.echo()
+    click.echo(f"{'QUEUE':28}  {'WAITING':>7}  {'UNACKED':>7}  CONSUMERS")
+    for queue in view.queues:
+        click.echo(f"{_cell(one_line(queue.name), 28)}  {queue.waiting:>7}  {_number(queue.unacked):>7}  "
+                   f"{queue.consumers}")
+    click.echo(f"{'(all)':28}  {sum(q.waiting for q in view.queues):>7}  {view.unacked:>7}")
+    click.echo()
+    click.echo(f"registered tasks ({len(view.tasks)}): " + one_line(", ".join(sorted(view.tasks))))
+
+
+def _number(value) -> str:
+    return "–" if value is None else str(value)
 
 
 @main.command()

@@ -36,6 +36,7 @@ def test_key_strings_are_pinned():
     assert keys.rate_limit("ci-bot") == "taskman:ratelimit:ci-bot"
     assert keys.metrics == "taskman:metrics"
     assert keys.workers == "taskman:workers"
+    assert keys.worker_stats == "taskman:workers:stats"
     assert keys.running == "taskman:running"
     assert keys.epoch == "taskman:epoch"
     assert keys.data_lost == "taskman:data-lost"
@@ -50,7 +51,8 @@ def test_namespace_prefixes_every_key():
     keys = Keys("other")
     every = [keys.task("1"), keys.task_runs("1"), keys.run("1"), keys.tasks, keys.due, keys.events, keys.logs,
              keys.scheduler_lock, keys.registered, keys.celery_prefix, keys.celery_queue("http"), keys.celery_unacked,
-             keys.tokens, keys.token_hashes, keys.token_used, keys.audit, keys.metrics, keys.workers]
+             keys.tokens, keys.token_hashes, keys.token_used, keys.audit, keys.metrics, keys.workers,
+             keys.worker_stats]
     assert all(key.startswith("other:") for key in every)
     assert len(set(every)) == len(every)
     assert Keys("a") == Keys("a") and hash(Keys("a")) == hash(Keys("a"))
