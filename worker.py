@@ -3,7 +3,8 @@
 ``celery -A worker worker`` and ``taskman worker`` both start it. Code runs go to the ``code``
 queue (prefork: killable, memory-limited), API runs to ``http`` (threads: many requests at once),
 registered tasks to ``registered`` or the queue their spec names. Registered tasks are the
-operator's own Celery tasks; Celery's signals record their runs like any other.
+operator's own Celery tasks: ``GuardedTask`` lets a run begin (or drops its message), Celery's
+signals record how it ended.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import uuid
 
-from celery import signals
+from celery import Task, signals
+from celery.exceptions import Ignore
 
 from core import builtins, http
 from core.config import Settings
@@ -23,8 +26,28 @@ from core.models import RunState
 from core.runner import Runner, format_exception
 from core.store import Store
 
+
+class GuardedTask(Task):
+    """The base of every task this worker runs: a registered task's body runs only if its run may begin.
+
+    A Celery signal cannot stop a task, so the guard sits in ``__call__`` (Celery's tracer calls it when a
+    task class defines one): a message whose run was stopped, has finished, was handed to another worker
+    (its fence moved on) or was given up after 3 deliveries is acknowledged and dropped (``Ignore``), and
+    the operator's code never sees it. taskman's own tasks guard their runs in ``core.runner``.
+    """
+
+    def __call__(self, *args, **kwargs):
+        request = self.request
+        if request.called_directly:  # called as a function, not from a message: nothing to guard
+            return super().__call__(*args, **kwargs)
+        if self.name not in OWN_TASKS and runner().registered_started(
+                request.id, _fence(request), _life(request.hostname)) is None:
+            raise Ignore()
+        return self.run(*args, **kwargs)
+
+
 settings = Settings()
-app = make_celery(settings, resolve_redis_url(settings))
+app = make_celery(settings, resolve_redis_url(settings), task_cls=GuardedTask)
 _runners: dict[int, Runner] = {}
 UNRESTRICTED_CODE = os.environ.get("TASKMAN_TEST_UNRESTRICTED_CODE") == "1"
 """Test-only: run code tasks as plain Python inside the jail, to prove the jail holds without the language wall."""
@@ -40,6 +63,16 @@ def runner() -> Runner:
     return _runners[pid]
 
 
+LIFE = uuid.uuid4().hex[:12]
+"""This start of the worker (its pool processes, forked from it, share it): runs record ``node#life`` and the
+heartbeat beats for it, so a worker restarted under the same node name does not vouch for its predecessor's
+runs, which the dead-worker watch then hands over after the grace."""
+
+
+def _life(node: str | None) -> str:
+    return f"{node or socket.gethostname()}#{LIFE}"
+
+
 def _fence(request) -> int | None:
     """The fence a run's message was sent with (a header; None for messages from before fences)."""
     value = getattr(request, FENCE_HEADER, None)
@@ -49,13 +82,13 @@ def _fence(request) -> int | None:
 @app.task(name=CODE_TASK, bind=True)
 def run_code(self, run_id: str, task_id: str) -> None:
     """Run a code task's function in the jail."""
-    runner().run_code(run_id, task_id, _fence(self.request), self.request.hostname or "")
+    runner().run_code(run_id, task_id, _fence(self.request), _life(self.request.hostname))
 
 
 @app.task(name=HTTP_TASK, bind=True)
 def run_http(self, run_id: str, task_id: str) -> None:
     """Send an API task's request."""
-    runner().run_http(run_id, task_id, _fence(self.request), self.request.hostname or "")
+    runner().run_http(run_id, task_id, _fence(self.request), _life(self.request.hostname))
 
 
 @app.task(name="taskman.echo")
@@ -73,12 +106,6 @@ def prune_history():
     return builtins.prune_history(runner().store)
 
 
-@signals.task_prerun.connect
-def _registered_started(sender=None, task_id=None, **_):
-    if sender is not None and sender.name not in OWN_TASKS:
-        runner().registered_started(task_id, _fence(sender.request), sender.request.hostname or "")
-
-
 @signals.task_success.connect
 def _registered_succeeded(sender=None, result=None, **_):
     if sender is not None and sender.name not in OWN_TASKS:
@@ -93,10 +120,10 @@ def _failed(sender=None, task_id=None, exception=None, einfo=None, **_):
     hard = exception.args[0] if name == "TimeLimitExceeded" and exception.args else None
     if isinstance(hard, (int, float)):  # Celery's hard limit: timeout + kill_grace, sent by the pool's parent
         state, error = RunState.TIMED_OUT, (
-            f"timed out: the run exceeded its timeout of {hard - settings.kill_grace:g} s, did not stop, and its "
-            f"process was killed at the hard time limit ({settings.kill_grace:g} s later)")
+            f"limit {hard - settings.kill_grace:g} s; it did not stop, and its process was killed at the hard "
+            f"time limit ({settings.kill_grace:g} s later)")
     elif name in ("TimeLimitExceeded", "SoftTimeLimitExceeded"):
-        state, error = RunState.TIMED_OUT, "timed out: the run exceeded its timeout and was killed"
+        state, error = RunState.TIMED_OUT, "its limit passed; its process was killed"
     else:
         state, error = RunState.FAILED, f"{name}: {exception}"
     trace = str(einfo) if einfo is not None else format_exception(exception)
@@ -155,7 +182,7 @@ def _beat_forever(node: str, facts: dict) -> None:
     store = runner().store
     while not _beating.wait(HEARTBEAT_SECONDS):
         try:
-            store.heartbeat(node, stats=_stats(facts))
+            store.heartbeat(node, stats=_stats(facts), life=_life(node))
         except Exception:  # a missed beat only makes the worker look late; never let it disturb the consumer
             pass
 
@@ -182,7 +209,7 @@ def _start_heartbeat(sender=None, **_):
     node = sender.hostname if sender is not None else socket.gethostname()
     facts = _facts(sender)
     try:
-        runner().store.heartbeat(node, stats=_stats(facts))
+        runner().store.heartbeat(node, stats=_stats(facts), life=_life(node))
     except Exception:
         pass
     threading.Thread(target=_beat_forever, args=(node, facts), name="taskman-heartbeat", daemon=True).start()
@@ -193,6 +220,7 @@ def _worker_gone(sender=None, **_):
     """A worker that stops cleanly stops counting as alive at once (a killed one ages out)."""
     _beating.set()
     try:
-        runner().store.worker_gone(getattr(sender, "hostname", None) or socket.gethostname())
+        node = getattr(sender, "hostname", None) or socket.gethostname()
+        runner().store.worker_gone(node, _life(node))
     except Exception:
         pass

@@ -24,6 +24,7 @@ from core.events import EventType
 from core.lifecycle import next_attempt, run_event
 from core.models import Run, RunState, Task
 from core.store import Store
+from core.text import human_duration
 
 MAX_DELIVERIES = 3
 LOG_FLUSH_SECONDS = 0.2
@@ -193,8 +194,7 @@ class Runner:
             return
         except Exception as exc:
             if type(exc).__name__ == "SoftTimeLimitExceeded":
-                self.finish(started, RunState.TIMED_OUT, retryable=True,
-                            error=f"timed out: the run exceeded its timeout of {timeout:g} s")
+                self.finish(started, RunState.TIMED_OUT, retryable=True, error=f"limit {timeout:g} s")
                 return
             raise
         self._record_outcome(started, outcome, timeout)
@@ -206,9 +206,9 @@ class Runner:
             self.finish(started, RunState.FAILED, error=outcome.message, traceback=outcome.traceback,
                         output=outcome.output, retryable=outcome.reason == "error")
         elif outcome.status == "timed_out":
-            why = "its CPU time limit" if outcome.signal_name == "SIGXCPU" else f"its timeout of {timeout:g} s"
+            why = "CPU time limit" if outcome.signal_name == "SIGXCPU" else f"limit {timeout:g} s"
             self.finish(started, RunState.TIMED_OUT, retryable=True, output=outcome.output,
-                        error=f"timed out: the run exceeded {why} and its process was killed")
+                        error=f"{why}; its process was killed")
         elif outcome.status == "crashed":
             self.finish(started, RunState.FAILED, output=outcome.output,
                         error=f"the run's process crashed: {outcome.signal_name}")
@@ -234,7 +234,7 @@ class Runner:
         else:
             response["url"] = http.redact_url(response["url"])
             started.logs.add("info", f"{spec.method} {response['url']} → {response['status_code']} "
-                                     f"in {response['elapsed_ms']:.0f} ms")
+                                     f"in {human_duration(response['elapsed_ms'] / 1000)}")
             self.finish(started, RunState.SUCCEEDED, result=response)
 
     def _timeout(self, task: Task | None) -> float:
@@ -278,12 +278,16 @@ class Runner:
 
     @staticmethod
     def _summary(run: Run, state: RunState, duration_ms: float | None, result: Any, error: str | None) -> str:
-        took = f"{duration_ms:.0f} ms" if duration_ms is not None else "?"
+        took = human_duration(duration_ms / 1000) if duration_ms is not None else "?"
         if state is RunState.SUCCEEDED:
             shown = json.dumps(result, ensure_ascii=False)
             return f"run {run.id} succeeded in {took} → {shown[:200]}"
         if state is RunState.RETRYING:
             return f"run {run.id} attempt {run.attempt} failed in {took}: {error}; retrying"
+        if state is RunState.TIMED_OUT:  # said once: "timed out after 5.0 s (limit 5 s; ...)"
+            if error and error.startswith("timed out"):
+                return f"run {run.id} {error} ({took})"
+            return f"run {run.id} timed out after {took}" + (f" ({error})" if error else "")
         return f"run {run.id} {state.value.replace('_', ' ')} after {took}: {error}"
 
     def _add_retry(self, started: Started, now: float, pipe) -> None:

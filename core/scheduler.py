@@ -152,12 +152,14 @@ class Scheduler:
         """Requeue, under a new fence, every running run whose worker has sent no heartbeat for the grace.
 
         ``now`` is Redis's clock, as are the heartbeats and run starts it is compared with (so a jump of
-        this host's clock hands nothing over).
+        this host's clock hands nothing over). A run names the life of the worker that runs it (one per
+        start, ``node#id``), so a worker restarted under the same name does not keep the old one's runs
+        looking alive.
 
         The fence makes the dead worker's message (redelivered by the broker much later) and a slow
         worker's late finish refused, so a run is never carried on by two workers at once.
         """
-        beats = self.store.heartbeats()
+        beats = {**self.store.heartbeats(), **self.store.lives()}  # a run records its worker's life (node#id)
         handed = 0
         running = self.store.running_runs()
         owners = self.store.run_owners([run_id for run_id, _ in running])

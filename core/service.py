@@ -493,3 +493,4 @@ class Service:
         self.store.add_event({"type": EventType.TASK_DELETED, "task_id": task.id, "ts": time.time()}, pipe)
         self._audit("delete", task.id, {"name": task.name, "kind": task.kind.value, "runs_stopped": stopped}, pipe)
         pipe.execute()
+                running="rem",

@@ -23,6 +23,8 @@ Layout (every key under the namespace prefix ``{ns}:``, see ``Keys``):
 - ``workers``          sorted set: worker hostname scored by its last heartbeat.
 - ``workers:stats``    hash: worker hostname → JSON of what it said with its last heartbeat (host, pid,
                        pool, concurrency, runs active, messages processed).
+- ``workers:lives``    sorted set: ``node#id`` of each start of a worker scored by its last heartbeat (a run
+                       records the life that runs it; the dead-worker watch follows that).
 - ``running``          sorted set: id of each running run scored by when it started (the dead-worker watch).
 - ``epoch``            a random id written once into a Redis; if it vanishes or changes, Redis lost its data.
 - ``data-lost``        JSON {at, was, now}: when the scheduler found the epoch gone or changed.
@@ -141,6 +143,10 @@ class Keys:
     @property
     def workers(self) -> str:
         return self._key("workers")
+
+    @property
+    def worker_lives(self) -> str:
+        return self._key("workers", "lives")
 
     @property
     def worker_stats(self) -> str:
@@ -345,10 +351,16 @@ end
 return due
 """
 
-# KEYS[1] workers zset; ARGV[1] worker node name. Scores the beat by Redis's own clock.
+# KEYS[1] workers zset, KEYS[2] lives zset; ARGV[1] worker node name, ARGV[2] this start's life ('' = none).
+# Scores the beat by Redis's own clock, under the node's name and under its life (lives a day silent go).
 HEARTBEAT = """
 local now = redis.call('TIME')
-redis.call('ZADD', KEYS[1], tonumber(now[1]) + tonumber(now[2]) / 1000000, ARGV[1])
+local at = tonumber(now[1]) + tonumber(now[2]) / 1000000
+redis.call('ZADD', KEYS[1], at, ARGV[1])
+if ARGV[2] ~= '' then
+  redis.call('ZADD', KEYS[2], at, ARGV[2])
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', at - 86400)
+end
 return 1
 """
 
@@ -833,14 +845,16 @@ class Store:
                                      due_member_for_run(run_id), repr(send_guard_at)])
         return None if answer is None else int(answer)
 
-    def heartbeat(self, worker: str, when: float | None = None, stats: dict[str, Any] | None = None) -> None:
+    def heartbeat(self, worker: str, when: float | None = None, stats: dict[str, Any] | None = None,
+                  life: str = "") -> None:
         """Note that ``worker`` is alive (``core.metrics`` counts workers seen recently), by Redis's clock
         unless ``when`` is given: the dead-worker watch compares beats from many hosts, whose clocks may
-        differ or jump. ``stats``: what the worker says about itself (the workers view shows it), written
-        in the same round trip."""
+        differ or jump. ``life`` names this start of the worker (``node#id``: a worker restarted under the
+        same name is another life, so its beats do not keep its dead predecessor's runs looking alive).
+        ``stats``: what the worker says about itself (the workers view shows it), in the same round trip."""
         pipe = self.redis.pipeline(transaction=False)
         if when is None:
-            pipe.eval(HEARTBEAT, 1, self.keys.workers, worker)
+            pipe.eval(HEARTBEAT, 2, self.keys.workers, self.keys.worker_lives, worker, life)
         else:
             pipe.zadd(self.keys.workers, {worker: when})
         if stats is not None:
@@ -858,6 +872,11 @@ class Store:
         flat = self._unacked_by_queue(keys=[self.keys.celery_unacked], args=[most])
         if flat == [-1]:
             return None
+    def lives(self) -> dict[str, float]:
+        """Worker life (``node#id``, one per start of a worker) → time of its last heartbeat."""
+        return dict(cast(list[tuple[str, float]], self.redis.zrange(self.keys.worker_lives, 0, -1,
+                                                                    withscores=True)))
+
         return {str(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
 
     def server_time(self) -> float:
@@ -865,7 +884,7 @@ class Store:
         seconds, micros = cast(tuple[int, int], self.redis.time())
         return seconds + micros / 1e6
 
-    def worker_gone(self, worker: str) -> None:
+    def worker_gone(self, worker: str, life: str = "") -> None:
         pipe = self.redis.pipeline(transaction=False)
         pipe.zrem(self.keys.workers, worker)
         pipe.hdel(self.keys.worker_stats, worker)
@@ -905,6 +924,8 @@ class Store:
         pairs = [item for pair in audit.items() for item in pair]
         record = self._token_revoke(keys=[self.keys.tokens, self.keys.token_hashes, self.keys.token_used,
                                           self.keys.audit], args=[name, str(self.audit_retention), *pairs])
+        if life:
+            pipe.zrem(self.keys.worker_lives, life)
         return json.loads(record) if record else None
 
     def token_records(self) -> list[dict]:

@@ -8,6 +8,7 @@ for the seed's httpbin URLs.
 from __future__ import annotations
 
 import json
+import re
 import time
 from itertools import pairwise
 
@@ -163,6 +164,7 @@ def test_stop_terminates_a_running_code_task_and_the_worker_goes_on(stack):
     stack.stop(task.id)
     run = stack.get(task.id).runs[0]
     assert run.state is RunState.STOPPED
+    assert run.id not in {run_id for run_id, _ in stack.store.running_runs()}, "it left the dead-worker watch"
     time.sleep(2)
     assert stack.get(task.id).runs[0].state is RunState.STOPPED
     assert len(stack.get(task.id).runs) == 1
@@ -175,8 +177,11 @@ def test_timeout_fails_the_run_with_a_reason(stack):
                          "function_code": "def spin():\n    while True:\n        pass", "function_name": "spin"})
     run = final_run(stack, task.id, timeout=15)
     assert run.state is RunState.TIMED_OUT
-    assert "time" in run.error.lower()
+    assert run.error.startswith("limit 1 s")
     assert run.duration_ms < 5000
+    [line] = [entry["msg"] for _, entry in stack.store.stream_tail("logs", 500)
+              if entry["run"] == run.id and entry["level"] == "error"]
+    assert re.fullmatch(rf"run {run.id} timed out after 1\.\d s \(limit 1 s.*\)", line), line
 
 
 def test_delete_removes_definition_and_schedule(stack):

@@ -111,3 +111,23 @@ def test_a_frozen_worker_that_wakes_up_cannot_overwrite_the_new_attempt(pair):
     assert first.poll() is None, "the woken worker goes on serving"
     after = service.create({"name": "after", "function_code": "def main():\n    return 1\n", "function_name": "main"})
     assert wait_for(lambda: (r := service.get(after.id).runs) and r[0].state.final and r[0], timeout=30).result == 1
+
+
+def test_a_worker_restarted_under_its_own_name_does_not_vouch_for_its_dead_predecessors_run(pair):
+    """``taskman up``, systemd and docker restart a dead worker under the same node name at once. Its
+    heartbeats are those of another life, so the dead one's run is handed over after the grace, not left
+    to the broker's redelivery window (an hour by default)."""
+    service, procs, first = pair
+    task = service.create({"name": "orphan of a restart", "function_code": SLOW, "function_name": "main",
+                           "args": [3], "timeout": 30})
+    run = wait_for(running_on(service, task.id, "first@"), timeout=30, message="the run on the first worker")
+    os.killpg(first.pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    procs.start("worker-1-again", *worker_args("first"))
+    final = wait_for(lambda: (r := service.get_run(run.id)).state.final and r, timeout=GRACE + 40,
+                     message="the run to run again and end")
+    took = time.monotonic() - killed_at
+    assert final.state is RunState.SUCCEEDED and final.result == "done"
+    assert state_events(service, run.id, "run.requeued") == 1, "the dead-worker watch handed it over"
+    assert took < GRACE + 15, f"ended {took:.1f} s after the kill"
+    FIGURES["worker SIGKILL, restarted under its own name -> run ends"] = f"{took:.2f} s (grace {GRACE:g} s)"
