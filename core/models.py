@@ -509,8 +509,40 @@ def _first_error(exc: ValidationError) -> InvalidSpec:
         return InvalidSpec(location, "unknown field (check its spelling)")
     if error["type"] == "missing":
         return InvalidSpec(location, "is required")
-    message = error["msg"].removeprefix("Value error, ")
-    return InvalidSpec(location, message)
+    return InvalidSpec(location, _in_plain_words(error))
+
+
+_KINDS = {"string": "text", "int": "a whole number", "float": "a number", "bool": "true or false",
+          "list": "a JSON array", "dict": "a JSON object"}
+"""How a refusal names the kinds of value pydantic's error types (``int_type``, ``int_parsing``, ...) expect."""
+
+
+def _in_plain_words(error: Any) -> str:
+    """A pydantic error as a refusal a person reads ("must be a whole number, not 1.5"), not pydantic's
+    wording ("Input should be a valid integer"); an error type not known here keeps pydantic's message."""
+    kind, ctx, given = error["type"], error.get("ctx") or {}, error.get("input")
+    shown = repr(given) if len(repr(given)) <= 40 else f"{type(given).__name__} {repr(given)[:37]}..."
+    family, _, what = kind.partition("_")
+    if what in ("type", "parsing") and family in _KINDS:
+        return f"must be {_KINDS[family]}, not {shown}"
+    if kind == "string_too_short":
+        return "must not be empty" if ctx.get("min_length") == 1 else f"must be at least {ctx['min_length']} characters"
+    if kind == "string_too_long":
+        return f"must be at most {ctx['max_length']} characters, not {len(given)}"
+    if kind == "too_long":
+        return f"must hold at most {ctx['max_length']} items, not {ctx.get('actual_length', '?')}"
+    bounds = {"greater_than": "more than", "greater_than_equal": "at least", "less_than": "less than",
+              "less_than_equal": "at most"}
+    if kind in bounds:
+        limit = next(iter(ctx.values()), "?")
+        if isinstance(limit, float) and limit.is_integer():
+            limit = int(limit)
+        return f"must be {bounds[kind]} {limit}, not {shown}"
+    if kind == "string_pattern_mismatch":
+        return f"must match the pattern {ctx.get('pattern', '?')}, not {shown}"
+    if kind in ("enum", "literal_error"):
+        return f"must be one of {ctx.get('expected', '?')}, not {shown}"
+    return str(error["msg"]).removeprefix("Value error, ")
 
 
 @dataclass
