@@ -463,6 +463,7 @@ class Service:
                 event=run_event(EventType.RUN_STOPPED, run, state="stopped"),
                 fields={"finished_at": now, "error": "stopped by an operator",
                         "duration_ms": round((now - run.started_at) * 1000, 3) if run.started_at else 0.0},
+                running="rem",
             )
             if previous is None:
                 continue
@@ -493,4 +494,3 @@ class Service:
         self.store.add_event({"type": EventType.TASK_DELETED, "task_id": task.id, "ts": time.time()}, pipe)
         self._audit("delete", task.id, {"name": task.name, "kind": task.kind.value, "runs_stopped": stopped}, pipe)
         pipe.execute()
-                running="rem",

@@ -833,6 +833,11 @@ class Store:
         """Worker node name → time of its last heartbeat."""
         return dict(cast(list[tuple[str, float]], self.redis.zrange(self.keys.workers, 0, -1, withscores=True)))
 
+    def lives(self) -> dict[str, float]:
+        """Worker life (``node#id``, one per start of a worker) → time of its last heartbeat."""
+        return dict(cast(list[tuple[str, float]], self.redis.zrange(self.keys.worker_lives, 0, -1,
+                                                                    withscores=True)))
+
     def refence_queued(self, run_id: str, token: str) -> int:
         """Move a queued run's fence on before sending it again (see ``REFENCE``): the new fence, -1 if the
         run is not queued, -2 if the lock ``token`` is not held."""
@@ -872,11 +877,6 @@ class Store:
         flat = self._unacked_by_queue(keys=[self.keys.celery_unacked], args=[most])
         if flat == [-1]:
             return None
-    def lives(self) -> dict[str, float]:
-        """Worker life (``node#id``, one per start of a worker) → time of its last heartbeat."""
-        return dict(cast(list[tuple[str, float]], self.redis.zrange(self.keys.worker_lives, 0, -1,
-                                                                    withscores=True)))
-
         return {str(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
 
     def server_time(self) -> float:
@@ -887,6 +887,8 @@ class Store:
     def worker_gone(self, worker: str, life: str = "") -> None:
         pipe = self.redis.pipeline(transaction=False)
         pipe.zrem(self.keys.workers, worker)
+        if life:
+            pipe.zrem(self.keys.worker_lives, life)
         pipe.hdel(self.keys.worker_stats, worker)
         pipe.execute()
 
@@ -924,8 +926,6 @@ class Store:
         pairs = [item for pair in audit.items() for item in pair]
         record = self._token_revoke(keys=[self.keys.tokens, self.keys.token_hashes, self.keys.token_used,
                                           self.keys.audit], args=[name, str(self.audit_retention), *pairs])
-        if life:
-            pipe.zrem(self.keys.worker_lives, life)
         return json.loads(record) if record else None
 
     def token_records(self) -> list[dict]:
