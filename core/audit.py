@@ -14,6 +14,7 @@ import re
 import time
 from typing import Any
 
+from core import events
 from core.errors import InvalidSpec
 from core.models import iso
 from core.store import Store
@@ -48,3 +49,8 @@ def recent(store: Store, limit: int = 50, before: str | None = None) -> list[dic
     if before is not None and not ENTRY_ID.match(before):
         raise InvalidSpec("before", "must be an audit entry id such as 1718000000000-0")
     return [decode(entry_id, fields) for entry_id, fields in store.audit_entries(limit, before)]
+
+
+def read_since(store: Store, cursor: str, wait_ms: int | None = events.BLOCK_MS) -> events.Batch:
+    """The entries after ``cursor`` (as :func:`decode` shows them), oldest first (``taskman audit -f``)."""
+    return events.read(store, "audit", cursor, wait_ms, decode)

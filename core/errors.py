@@ -51,10 +51,24 @@ class Conflict(TaskmanError):
 
 
 class NoRedis(TaskmanError):
-    """No Redis could be reached; the message says how to start or configure one."""
+    """No Redis could be reached; the message says how to start or configure one.
+
+    Raised as well, by every ``core.service.Service`` method, for redis-py's own words that Redis is away
+    (refused, timed out, still loading its data, ...): then ``cause`` holds what redis-py said, so a front
+    end can show it in its own sentence without knowing redis-py's exception types.
+    """
 
     title = "Redis unavailable"
     status = 503
+
+    def __init__(self, message: str, cause: str | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+    @classmethod
+    def unreachable(cls, error: BaseException) -> NoRedis:
+        """The error front ends get for redis-py's ``error`` (a refused connection, a timeout, ...)."""
+        return cls(f"cannot reach Redis: {error}", str(error))
 
 
 class Unauthorized(TaskmanError):

@@ -7,7 +7,8 @@ tick. Gauges (queue depths, due entries, workers alive) are read live: a Celery 
 list (``Keys.celery_queue``), workers write a heartbeat (``Store.heartbeat``).
 
 ``snapshot`` returns everything as a ``Snapshot``; ``GET /metrics`` renders it in Prometheus's text
-format and the console's status line reads the same object.
+format and the console's status line reads the same object. The status line's runs per minute and
+failures in the last hour are an ``Activity``, counted from the events stream as it is followed.
 
 Fields of the ``metrics`` hash (``{le}`` is a bucket's upper bound; bucket counts are per bucket,
 made cumulative when read):
@@ -19,10 +20,12 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.events import RUN_ENDINGS, EventType
 from core.models import Kind, RunState
 from core.store import Store
 
@@ -30,6 +33,8 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
                     600.0, 1800.0, 3600.0, math.inf)
 LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, math.inf)
 BASE_QUEUES = ("code", "http", "registered")
+RATE_MINUTES = 30
+"""How many minutes of finished runs an ``Activity`` keeps (the console's sparkline)."""
 
 
 def bound(value: float) -> str:
@@ -207,3 +212,44 @@ def render(snap: Snapshot) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Collector())
     return generate_latest(registry)
+
+
+@dataclass
+class Activity:
+    """Runs finished per minute (the last ``RATE_MINUTES``) and failures in the last hour, counted from
+    events as they are read (``Service.recent_activity``, then each batch of ``Service.events_since``)."""
+
+    finished: deque[float] = field(default_factory=deque)
+    failed: deque[float] = field(default_factory=deque)
+
+    def add(self, event: dict[str, Any]) -> None:
+        """Count ``event`` if it is a run's ending."""
+        kind = event.get("type", "")
+        if kind in RUN_ENDINGS:
+            stamp = float(event.get("ts") or time.time())
+            self.finished.append(stamp)
+            if kind in (EventType.RUN_FAILED, EventType.RUN_TIMED_OUT):
+                self.failed.append(stamp)
+        self._trim()
+
+    def _trim(self) -> None:
+        now = time.time()
+        while self.finished and self.finished[0] < now - 60 * RATE_MINUTES:
+            self.finished.popleft()
+        while self.failed and self.failed[0] < now - 3600:
+            self.failed.popleft()
+
+    def per_minute(self) -> list[float]:
+        """Finished runs in each of the last ``RATE_MINUTES`` minutes, oldest first."""
+        self._trim()
+        now = time.time()
+        buckets = [0.0] * RATE_MINUTES
+        for stamp in self.finished:
+            index = RATE_MINUTES - 1 - int((now - stamp) // 60)
+            if 0 <= index < RATE_MINUTES:
+                buckets[index] += 1
+        return buckets
+
+    def failures_last_hour(self) -> int:
+        self._trim()
+        return len(self.failed)

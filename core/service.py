@@ -4,26 +4,35 @@ The command line, the console and the REST API hold no logic of their own; they 
 ``Service`` and render what it returns. Each method validates first and writes once: a refused
 input leaves Redis exactly as it was.
 
-A service acts for someone: ``acting_as("cli:alice")`` (or ``"api:<token>"`` with the token's role)
-returns a copy that checks the role against ``core.auth``'s policy before each change and appends
-an audit entry in the change's own pipeline. A service with no role (the local command line, the
-console, the scheduler) may do everything; it is still audited.
+A service acts for someone: ``acting_as("cli:alice")`` (or ``with_token(secret)`` for an API token's
+holder, with its role) returns a copy that checks the role against ``core.auth``'s policy before each
+change and appends an audit entry in the change's own pipeline. A service with no role (the local
+command line, the console, the scheduler) may do everything; it is still audited.
+
+It is the only thing front ends call: tasks and runs, but also tokens, the audit trail, the monitoring
+numbers, the events and log streams (a batch per read, with the cursor to read on from), a ping and
+where its Redis is. Every public method turns redis-py's ways of saying Redis is away into taskman's
+``NoRedis`` (:func:`reaching_redis`), so no front end needs to know redis-py.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from core import audit, auth, builtins, cron, filters, metrics, redact
+import redis
+
+from core import audit, auth, builtins, cron, events, filters, metrics, redact
 from core.config import Settings
 from core.dispatch import Dispatcher
 from core.embedded import resolve_redis_url
-from core.errors import Conflict, InvalidSpec, NotFound
+from core.errors import Conflict, InvalidSpec, NoRedis, NotFound
 from core.events import EventType
 from core.lifecycle import Launcher, new_id, new_run, run_event
 from core.models import (
@@ -65,6 +74,47 @@ def _audited(overrides: dict[str, Any]) -> dict[str, Any]:
             for key, value in overrides.items()}
 
 
+UNREACHABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.ReadOnlyError,
+               redis.exceptions.ClusterDownError, redis.exceptions.TryAgainError)
+"""redis-py's ways of saying Redis cannot serve now: the connection refused, dropped or timed out, a password
+refused, the server still loading its data (``BusyLoadingError`` is a ``ConnectionError``), a replica that
+takes no writes, a cluster that is down."""
+
+
+@contextmanager
+def reaching_redis() -> Iterator[None]:
+    """Raise taskman's ``NoRedis`` for redis-py's :data:`UNREACHABLE` errors (also a function decorator)."""
+    try:
+        yield
+    except UNREACHABLE as exc:
+        raise NoRedis.unreachable(exc) from exc
+
+
+_Class = TypeVar("_Class", bound=type)
+
+
+def _reaching_redis_everywhere(cls: _Class) -> _Class:
+    """Wrap every public method of ``cls`` (static and class methods too) in :func:`reaching_redis`, so a
+    method added later cannot forget it."""
+    for name, member in list(vars(cls).items()):
+        if name.startswith("_"):
+            continue
+        if isinstance(member, staticmethod | classmethod):
+            setattr(cls, name, type(member)(reaching_redis()(member.__func__)))
+        elif inspect.isfunction(member):
+            setattr(cls, name, reaching_redis()(member))
+    return cls
+
+
+def _check_page(limit: int, offset: int) -> None:
+    """Refuse a page that cannot be: ``limit`` below 1, ``offset`` below 0."""
+    if limit < 1:
+        raise InvalidSpec("limit", "must be at least 1")
+    if offset < 0:
+        raise InvalidSpec("offset", "must not be negative")
+
+
+@_reaching_redis_everywhere
 class Service:
     """The service layer over one Redis namespace."""
 
@@ -75,12 +125,14 @@ class Service:
         self.settings = settings
         self.actor = actor
         self.role = role
+        self.principal: auth.Principal | None = None
+        """The API token this service acts for (:meth:`with_token`); its changes count against its rate."""
         self.launcher = Launcher(store, dispatcher, settings.claim_lease)
 
     def acting_as(self, actor: str, role: auth.Role | None = None) -> Service:
         """A shallow copy that audits its changes as ``actor`` and, given a ``role``, enforces it."""
         clone = copy.copy(self)
-        clone.actor, clone.role = actor, role
+        clone.actor, clone.role, clone.principal = actor, role, None
         return clone
 
     def _allow(self, action: str, *kinds: Kind | None, what: str = "") -> None:
@@ -213,9 +265,7 @@ class Service:
         the last run (``state``, ``last``), a kind, a mode (as the spec or the list spells it), a piece of
         the name. A task whose latest run is running says so (:meth:`with_running`)."""
         query = filters.from_options(state=state, kind=kind, mode=mode, last=last, name=name)
-        if limit < 1 or offset < 0:
-            raise InvalidSpec("limit" if limit < 1 else "offset", "must be at least 1" if limit < 1 else
-                              "must not be negative")
+        _check_page(limit, offset)
         if not query:
             return self.with_running(self.store.get_tasks(self.store.task_ids(offset, offset + limit - 1)))
         matches: list[Task] = []
@@ -277,9 +327,7 @@ class Service:
         """A page of the task's run history, newest first (kept after a delete until it expires)."""
         if state is not None and state not in {item.value for item in RunState}:
             raise InvalidSpec("state", f"must be one of {', '.join(item.value for item in RunState)}")
-        if limit < 1 or offset < 0:
-            raise InvalidSpec("limit" if limit < 1 else "offset", "must be at least 1" if limit < 1 else
-                              "must not be negative")
+        _check_page(limit, offset)
         if not _well_formed_id(task_id):
             raise NotFound(f"no task with id {task_id!r}")
         runs = self.store.recent_runs(task_id, self.store.history_per_task if state else offset + limit)
@@ -494,3 +542,109 @@ class Service:
         self.store.add_event({"type": EventType.TASK_DELETED, "task_id": task.id, "ts": time.time()}, pipe)
         self._audit("delete", task.id, {"name": task.name, "kind": task.kind.value, "runs_stopped": stopped}, pipe)
         pipe.execute()
+
+    # -- who calls: API tokens -----------------------------------------------------------------
+
+    def with_token(self, secret: str | None) -> Service:
+        """A copy acting for the holder of the API token ``secret``: its role enforced, its name in the audit
+        trail (``api:<name>``), its changes counted by :meth:`throttle`. ``Unauthorized`` for a missing,
+        wrong or revoked token."""
+        principal = auth.verify(self.store, secret)
+        clone = self.acting_as(principal.actor, principal.role)
+        clone.principal = principal
+        return clone
+
+    def verify_token(self, secret: str | None) -> auth.Principal:
+        """Who holds ``secret``; ``Unauthorized`` for a missing, wrong or revoked token (a stream that
+        outlives its request asks again now and then)."""
+        return auth.verify(self.store, secret)
+
+    def throttle(self, cost: int = 1) -> None:
+        """Count ``cost`` changes against the allowance of the token this service acts for (``RateLimited``
+        past ``api_rate_per_minute``, ``AuditFull`` when the audit trail is full); no token, no count."""
+        if self.principal is not None:
+            auth.throttle(self.store, self.principal, cost, self.settings.api_rate_per_minute)
+
+    def require(self, action: str) -> None:
+        """``Forbidden`` unless this service's role may do ``action`` (``core.auth.POLICY``): for a front end
+        that must say no before it reads a request (each method below checks again)."""
+        self._allow(action, None)
+
+    def create_token(self, name: str, role: str) -> tuple[str, dict[str, Any]]:
+        """Make an API token (admin); its secret, shown once and never stored, and its public record."""
+        self._allow("tokens", None)
+        return auth.create(self.store, name, role, actor=self.actor)
+
+    def tokens(self) -> list[dict[str, Any]]:
+        """Every API token, oldest first, without secrets (admin)."""
+        self._allow("tokens", None)
+        return auth.list_tokens(self.store)
+
+    def revoke_token(self, name: str) -> dict[str, Any]:
+        """Delete an API token at once (admin); its next request gets 401. Its public record."""
+        self._allow("tokens", None)
+        return auth.revoke(self.store, name, actor=self.actor)
+
+    # -- the audit trail, monitoring, streams --------------------------------------------------
+
+    def audit_entries(self, limit: int = 50, before: str | None = None) -> list[dict[str, Any]]:
+        """Up to ``limit`` audit entries, newest first; ``before`` (an entry id) pages further back (admin)."""
+        self._allow("audit", None)
+        return audit.recent(self.store, limit, before)
+
+    def audit_since(self, cursor: str, *, wait_ms: int | None = events.BLOCK_MS) -> events.Batch:
+        """The audit entries after ``cursor``, oldest first, waiting up to ``wait_ms`` for one (admin)."""
+        self._allow("audit", None)
+        return audit.read_since(self.store, cursor, wait_ms)
+
+    def metrics_snapshot(self) -> metrics.Snapshot:
+        """Every monitoring number now (``GET /metrics``, the console's status line)."""
+        return metrics.snapshot(self.store, self.settings.heartbeat_ttl)
+
+    def count_tasks(self) -> int:
+        """How many tasks are defined."""
+        return self.store.count_tasks()
+
+    def recent_activity(self) -> tuple[metrics.Activity, str]:
+        """Runs finished per minute and failures of the last hour, read once from the events stream, and the
+        cursor to follow it from (add each event :meth:`events_since` brings to keep the numbers current)."""
+        cursor = events.newest_id(self.store, "events")
+        activity = metrics.Activity()
+        since = int((time.time() - 3600) * 1000)
+        for _, fields in self.store.stream_range("events", f"{since}-0", cursor, 20_000):
+            activity.add(json.loads(fields["event"]))
+        return activity, cursor
+
+    def events_cursor(self) -> str:
+        """Where the events stream ends now: :meth:`events_since` from here brings only what comes next."""
+        return events.newest_id(self.store, "events")
+
+    def events_since(self, cursor: str, *, wait_ms: int | None = events.BLOCK_MS) -> events.Batch:
+        """The events after ``cursor`` (``{"type", "task_id", "ts", ...}``), waiting up to ``wait_ms`` for one."""
+        return events.read_events(self.store, cursor, wait_ms)
+
+    def recent_logs(self, task_id: str | None, count: int) -> list[tuple[str, dict[str, Any]]]:
+        """The last ``count`` log entries (of one task if given), oldest first, with their ids."""
+        return events.recent_logs(self.store, task_id, count)
+
+    def logs_cursor(self) -> str:
+        """Where the log stream ends now: :meth:`logs_since` from here brings only what comes next."""
+        return events.newest_id(self.store, "logs")
+
+    def logs_since(self, cursor: str, task_id: str | None = None, *,
+                   wait_ms: int | None = events.BLOCK_MS) -> events.Batch:
+        """The log entries after ``cursor`` (of one task if given), waiting up to ``wait_ms`` for one."""
+        return events.read_logs(self.store, cursor, task_id, wait_ms)
+
+    # -- the Redis itself ----------------------------------------------------------------------
+
+    def ping(self) -> None:
+        """Check that Redis answers (``NoRedis`` if not)."""
+        self.store.redis.ping()
+
+    def redis_label(self) -> str:
+        """Where this service's Redis is, for people: ``host:port``, or the socket's path."""
+        kwargs = self.store.redis.connection_pool.connection_kwargs
+        if kwargs.get("path"):
+            return str(kwargs["path"])
+        return f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"

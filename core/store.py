@@ -788,6 +788,11 @@ class Store:
         key = {"events": self.keys.events, "logs": self.keys.logs, "audit": self.keys.audit}[stream]
         return list(reversed(cast(list[Entry], self.redis.xrevrange(key, count=count))))
 
+    def stream_range(self, stream: str, first: str, last: str, count: int) -> list[Entry]:
+        """Up to ``count`` entries of ``stream`` from id ``first`` to id ``last`` (both included), oldest first."""
+        key = {"events": self.keys.events, "logs": self.keys.logs, "audit": self.keys.audit}[stream]
+        return cast(list[Entry], self.redis.xrange(key, min=first, max=last, count=count))
+
     # -- workers -------------------------------------------------------------------------------
 
     def record_registered(self, names: Iterable[str], worker: str, queues: Iterable[str],

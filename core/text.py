@@ -15,14 +15,17 @@ readable. JSON output keeps its own escaping: :func:`json_text` escapes the few 
 ``json.dumps(ensure_ascii=False)`` lets through, and the result is still valid JSON with the same value.
 
 This module decides nothing about markup: the console shows data as ``rich.text.Text``, never as
-markup (``tui/safe.py``). It also holds the one way durations are written for people
-(:func:`human_duration`), so every front end writes them the same way.
+markup (``tui/safe.py``). It also holds the one way durations and moments are written for people
+(:func:`human_duration`, :func:`run_time`, :func:`relative_time`, :func:`local_time`, :func:`log_time`),
+so every front end writes them the same way.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import time
+from datetime import datetime
 from typing import Any
 
 _UNSAFE = "\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff"
@@ -107,3 +110,64 @@ def human_ago(seconds: float) -> str:
     if seconds < 59.5:
         return f"{round(seconds)} s ago"
     return f"{human_duration(seconds)} ago"
+
+
+def run_time(duration_ms: float | None, started_at: float | None = None, *, running: bool = False,
+             now: float | None = None) -> str:
+    """How long a run took (``850 ms``) or, while ``running``, has run since ``started_at``; ``""`` when
+    neither is known (a run still queued)."""
+    if running and started_at is not None:
+        return human_duration((time.time() if now is None else now) - started_at)
+    if duration_ms is not None:
+        return human_duration(duration_ms / 1000)
+    return ""
+
+
+def relative_time(timestamp: float | None, now: float | None = None, *, compact: bool = False) -> str:
+    """When something is due: ``+28s`` or ``+4m`` within the hour, else the local date and time
+    (``2026-11-30 09:00:00``); ``compact`` (a list's narrow column) says ``due`` once it has passed and
+    beyond the hour only ``09:00`` (within a day), ``Nov 30`` (within 300 days) or the year. ``–``: never."""
+    if timestamp is None:
+        return "–"
+    delta = timestamp - (time.time() if now is None else now)
+    if compact and delta < 0:
+        return "due"
+    if 0 <= delta < 120:
+        return f"+{delta:.0f}s"
+    if 0 <= delta < 3600:
+        return f"+{delta / 60:.0f}m"
+    if not compact:
+        return local_time(timestamp)
+    local = time.localtime(timestamp)
+    if delta < 86400:
+        return time.strftime("%H:%M", local)
+    if delta < 300 * 86400:
+        return time.strftime("%b %d", local)
+    return time.strftime("%Y", local)
+
+
+def local_time(moment: float | str | None, pattern: str = "%Y-%m-%d %H:%M:%S") -> str:
+    """A moment (a Unix time, or an ISO 8601 string as the JSON views give it) in local time; ``–``: none."""
+    if moment is None or moment == "":
+        return "–"
+    when = datetime.fromisoformat(moment).astimezone() if isinstance(moment, str) else datetime.fromtimestamp(moment)
+    return when.strftime(pattern)
+
+
+def log_time(timestamp: float | str | None) -> str:
+    """A log line's local time of day to the millisecond (``09:00:00.003``); its ``ts`` is a Unix time."""
+    return datetime.fromtimestamp(float(timestamp or 0)).strftime("%H:%M:%S.%f")[:-3]
+
+
+TITLE_FIELDS = ("name", "kind", "task_type")
+"""Spec fields a definition's title shows already (name, kind, mode), so its field list leaves them out."""
+
+
+def definition_fields(spec: dict[str, Any]) -> tuple[list[tuple[str, str]], str | None]:
+    """A spec as a task's definition shows it (``Task.to_dict()["spec"]``: secrets masked): each field but
+    the title's as ``(name, text)``, text made visible (strings keep their newlines) or JSON, in order; and a
+    code task's source apart, to show as code (None for the other kinds)."""
+    fields = [(one_line(key), visible(value) if isinstance(value, str) else json_text(value))
+              for key, value in spec.items() if key not in TITLE_FIELDS and key != "function_code"]
+    code = spec.get("function_code")
+    return fields, None if code is None else str(code)

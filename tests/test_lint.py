@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = ["core", "tui", "worker.py", "beat.py"]
+SOURCES = ["core", "tui", "api", "worker.py", "beat.py"]
 
 
 def _run(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:

@@ -43,8 +43,7 @@ class TaskmanApp(CarriesOn, App):
         self.service = service
         self.supervision = supervision
         """Under ``taskman up``: what its supervisor restarted (``Stack.status``); None otherwise."""
-        kwargs = service.store.redis.connection_pool.connection_kwargs
-        self.redis_label = redis_label or f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
+        self.redis_label = redis_label or service.redis_label()
         self.errors: list[str] = []
         """Tracebacks of the unexpected errors the console survived, oldest first (the last 20)."""
         self._error_times: list[float] = []
@@ -72,7 +71,8 @@ class TaskmanApp(CarriesOn, App):
             super()._handle_exception(cause)
 
     def _handle_exception(self, error: Exception) -> None:
-        """Errors Textual would end the app for (in drawing, timers, callbacks): :meth:`report_error`."""
+        """Errors Textual would end the app for (in drawing, timers, callbacks, and every worker's, wrapped
+        in ``WorkerFailed``, whichever node started it): :meth:`report_error`."""
         self.report_error(error)
 
     def restarts(self) -> str:

@@ -14,15 +14,20 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import wraps
+from typing import TYPE_CHECKING
 
 import click
-import redis
 
 from core.config import Settings
 from core.errors import NoRedis, TaskmanError
-from core.text import human_duration, json_text, one_line, visible
+from core.text import definition_fields, json_text, local_time, log_time, one_line, relative_time, run_time, visible
+
+if TYPE_CHECKING:  # loaded by the commands that need them: `taskman cron` or `--help` connect to nothing
+    from core.models import Task
+    from core.service import Service
 
 
 def _user() -> str:
@@ -51,18 +56,15 @@ def handles_errors(func):
         try:
             return func(*args, **kwargs)
         except NoRedis as exc:
-            click.echo(f"error: {visible(exc.message)}", err=True)
+            if exc.cause is None:  # none configured or none could be started: the message says what to do
+                click.echo(f"error: {visible(exc.message)}", err=True)
+            else:
+                click.echo(f"error: cannot reach Redis ({visible(exc.cause)}). Check TASKMAN_REDIS_URL, "
+                           "or start everything with `taskman up`.", err=True)
             sys.exit(1)
         except TaskmanError as exc:
             click.echo(f"error: {visible(exc.message)}", err=True)
             sys.exit(2)
-        except Exception as exc:
-            redis_errors = sys.modules.get("redis.exceptions")  # only loaded if a command used Redis
-            if redis_errors and isinstance(exc, (redis_errors.ConnectionError, redis_errors.TimeoutError)):
-                click.echo(f"error: cannot reach Redis ({visible(exc)}). Check TASKMAN_REDIS_URL, "
-                           "or start everything with `taskman up`.", err=True)
-                sys.exit(1)
-            raise
         except KeyboardInterrupt:
             sys.exit(130)
 
@@ -84,15 +86,6 @@ def _cell(text: str, width: int) -> str:
     from rich.cells import set_cell_size
 
     return set_cell_size(text, width)
-
-
-def _when(timestamp: float | None) -> str:
-    if timestamp is None:
-        return "–"
-    delta = timestamp - time.time()
-    if 0 <= delta < 3600:
-        return f"+{delta:.0f}s" if delta < 120 else f"+{delta / 60:.0f}m"
-    return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
 
 
 LOG_LEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False)
@@ -131,7 +124,7 @@ def submit(file, as_json: bool) -> None:
         return
     for task in tasks:
         click.echo(f"{task.id}  {one_line(task.name)}  ({task.kind.value}, {task.mode.value}, "
-                   f"next {_when(task.next_run_at)})")
+                   f"next {relative_time(task.next_run_at)})")
 
 
 @main.command("list")
@@ -155,13 +148,11 @@ def list_tasks(state, last, kind, mode, name, limit, offset, as_json) -> None:
     click.echo(f"{'ID':16}  {'NAME':24}  {'KIND':10}  {'MODE':9}  {'STATE':7}  {'NEXT':19}  LAST")
     now = time.time()
     for task in tasks:
-        latest = f"{task.last_run_state or '–'}"
-        if task.last_run_state == "running" and task.last_started_at is not None:
-            latest += f" {human_duration(now - task.last_started_at)}"
-        elif task.last_duration_ms is not None:
-            latest += f" {human_duration(task.last_duration_ms / 1000)}"
+        took = run_time(task.last_duration_ms, task.last_started_at, running=task.last_run_state == "running",
+                        now=now)
+        latest = f"{task.last_run_state or '–'} {took}".rstrip()
         click.echo(f"{task.id:16}  {_cell(one_line(task.name), 24)}  {task.kind.value:10}  {task.mode.value:9}  "
-                   f"{task.state.value:7}  {_when(task.next_run_at):19}  {latest}")
+                   f"{task.state.value:7}  {relative_time(task.next_run_at):19}  {latest}")
 
 
 @main.command()
@@ -177,31 +168,26 @@ def show(task_id, runs, as_json) -> None:
         _emit_json(task.to_dict())
         return
     data = task.to_dict()
-    spec = dict(data["spec"])
-    code = spec.pop("function_code", None)
+    fields, code = definition_fields(data["spec"])
     click.echo(f"{one_line(task.name)}  [{task.id}]  {task.kind.value} · {task.mode.value} · {task.state.value}")
     click.echo(f"next run: {data['next_run_at'] or '–'}")
-    for key, value in spec.items():
-        if key in ("name", "kind", "task_type"):
-            continue
-        if isinstance(value, str) and "\n" in value:
+    for key, text in fields:
+        if "\n" in text:
             click.echo(f"{key}:")
-            _block(value, "    ")
+            _block(text, "    ")
         else:
-            click.echo(f"{key}: {one_line(value) if isinstance(value, str) else json_text(value)}")
+            click.echo(f"{key}: {text}")
     if code is not None:
         click.echo("function_code:")
         _block(code, "    ")
     click.echo(f"runs ({len(task.runs)} shown):")
     for index, run in enumerate(task.runs):
-        if run.duration_ms is not None:
-            took = human_duration(run.duration_ms / 1000)
-        elif run.state.value == "running" and run.started_at is not None:
-            took = f"{human_duration(time.time() - run.started_at)} so far"
-        else:
-            took = ""
+        running = run.state.value == "running"
+        took = run_time(run.duration_ms, run.started_at, running=running)
+        if running and took:
+            took += " so far"
         click.echo(f"  {run.id}  {run.state.value:9}  attempt {run.attempt}/{run.max_attempts}  "
-                   f"{_when(run.started_at or run.queued_at)}  {took}")
+                   f"{relative_time(run.started_at or run.queued_at)}  {took}")
         if run.error:
             click.echo(f"      error: {one_line(run.error)}")
         elif run.state.value == "succeeded":
@@ -245,25 +231,25 @@ def edit(task_id, file, assignments, as_json) -> None:
     if as_json:
         _emit_json(task.to_dict())
     else:
-        click.echo(f"{task.id}: updated ({task.kind.value}, {task.mode.value}, next {_when(task.next_run_at)})")
+        click.echo(f"{task.id}: updated ({task.kind.value}, {task.mode.value}, next {relative_time(task.next_run_at)})")
 
 
-def _simple(action: str, help_text: str):
+def _simple(action: str, act: Callable[[Service, str], Task | None], help_text: str):
+    """A command ``taskman ACTION TASK_ID`` that calls ``act(service, task_id)``: the task as it is now, or
+    None once it is deleted."""
+
     @main.command(name=action, help=help_text)
     @click.argument("task_id")
     @click.option("--json", "as_json", is_flag=True)
     @handles_errors
     def command(task_id, as_json):
-        service = _service()
-        outcome = getattr(service, {"run": "run_now"}.get(action, action))(task_id)
+        task = act(_service(), task_id)
         if as_json:
-            _emit_json(outcome.to_dict() if outcome is not None else {"deleted": task_id})
-        elif action == "run":
-            click.echo(f"queued run {outcome.id}")
-        elif action == "delete":
+            _emit_json(task.to_dict() if task is not None else {"deleted": task_id})
+        elif task is None:
             click.echo(f"deleted {task_id}")
         else:
-            click.echo(f"{task_id}: {outcome.state.value}")
+            click.echo(f"{task_id}: {task.state.value}")
 
     return command
 
@@ -305,10 +291,12 @@ def _json_option(option: str, raw: str):
         raise InvalidSpec(option, "the JSON is nested too deeply") from None
 
 
-_simple("stop", "Stop the task: queued runs never start, running ones are killed, the schedule pauses.")
-_simple("pause", "Pause a delayed or cron task's schedule.")
-_simple("resume", "Resume a paused task's schedule.")
-_simple("delete", "Stop the task and remove its definition and schedule.")
+_simple("stop", lambda service, task_id: service.stop(task_id),
+        "Stop the task: queued runs never start, running ones are killed, the schedule pauses.")
+_simple("pause", lambda service, task_id: service.pause(task_id), "Pause a delayed or cron task's schedule.")
+_simple("resume", lambda service, task_id: service.resume(task_id), "Resume a paused task's schedule.")
+_simple("delete", lambda service, task_id: service.delete(task_id),
+        "Stop the task and remove its definition and schedule.")
 
 
 @main.command()
@@ -407,8 +395,6 @@ def cron(expression, tz, start, count) -> None:
 @handles_errors
 def logs(task_id, follow, lines, as_json) -> None:
     """Print the log stream (of one task when TASK_ID is given); -f follows it."""
-    from core.events import follow_logs, recent_logs
-
     service = _service()
     if task_id:
         service.get(task_id, runs=0)
@@ -417,24 +403,25 @@ def logs(task_id, follow, lines, as_json) -> None:
 
     def name_of(task_id: str) -> str:
         if task_id not in names:
-            task = service.store.get_task(task_id)
-            names[task_id] = task.name if task else task_id
+            found = service.tasks([task_id])
+            names[task_id] = found[0].name if found else task_id
         return names[task_id]
 
     def emit(entry: dict) -> None:
         if as_json:
             click.echo(json_text(entry))
         else:
-            stamp = datetime.fromtimestamp(float(entry["ts"])).strftime("%H:%M:%S.%f")[:-3]
-            click.echo(f"{stamp} {_cell(one_line(name_of(entry['task'])), 16)} {one_line(entry['level']):7} "
-                       f"{one_line(entry['msg'])}")
+            click.echo(f"{log_time(entry['ts'])} {_cell(one_line(name_of(entry['task'])), 16)} "
+                       f"{one_line(entry['level']):7} {one_line(entry['msg'])}")
 
-    last_id = "0-0"
-    for entry_id, entry in recent_logs(service.store, task_id, lines):
-        last_id = entry_id
+    history = service.recent_logs(task_id, lines)
+    cursor = history[-1][0] if history else service.logs_cursor()
+    for _, entry in history:
         emit(entry)
-    if follow:
-        for _, entry in follow_logs(service.store, task_id, last_id if last_id != "0-0" else "$"):
+    while follow:
+        batch = service.logs_since(cursor, task_id)
+        cursor = batch.cursor
+        for _, entry in batch.entries:
             emit(entry)
 
 
@@ -468,7 +455,7 @@ def tui() -> None:
     from tui.app import TaskmanApp
 
     service = _service()
-    service.store.redis.ping()
+    service.ping()
     TaskmanApp(service.acting_as(f"console:{_user()}")).run()
 
 
@@ -539,7 +526,7 @@ def _say_isolation(settings: Settings, within: float = 60.0) -> None:
             if service.isolation():
                 ok, summary = service.isolation_summary()
                 break
-        except (TaskmanError, redis.RedisError):  # Redis restarting: ask again
+        except TaskmanError:  # Redis restarting (NoRedis): ask again
             pass
         time.sleep(0.5)
     click.echo(f"taskman up: {'' if ok else 'WARNING: '}{one_line(summary)}", err=True)
@@ -556,12 +543,12 @@ def api(host, port, log_level, access_log) -> None:
     """Serve the REST API (OpenAPI docs at /docs); every endpoint but /api/health needs a token."""
     import uvicorn
 
+    from api.app import create_app
     from core.service import Service
-    from tui.api import create_app
 
     settings = Settings()
     service = Service.from_settings(settings)
-    service.store.redis.ping()
+    service.ping()
     uvicorn.run(create_app(service, settings), host=host, port=port, log_level=log_level, access_log=access_log,
                 server_header=False, timeout_graceful_shutdown=3)
 
@@ -578,10 +565,7 @@ def token() -> None:
 @handles_errors
 def token_create(name, role, as_json) -> None:
     """Create a token and print its secret: shown this once, only its hash is kept."""
-    from core import auth
-
-    service = _service()
-    secret, record = auth.create(service.store, name, role, actor=service.actor)
+    secret, record = _service().create_token(name, role)
     if as_json:
         _emit_json({"token": secret, **record})
         return
@@ -594,9 +578,7 @@ def token_create(name, role, as_json) -> None:
 @handles_errors
 def token_list(as_json) -> None:
     """List tokens: name, role, who created them, when last used (never the secrets)."""
-    from core import auth
-
-    records = auth.list_tokens(_service().store)
+    records = _service().tokens()
     if as_json:
         _emit_json(records)
         return
@@ -613,10 +595,7 @@ def token_list(as_json) -> None:
 @handles_errors
 def token_revoke(name, as_json) -> None:
     """Revoke the token called NAME; requests with it get 401 from now on."""
-    from core import auth
-
-    service = _service()
-    record = auth.revoke(service.store, name, actor=service.actor)
+    record = _service().revoke_token(name)
     if as_json:
         _emit_json(record)
     else:
@@ -632,11 +611,8 @@ def token_revoke(name, as_json) -> None:
 @handles_errors
 def audit_trail(lines, follow, as_json) -> None:
     """Print the audit trail: who changed what, when, from which front end."""
-    from core import audit
-    from core.events import follow as follow_stream
-
     service = _service()
-    entries = audit.recent(service.store, lines)
+    entries = service.audit_entries(lines)
     if as_json and not follow:
         _emit_json(entries)
         return
@@ -645,17 +621,18 @@ def audit_trail(lines, follow, as_json) -> None:
         if as_json:
             click.echo(json_text(entry))
             return
-        stamp = datetime.fromisoformat(entry["ts"]).astimezone().strftime("%Y-%m-%d %H:%M:%S")
         detail = json_text(entry["detail"]) if entry["detail"] else ""
-        click.echo(f"{stamp}  {_cell(one_line(entry['actor']), 20)}  {one_line(entry['action']):12}  "
+        click.echo(f"{local_time(entry['ts'])}  {_cell(one_line(entry['actor']), 20)}  {one_line(entry['action']):12}  "
                    f"{one_line(entry['target']):16}  {one_line(detail)}")
 
     for entry in reversed(entries):
         emit(entry)
-    if follow:
-        last_id = entries[0]["id"] if entries else "$"
-        for entry_id, fields in follow_stream(service.store, "audit", last_id):
-            emit(audit.decode(entry_id, fields))
+    cursor = entries[0]["id"] if entries else "0-0"  # the newest entry, or the start of an empty trail
+    while follow:
+        batch = service.audit_since(cursor)
+        cursor = batch.cursor
+        for _, entry in batch.entries:
+            emit(entry)
 
 
 if __name__ == "__main__":

@@ -263,13 +263,56 @@ async def test_an_unexpected_error_is_shown_and_the_console_carries_on(stack):
         await until(pilot, lambda: any(message.startswith("TypeError") for message in notified(pilot.app)),
                     message="the error shown")
         assert pilot.app.is_running and len(pilot.app.errors) == 1 and "TypeError" in pilot.app.errors[0]
-        screen.call_service("no_such_method")  # a thread worker that fails
+        def broken() -> None:
+            raise LookupError("no_such_method")
+
+        screen.call_service(broken)  # a thread worker that fails
         await until(pilot, lambda: any("no_such_method" in message for message in notified(pilot.app)),
                     message="the worker's error shown")
         task = stack.create({"name": name, "function_code": "def f():\n    return 1", "function_name": "f"})
         await until(pilot, lambda: task.id in table.rows, message="the list still follows the events")
         await until(pilot, lambda: table.tasks[task.id].last_run_state == "succeeded", message="and the runs")
         assert pilot.app.is_running and pilot.app.return_code is None
+    stack.delete(task.id)
+
+
+async def test_every_screens_worker_errors_reach_the_app(stack, tmp_path):
+    """A bug in a worker of the detail view, the form, the audit trail or the import dialog is shown by the app's
+    one handler (``TaskmanApp.report_error``), and the console carries on: Worker.StateChanged does not bubble,
+    so a screen that did not handle it itself used to lose it."""
+    import copy
+
+    from tui.screens.import_file import ImportScreen
+
+    task = stack.create({"name": f"worker-errors-{uuid.uuid4().hex[:6]}", "cron_expression": "0 0 1 1 *",
+                         "function_code": "def f():\n    return 1", "function_name": "f"})
+    broken = copy.copy(stack)
+
+    def fails(what: str):
+        def method(*args, **kwargs):
+            raise LookupError(f"{what} broke")
+        return method
+
+    for method in ("get", "audit_entries", "registered_tasks", "create_many"):
+        setattr(broken, method, fails(method))
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps({"name": "never", "function_code": "def f():\n    return 1",
+                                     "function_name": "f"}))
+    async with TaskmanApp(stack).run_test(size=SIZE) as pilot:
+        app = pilot.app
+        await until(pilot, lambda: isinstance(app.screen, MainScreen), message="the main screen")
+        for screen, method in ((DetailScreen(broken, task.id), "get"), (AuditScreen(broken), "audit_entries"),
+                               (NewTaskScreen(broken), "registered_tasks"), (ImportScreen(broken), "create_many")):
+            await app.push_screen(screen)
+            if isinstance(screen, ImportScreen):
+                await pilot.pause()
+                screen.load(str(spec_file))
+            await until(pilot, lambda method=method: any(f"LookupError: {method} broke" in message
+                                                          for message in notified(app)),
+                        message=f"{type(screen).__name__}'s worker error shown")
+            assert app.is_running and app.return_code is None
+            app.pop_screen()
+        assert len(app.errors) == 4
     stack.delete(task.id)
 
 

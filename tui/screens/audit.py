@@ -8,9 +8,9 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer
 
-from core import audit
 from core.errors import TaskmanError
 from core.service import Service
+from core.text import local_time
 from tui.guard import CarriesOn
 from tui.safe import json_text, plain
 
@@ -42,10 +42,10 @@ class AuditScreen(CarriesOn, Screen[None]):
     def action_reload(self) -> None:
         self.load()
 
-    @work(thread=True, exclusive=True, exit_on_error=False)
+    @work(thread=True, exclusive=True)
     def load(self) -> None:
         try:
-            entries = audit.recent(self.service.store, SHOWN)
+            entries = self.service.audit_entries(SHOWN)
         except TaskmanError as exc:
             self.app.call_from_thread(self.notify, exc.message, severity="error")
             return
@@ -55,6 +55,6 @@ class AuditScreen(CarriesOn, Screen[None]):
         table = self.query_one("#audit", DataTable)
         table.clear()
         for item in entries:
-            table.add_row((item["ts"] or "")[:19].replace("T", " "), plain(item["actor"]), plain(item["action"]),
+            table.add_row(local_time(item["ts"]), plain(item["actor"]), plain(item["action"]),
                           plain(item["target"]), plain(json_text(item["detail"])[:80]))
         table.border_title = f"audit trail ({len(entries)} newest)"

@@ -6,7 +6,7 @@ visible; the definition is ``Task.to_dict``'s, so secrets are masked.
 
 from __future__ import annotations
 
-from datetime import datetime
+import time
 
 from rich.syntax import Syntax
 from rich.text import Text
@@ -18,20 +18,15 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 from textual.worker import get_current_worker
 
-from core.errors import TaskmanError
-from core.events import follow_events
+from core.errors import NoRedis, TaskmanError
 from core.models import Run, Task
 from core.service import Service
-from core.text import human_duration
+from core.text import definition_fields, local_time, run_time
 from tui.guard import CarriesOn
-from tui.safe import block, json_text, one_line, plain, visible
+from tui.safe import block, json_text, plain, visible
 from tui.widgets.task_table import STATE_STYLES
 
 HISTORY = 100
-
-
-def _time(timestamp: float | None) -> str:
-    return datetime.fromtimestamp(timestamp).strftime("%m-%d %H:%M:%S") if timestamp else "–"
 
 
 class DetailScreen(CarriesOn, Screen[None]):
@@ -69,7 +64,7 @@ class DetailScreen(CarriesOn, Screen[None]):
         self.follow_changes()
         table.focus()
 
-    @work(thread=True, exclusive=True, group="detail-load", exit_on_error=False)
+    @work(thread=True, exclusive=True, group="detail-load")
     def load(self) -> None:
         try:
             task = self.service.get(self.task_id, runs=HISTORY)
@@ -78,11 +73,20 @@ class DetailScreen(CarriesOn, Screen[None]):
             return
         self.app.call_from_thread(self._show, task)
 
-    @work(thread=True, exclusive=True, group="detail-watch", exit_on_error=False)
+    @work(thread=True, exclusive=True, group="detail-watch")
     def follow_changes(self) -> None:
+        """Read the task again once per batch of events that names it (a burst of run events is one read)."""
         worker = get_current_worker()
-        for _, event in follow_events(self.service.store, "$", lambda: worker.is_cancelled):
-            if event.get("task_id") == self.task_id:
+        cursor: str | None = None
+        while not worker.is_cancelled:
+            try:
+                cursor = cursor or self.service.events_cursor()
+                batch = self.service.events_since(cursor)
+            except NoRedis:
+                time.sleep(1.0)  # the main screen's banner says so; read on when Redis is back
+                continue
+            cursor = batch.cursor
+            if any(event.get("task_id") == self.task_id for _, event in batch.entries):
                 self.load()
 
     def _show(self, task: Task) -> None:
@@ -96,10 +100,10 @@ class DetailScreen(CarriesOn, Screen[None]):
         table.clear()
         self.runs = {run.id: run for run in task.runs}
         for run in task.runs:
-            took = human_duration(run.duration_ms / 1000) if run.duration_ms is not None else "–"
+            took = run_time(run.duration_ms) or "–"
             table.add_row(Text(run.state.value, style=STATE_STYLES.get(run.state.value, "")),
                           f"{run.attempt}/{run.max_attempts}", plain(run.trigger),
-                          _time(run.started_at or run.queued_at),
+                          local_time(run.started_at or run.queued_at, "%m-%d %H:%M:%S"),
                           took, key=run.id)
         table.border_title = f"runs ({len(task.runs)})"
         if selected in self.runs:
@@ -109,16 +113,12 @@ class DetailScreen(CarriesOn, Screen[None]):
     @staticmethod
     def _definition(task: Task):
         data = task.to_dict()
-        spec = dict(data["spec"])
-        code = spec.pop("function_code", None)
+        fields, code = definition_fields(data["spec"])
         lines = Text()
         lines.append(f"next run: {data['next_run_at'] or '–'}\n", style="bold")
-        for key, value in spec.items():
-            if key in ("name", "kind", "task_type"):
-                continue
-            shown = visible(value) if isinstance(value, str) else json_text(value)
-            lines.append(f"{one_line(key)}: ", style="bold")
-            lines.append(f"{shown}\n")
+        for key, text in fields:
+            lines.append(f"{key}: ", style="bold")
+            lines.append(f"{text}\n")
         if code is None:
             return lines
         from rich.console import Group
@@ -156,7 +156,7 @@ class DetailScreen(CarriesOn, Screen[None]):
     def action_run(self) -> None:
         self.run_now()
 
-    @work(thread=True, exit_on_error=False)
+    @work(thread=True)
     def run_now(self) -> None:
         try:
             self.service.run_now(self.task_id)

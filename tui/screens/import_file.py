@@ -37,7 +37,7 @@ class ImportScreen(CarriesOn, ModalScreen[int]):
     def on_input_submitted(self, event: Input.Submitted) -> None:
         self.load(event.value.strip())
 
-    @work(thread=True, exclusive=True, exit_on_error=False)
+    @work(thread=True, exclusive=True)
     def load(self, path: str) -> None:
         try:
             text = Path(path).expanduser().read_text(encoding="utf-8")

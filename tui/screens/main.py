@@ -1,17 +1,19 @@
 """The main screen: task list, editor and live logs, with the status line on top.
 
-Every Redis read runs in a thread worker and comes back as a message; the list is loaded once and
-then kept current from the events stream (only the tasks an event names are read again), so a
-list of ten thousand tasks stays responsive and an idle console costs Redis one blocking read.
+Every Redis read runs in a thread worker and comes back as a message, one per stream read (a burst of
+events or log lines is one message, not one per entry); the list is loaded once and then kept current
+from the events stream (only the tasks an event names are read again), so a list of ten thousand tasks
+stays responsive and an idle console costs Redis one blocking read. A worker's unexpected error goes
+to the app (``TaskmanApp.report_error``); Redis being away is ``NoRedis``, shown in the banner.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from typing import TYPE_CHECKING, cast
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
 
-import redis
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -21,8 +23,8 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input, Static
 from textual.worker import get_current_worker
 
-from core.errors import TaskmanError
-from core.events import follow_logs, recent_logs
+from core.errors import NoRedis, TaskmanError
+from core.metrics import Activity
 from core.models import Mode, Task, TaskState
 from core.service import Service
 from tui import actions, feed
@@ -41,38 +43,34 @@ STATUS_EVERY = 2.0
 NARROW = 110
 
 
+@dataclass
 class TasksLoaded(Message):
     """Every task was read (first load or after Redis came back)."""
 
-    def __init__(self, tasks: list[Task]) -> None:
-        super().__init__()
-        self.tasks = tasks
+    tasks: list[Task]
 
 
+@dataclass
 class TasksChanged(Message):
     """Events named these tasks; ``tasks`` holds their new state, ``gone`` the deleted ids."""
 
-    def __init__(self, tasks: list[Task], gone: list[str]) -> None:
-        super().__init__()
-        self.tasks = tasks
-        self.gone = gone
+    tasks: list[Task]
+    gone: list[str]
 
 
+@dataclass
 class LogsArrived(Message):
-    """New entries on the log stream."""
+    """New entries on the log stream: everything one read of it brought."""
 
-    def __init__(self, entries: list[dict]) -> None:
-        super().__init__()
-        self.entries = entries
+    entries: list[dict]
 
 
+@dataclass
 class StatusRead(Message):
     """The status line's numbers (or, with ``error``, that Redis is unreachable)."""
 
-    def __init__(self, values: dict | None, error: str = "") -> None:
-        super().__init__()
-        self.values = values
-        self.error = error
+    values: dict | None
+    error: str = ""
 
 
 class MainScreen(CarriesOn, Screen):
@@ -84,7 +82,7 @@ class MainScreen(CarriesOn, Screen):
     def __init__(self, service: Service) -> None:
         super().__init__()
         self.service = service
-        self.activity = feed.Activity()
+        self.activity = Activity()
         self.redis_ok = True
 
     def compose(self) -> ComposeResult:
@@ -130,27 +128,25 @@ class MainScreen(CarriesOn, Screen):
 
     # -- readers (thread workers) ----------------------------------------------------------------
 
-    @work(thread=True, exclusive=True, group="tasks", exit_on_error=False)
+    @work(thread=True, exclusive=True, group="tasks")
     def watch_tasks(self) -> None:
         """Load every task, then follow the events stream and re-read only what events name."""
         worker = get_current_worker()
-        store = self.service.store
         delay = 0.5
         while not worker.is_cancelled:
             try:
-                activity, last_id = feed.recent_activity(self.service)
+                activity, cursor = self.service.recent_activity()
                 self.activity = activity
                 self.post_message(TasksLoaded(self.service.list_tasks(limit=PAGE)))
                 delay = 0.5
                 while not worker.is_cancelled:
-                    entries = store.read_stream("events", last_id, 1000)
-                    if not entries:
+                    batch = self.service.events_since(cursor)
+                    cursor = batch.cursor
+                    if not batch.entries:
                         continue
-                    last_id = entries[-1][0]
                     changed: set[str] = set()
                     gone: list[str] = []
-                    for _, entry in entries:
-                        event = json.loads(entry["event"])
+                    for _, event in batch.entries:
                         self.activity.add(event)
                         task_id = event.get("task_id")
                         if not task_id:
@@ -163,38 +159,37 @@ class MainScreen(CarriesOn, Screen):
                     tasks = self.service.tasks(changed)
                     gone += [task_id for task_id in changed if task_id not in {t.id for t in tasks}]
                     self.post_message(TasksChanged(tasks, gone))
-            except redis.RedisError as exc:
-                self.post_message(StatusRead(None, str(exc)))
+            except NoRedis as exc:
+                self.post_message(StatusRead(None, exc.cause or exc.message))
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    @work(thread=True, exclusive=True, group="logs", exit_on_error=False)
+    @work(thread=True, exclusive=True, group="logs")
     def tail_logs(self) -> None:
+        """The last lines, then every batch of new ones as one message, until cancelled."""
         worker = get_current_worker()
-        last_id = "$"
+        cursor: str | None = None
         while not worker.is_cancelled:
             try:
-                if last_id == "$":
-                    recent = recent_logs(self.service.store, None, 500)
+                if cursor is None:
+                    recent = self.service.recent_logs(None, 500)
+                    cursor = recent[-1][0] if recent else self.service.logs_cursor()
                     if recent:
                         self.post_message(LogsArrived([entry for _, entry in recent]))
-                        last_id = recent[-1][0]
-                batch: list[dict] = []
-                for entry_id, entry in follow_logs(self.service.store, None, last_id, lambda: worker.is_cancelled):
-                    last_id = entry_id
-                    batch.append(entry)
-                    self.post_message(LogsArrived(batch))
-                    batch = []
-            except redis.RedisError:
+                batch = self.service.logs_since(cursor)
+                cursor = batch.cursor
+                if batch.entries:
+                    self.post_message(LogsArrived([entry for _, entry in batch.entries]))
+            except NoRedis:
                 time.sleep(1.0)
 
-    @work(thread=True, exclusive=True, group="status", exit_on_error=False)
+    @work(thread=True, exclusive=True, group="status")
     def poll_status(self) -> None:
         """Read the status line's numbers; the next read is scheduled only after this one ends."""
         try:
             values = feed.status(self.service)
-        except redis.RedisError as exc:
-            self.post_message(StatusRead(None, str(exc)))
+        except NoRedis as exc:
+            self.post_message(StatusRead(None, exc.cause or exc.message))
         else:
             self.post_message(StatusRead(values))
 
@@ -271,7 +266,8 @@ class MainScreen(CarriesOn, Screen):
 
     @on(EditorPane.SaveRequested)
     def _save(self, message: EditorPane.SaveRequested) -> None:
-        self.call_service("update", message.task_id, message.changes, on_done=self._saved)
+        self.call_service(self.service.update, message.task_id, message.changes, on_done=self._saved,
+                          on_refused=lambda exc: self.editor.set_hint(exc.message, error=True))
 
     def _saved(self, task: Task) -> None:
         self.editor.saved(task)
@@ -282,14 +278,16 @@ class MainScreen(CarriesOn, Screen):
 
     # -- actions -----------------------------------------------------------------------------------
 
-    @work(thread=True, exit_on_error=False)
-    def call_service(self, method: str, *args, on_done=None, success: str = "") -> None:
-        """Run a service call off the UI thread; errors users can cause become notifications."""
+    @work(thread=True)
+    def call_service(self, call: Callable[..., Any], *args: Any, on_done: Callable[[Any], None] | None = None,
+                     on_refused: Callable[[TaskmanError], None] | None = None, success: str = "") -> None:
+        """Run ``call(*args)`` (a service method) off the UI thread; then ``on_done`` with what it returned.
+        An error users can cause goes to ``on_refused``, or is a notification."""
         try:
-            result = getattr(self.service, method)(*args)
+            result = call(*args)
         except TaskmanError as exc:
-            if method == "update":
-                self.app.call_from_thread(self.editor.set_hint, exc.message, error=True)
+            if on_refused is not None:
+                self.app.call_from_thread(on_refused, exc)
             else:
                 self.app.call_from_thread(self.notify, exc.message, title=exc.title, severity="error")
             return
@@ -339,20 +337,20 @@ class MainScreen(CarriesOn, Screen):
 
     def action_run_task(self) -> None:
         if task := self._need_task():
-            self.call_service("run_now", task.id, success=f"queued a run of {task.name}")
+            self.call_service(self.service.run_now, task.id, success=f"queued a run of {task.name}")
 
     def action_stop_task(self) -> None:
         if task := self._need_task():
-            self.call_service("stop", task.id, success=f"stopped {task.name}")
+            self.call_service(self.service.stop, task.id, success=f"stopped {task.name}")
 
     def action_toggle_pause(self) -> None:
         if task := self._need_task():
             if task.mode is Mode.IMMEDIATE:
                 self.notify(f"{task.name} runs once, now; there is no schedule to pause", severity="warning")
             elif task.state is TaskState.PAUSED:
-                self.call_service("resume", task.id, success=f"resumed {task.name}")
+                self.call_service(self.service.resume, task.id, success=f"resumed {task.name}")
             else:
-                self.call_service("pause", task.id, success=f"paused {task.name}")
+                self.call_service(self.service.pause, task.id, success=f"paused {task.name}")
 
     def action_edit_task(self) -> None:
         if self._need_task():
@@ -380,7 +378,7 @@ class MainScreen(CarriesOn, Screen):
         if task := self._need_task():
             def confirmed(yes: bool | None) -> None:
                 if yes:
-                    self.call_service("delete", task.id, success=f"deleted {task.name}")
+                    self.call_service(self.service.delete, task.id, success=f"deleted {task.name}")
 
             self.app.push_screen(ConfirmScreen(f"Delete {task.name}? Its schedule and definition go; "
                                                "its run history expires later."), confirmed)

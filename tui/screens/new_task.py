@@ -26,6 +26,7 @@ from core.models import Kind, Mode, Task
 from core.service import Service
 from tui.guard import CarriesOn
 from tui.safe import block, json_text, one_line, plain, visible
+from tui.widgets.editor import body_text, header_lines, parse_body, parse_headers
 
 MODES = (("now", Mode.IMMEDIATE.value), ("after a delay", Mode.DELAYED.value), ("on cron", Mode.SCHEDULED.value))
 KINDS = (("code", Kind.CODE.value), ("API request", Kind.API.value), ("registered task", Kind.REGISTERED.value))
@@ -55,18 +56,6 @@ def _json(text: str, field: str, default: Any) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise InvalidSpec(field, f"not valid JSON ({exc.msg})") from None
-
-
-def _headers(text: str) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        name, sep, value = line.partition(":")
-        if not sep:
-            raise InvalidSpec("headers", f"line {number}: write headers as 'Name: value'")
-        headers[name.strip()] = value.strip()
-    return headers
 
 
 class CodeEditor(TextArea):
@@ -112,17 +101,13 @@ class NewTaskScreen(CarriesOn, Screen[Task | None]):
                     "args": "", "kwargs": "", "delay": "60", "cron": "*/5 * * * *", "timezone": "UTC",
                     "timeout": "", "retries": "0", "backoff": "1"}
         # A copy shows secrets masked, as every view does; creating it puts them back (``spec``).
-        body = spec.json_body if spec.json_body is not None else spec.data
-        body = redact.mask_fields(body)
         assert spec.kind is not None  # validation always infers it
         return {
             "kind": spec.kind.value, "mode": spec.task_type.value, "name": one_line(f"{spec.name} copy"),
             "function_name": spec.function_name or "main",
             "code": visible((spec.function_code or TEMPLATE).replace("\r\n", "\n")),
             "method": spec.method, "url": one_line(redact.redact_url(spec.api_url or "")),
-            "headers": "\n".join(f"{name}: {one_line(value)}"
-                                 for name, value in redact.mask_headers(spec.headers).items()),
-            "body": "" if body is None else visible(body) if isinstance(body, str) else json_text(body, indent=2),
+            "headers": "\n".join(header_lines(spec)), "body": body_text(spec) or "",
             "queue": spec.queue or "", "args": json_text(spec.args) if spec.args else "",
             "kwargs": json_text(redact.mask_fields(spec.kwargs)) if spec.kwargs else "",
             "delay": f"{spec.delay_seconds:g}" if spec.delay_seconds is not None else "60",
@@ -202,7 +187,7 @@ class NewTaskScreen(CarriesOn, Screen[Task | None]):
         self.load_registered()
         self.query_one("#name", Input).focus()
 
-    @work(thread=True, exit_on_error=False)
+    @work(thread=True)
     def load_registered(self) -> None:
         names = sorted(self.service.registered_tasks())
         self.app.call_from_thread(self._set_registered, names)
@@ -243,13 +228,8 @@ class NewTaskScreen(CarriesOn, Screen[Task | None]):
         elif kind == Kind.API.value:
             spec["method"] = self.query_one("#method", Select).value
             spec["api_url"] = value("#url").strip()
-            spec["headers"] = _headers(self.query_one("#headers", TextArea).text)
-            body = self.query_one("#body", TextArea).text
-            if body.strip():
-                try:
-                    spec["json"] = json.loads(body)
-                except json.JSONDecodeError:
-                    spec["data"] = body
+            spec["headers"] = parse_headers(self.query_one("#headers", TextArea).text.splitlines())
+            spec.update(parse_body(self.query_one("#body", TextArea).text))
         else:
             task_name = self.query_one("#task-name", Select).value
             spec["task_name"] = task_name if isinstance(task_name, str) else ""
@@ -280,7 +260,7 @@ class NewTaskScreen(CarriesOn, Screen[Task | None]):
             return
         self.create(spec)
 
-    @work(thread=True, exclusive=True, exit_on_error=False)
+    @work(thread=True, exclusive=True)
     def create(self, spec: dict[str, Any]) -> None:
         try:
             task = self.service.create(spec)

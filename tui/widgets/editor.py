@@ -22,25 +22,61 @@ from textual.widgets import Static, TextArea
 
 from core import redact
 from core.errors import InvalidSpec
-from core.models import Kind, Task
+from core.models import Kind, Task, TaskSpec
 from tui.guard import CarriesOn
 from tui.safe import json_text, one_line, plain, visible
 
 MASK = "***"
 
 
+def header_lines(spec: TaskSpec) -> list[str]:
+    """An API task's headers as editable lines, ``Name: value``, secret values masked."""
+    return [f"{name}: {one_line(value)}" for name, value in redact.mask_headers(spec.headers).items()]
+
+
+def body_text(spec: TaskSpec) -> str | None:
+    """An API task's body as editable text (JSON indented, text as it is), secret fields masked; None if none."""
+    body = spec.json_body if spec.json_body is not None else spec.data
+    if body is None:
+        return None
+    body = redact.mask_fields(body)
+    return visible(body) if isinstance(body, str) else json_text(body, indent=2)
+
+
 def request_text(task: Task) -> str:
     """An API task's request as editable text."""
     spec = task.spec
-    lines = [f"{spec.method} {one_line(redact.redact_url(spec.api_url or ''))}"]
-    for name, value in redact.mask_headers(spec.headers).items():
-        lines.append(f"{name}: {one_line(value)}")
-    body = spec.json_body if spec.json_body is not None else spec.data
+    lines = [f"{spec.method} {one_line(redact.redact_url(spec.api_url or ''))}", *header_lines(spec)]
+    body = body_text(spec)
     if body is not None:
-        body = redact.mask_fields(body)
-        lines.append("")
-        lines.append(visible(body) if isinstance(body, str) else json_text(body, indent=2))
+        lines += ["", body]
     return "\n".join(lines)
+
+
+def parse_headers(lines: list[str], first: int = 1, stored: dict[str, str] | None = None) -> dict[str, str]:
+    """Header lines, ``Name: value`` each (blank ones skipped; ``first`` is the first line's number, for the
+    refusal); a value still masked (ending in ``***``) keeps the ``stored`` one."""
+    headers: dict[str, str] = {}
+    for number, line in enumerate(lines, start=first):
+        if not line.strip():
+            continue
+        name, sep, value = line.partition(":")
+        if not sep or not name.strip():
+            raise InvalidSpec("headers", f"line {number}: write headers as 'Name: value'")
+        name, value = name.strip(), value.strip()
+        headers[name] = stored.get(name, value) if stored and value.endswith(MASK) else value
+    return headers
+
+
+def parse_body(text: str) -> dict[str, Any]:
+    """A request body as typed: ``{"json": value}`` when it reads as JSON, else ``{"data": text}``; ``{}``
+    when it is blank."""
+    if not text.strip():
+        return {}
+    try:
+        return {"json": json.loads(text)}
+    except json.JSONDecodeError:
+        return {"data": text}
 
 
 def parse_request(text: str, stored: dict[str, str]) -> dict[str, Any]:
@@ -52,21 +88,8 @@ def parse_request(text: str, stored: dict[str, str]) -> dict[str, Any]:
     first = lines[0].split(None, 1)
     if len(first) != 2:
         raise InvalidSpec("api_url", "the first line must be METHOD URL, e.g. GET http://host/path")
-    headers: dict[str, str] = {}
-    for number, line in enumerate(lines[1:], start=2):
-        name, sep, value = line.partition(":")
-        if not sep or not name.strip():
-            raise InvalidSpec("headers", f"line {number}: write headers as 'Name: value'")
-        name, value = name.strip(), value.strip()
-        headers[name] = stored.get(name, value) if value.endswith(MASK) else value
-    changes: dict[str, Any] = {"method": first[0], "api_url": first[1].strip(), "headers": headers,
-                               "data": None, "json": None}
-    if body.strip():
-        try:
-            changes["json"] = json.loads(body)
-        except json.JSONDecodeError:
-            changes["data"] = body
-    return changes
+    return {"method": first[0], "api_url": first[1].strip(), "headers": parse_headers(lines[1:], 2, stored),
+            "data": None, "json": None, **parse_body(body)}
 
 
 def registered_text(task: Task) -> str:

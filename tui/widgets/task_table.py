@@ -12,7 +12,7 @@ from textual.widgets import DataTable
 
 from core import filters
 from core.models import Task
-from core.text import human_duration
+from core.text import relative_time, run_time
 from tui.guard import CarriesOn
 from tui.safe import one_line, plain
 
@@ -28,21 +28,7 @@ MODE_LABELS = {"immediate": "now", "delayed": "delay", "scheduled": "cron"}
 
 def relative(timestamp: float | None) -> str:
     """A due time as the list shows it: +28s, +4m, 09:00, Nov 30, or 2028."""
-    if timestamp is None:
-        return "–"
-    delta = timestamp - time.time()
-    if delta < 0:
-        return "due"
-    if delta < 120:
-        return f"+{delta:.0f}s"
-    if delta < 3600:
-        return f"+{delta / 60:.0f}m"
-    local = time.localtime(timestamp)
-    if delta < 86400:
-        return time.strftime("%H:%M", local)
-    if delta < 300 * 86400:
-        return time.strftime("%b %d", local)
-    return time.strftime("%Y", local)
+    return relative_time(timestamp, compact=True)
 
 
 def last_cell(task: Task, now: float | None = None) -> Text:
@@ -51,13 +37,8 @@ def last_cell(task: Task, now: float | None = None) -> Text:
         return Text("–", style="dim")
     mark = {"succeeded": "✔", "failed": "✘", "timed_out": "⏱", "stopped": "■", "retrying": "↻",
             "running": "▶", "queued": "…"}.get(task.last_run_state, "?")
-    if task.last_run_state == "running" and task.last_started_at is not None:
-        took = f" {human_duration((now or time.time()) - task.last_started_at)}"
-    elif task.last_duration_ms is not None:
-        took = f" {human_duration(task.last_duration_ms / 1000)}"
-    else:
-        took = ""
-    return Text(f"{mark}{took}", style=STATE_STYLES.get(task.last_run_state, ""))
+    took = run_time(task.last_duration_ms, task.last_started_at, running=task.last_run_state == "running", now=now)
+    return Text(f"{mark} {took}".rstrip(), style=STATE_STYLES.get(task.last_run_state, ""))
 
 
 class TaskTable(CarriesOn, DataTable):

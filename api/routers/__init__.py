@@ -1,0 +1,1 @@
+"""One router per resource: tasks, runs, logs, tokens, audit, metrics, health."""
