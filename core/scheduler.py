@@ -30,8 +30,8 @@ from core import cron, metrics
 from core.dispatch import Dispatcher
 from core.events import EventType
 from core.lifecycle import Launcher, new_run, run_event
-from core.models import Mode, RunState
-from core.store import Store
+from core.models import Mode, Run, RunState, Task
+from core.store import Fire, Store, due_member_for_run
 
 log = logging.getLogger("taskman.scheduler")
 
@@ -40,6 +40,9 @@ REDIS_TROUBLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError
                  OperationalError, ConnectionError, TimeoutError, OSError)
 """Errors that mean Redis is unreachable or not ready (not a bug in taskman): wait and try again."""
 MAX_BACKOFF = 5.0
+FIRE_BATCH = 100
+"""Tasks' due entries fired together (one pipeline of scripts, one batch of messages): big enough that a
+burst costs few round trips, small enough that the first runs of a burst go out without waiting for all."""
 
 
 class Scheduler:
@@ -106,15 +109,20 @@ class Scheduler:
         if not leader:
             return min(self.lock_ttl / 3, 1.0)
         now = self.clock() if now is None else now
-        lags = []
-        for member, due_at in self.store.claim_due(now, self.lease, self.token):
-            lags.append(now - due_at)
-            try:
-                self.fire(member, due_at, now)
-            except REDIS_TROUBLE:
-                raise
-            except Exception:
-                log.exception("could not fire %s; it is retried after the lease", member)
+        claimed = self.store.claim_due(now, self.lease, self.token)
+        lags = [now - due_at for _, due_at in claimed]
+        tasks_due: list[tuple[str, float]] = []
+        for member, due_at in claimed:  # in due order: tasks' entries in batches, a run's entry on its own
+            if member.startswith("t:"):
+                tasks_due.append((member, due_at))
+                if len(tasks_due) == FIRE_BATCH:
+                    self.fire_tasks(tasks_due, now)
+                    tasks_due = []
+            else:
+                self.fire_tasks(tasks_due, now)
+                tasks_due = []
+                self._fire_one(member, due_at, now)
+        self.fire_tasks(tasks_due, now)
         if time.monotonic() >= self.next_watch:
             self.next_watch = time.monotonic() + min(2.0, self.dead_worker_grace / 4)
             self._check_epoch()
@@ -127,6 +135,14 @@ class Scheduler:
         wait = self.interval if next_due is None else max(0.0, min(self.interval, next_due - self.clock()))
         return wait
 
+    def _fire_one(self, member: str, due_at: float, now: float) -> None:
+        try:
+            self.fire(member, due_at, now)
+        except REDIS_TROUBLE:
+            raise
+        except Exception:
+            log.exception("could not fire %s; it is retried after the lease", member)
+
     def fire(self, member: str, due_at: float, now: float) -> None:
         """Send what one due entry stands for: a task's fire (``t:``) or a retry's run (``r:``)."""
         kind, _, ident = member.partition(":")
@@ -138,15 +154,83 @@ class Scheduler:
         if task is None:
             self.store.remove_due(member)
             return
+        fire = self._prepare(task, due_at, now)
+        if self.store.fire(fire.task, fire.run, fire.next_due, now, fire.event, token=self.token,
+                           leased_to=fire.leased_to, due_at=due_at, send_guard_at=fire.send_guard_at):
+            self.launcher.send(task, fire.run)
+
+    def _prepare(self, task: Task, due_at: float, now: float) -> Fire:
+        """The run a task's due entry makes, its next due time (cron) and its event, ready for ``FIRE``."""
         run = new_run(task, "cron" if task.mode is Mode.SCHEDULED else "delay", now, scheduled_for=due_at)
         next_due = None
         if task.mode is Mode.SCHEDULED:
             after = datetime.fromtimestamp(max(now, due_at), tz=UTC)
             next_due = cron.next_fire(task.spec.cron_expression or "", task.spec.timezone, after).timestamp()
-        event = run_event(EventType.RUN_QUEUED, run, trigger=run.trigger, lag_ms=round(self.last_lag * 1000, 3))
-        if self.store.fire(task, run, next_due, now, event, token=self.token, leased_to=now + self.lease,
-                           due_at=due_at, send_guard_at=now + self.lease):
-            self.launcher.send(task, run)
+        lag = max(0.0, now - due_at)
+        event = run_event(EventType.RUN_QUEUED, run, trigger=run.trigger, lag_ms=round(lag * 1000, 3))
+        return Fire(task, run, next_due, event, leased_to=now + self.lease, due_at=due_at,
+                    send_guard_at=now + self.lease)
+
+    def fire_tasks(self, entries: list[tuple[str, float]], now: float) -> None:
+        """:meth:`fire` for many tasks' due entries (``t:``) in a few round trips, not a few per entry: one
+        read of their definitions, one pipeline of ``FIRE`` scripts, one batch of messages, one removal of
+        their send guards. A burst of thousands of fires is bound by Python, not by round trips.
+
+        Whatever goes wrong with one entry stays with it: should the batched read or send fail for a
+        reason other than Redis trouble (a definition that no longer reads, a message the dispatcher
+        refuses), the entries go one at a time through :meth:`fire`; one that fails waits for its lease
+        (a recorded run, for its send guard), as it would alone.
+        """
+        if not entries:
+            return
+        self.last_lag = max(0.0, now - max(due_at for _, due_at in entries))
+        fires: list[Fire] | None = None
+        try:
+            found = {task.id: task for task in self.store.get_tasks(member[2:] for member, _ in entries)}
+            fires = [self._prepare(found[member[2:]], due_at, now) for member, due_at in entries
+                     if member[2:] in found]
+        except REDIS_TROUBLE:
+            raise
+        except Exception:
+            pass  # one of them is at fault: find out which below, one at a time
+        if fires is None:
+            for member, due_at in entries:
+                self._fire_one(member, due_at, now)
+            return
+        gone = [member for member, _ in entries if member[2:] not in found]
+        if gone:
+            self.store.remove_due(*gone)
+        batch: list[tuple[Task, Run]] = []
+        for fire, created in zip(fires, self.store.fire_many(fires, now, token=self.token), strict=True):
+            if isinstance(created, Exception):
+                log.error("could not fire t:%s (%s); it is retried after the lease", fire.task.id, created)
+            elif created:
+                batch.append((fire.task, fire.run))
+        self._send_fired(batch)
+
+    def _send_fired(self, batch: list[tuple[Task, Run]]) -> None:
+        """Send fired runs' messages in one batch and drop their send guards; if the batch is refused for a
+        reason other than Redis trouble, send them one by one, so only a run whose own send fails keeps
+        its guard (and is sent again when the guard comes up). No message of a refused batch was sent
+        (kombu discards an unflushed batch); one sent twice is refused on arrival, its run no longer queued."""
+        if not batch:
+            return
+        try:
+            self.dispatcher.send_many(batch)
+        except REDIS_TROUBLE:
+            raise
+        except Exception:
+            pass  # one of them is refused: find out which below, one at a time
+        else:
+            self.store.remove_due(*(due_member_for_run(run.id) for _, run in batch))
+            return
+        for task, run in batch:
+            try:
+                self.launcher.send(task, run)
+            except REDIS_TROUBLE:
+                raise
+            except Exception:
+                log.exception("could not send run %s of task %s; it is sent again after the lease", run.id, task.id)
 
     def hand_over_silent_workers_runs(self, now: float) -> int:
         """Requeue, under a new fence, every running run whose worker has sent no heartbeat for the grace.

@@ -7,6 +7,7 @@ broker in a namespace no worker serves: what is checked is which runs were fired
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import uuid
@@ -160,3 +161,62 @@ def test_a_queued_run_sent_again_moves_its_fence_so_the_first_message_is_refused
     assert runner.begin(run.id, fence=0) is None, "the first message is refused on arrival"
     started = runner.begin(run.id, fence=1)
     assert started is not None and service.get_run(run.id).state is RunState.RUNNING
+
+
+def echo_tasks(service, count: int, delay: float = 30) -> list:
+    return service.create_many([{"name": f"echo {i}", "task_name": "taskman.echo", "delay_seconds": delay}
+                                for i in range(count)])
+
+
+def queued_messages(service, queue: str) -> int:
+    return service.store.redis.llen(service.store.keys.celery_queue(queue))
+
+
+def guards(service) -> list[str]:
+    return [member for member in service.store.redis.zrange(service.store.keys.due, 0, -1) if member.startswith("r:")]
+
+
+def test_a_burst_fires_every_entry_once_in_batches_and_sends_every_message(service):
+    delayed = echo_tasks(service, 260)
+    crons = service.create_many([{"name": f"cron {i}", "function_code": "def main():\n    return 1\n",
+                                  "function_name": "main", "cron_expression": "* * * * *"} for i in range(40)])
+    clock = Clock(time.time() + 90)  # every entry is due, 300 in all: three batches and a part of one
+    sched = scheduler(service, clock)
+    sched.tick()
+    for task in delayed + crons:
+        [run] = service.runs(task.id)
+        assert run.scheduled_for == task.next_run_at and run.queued_at == clock.now
+    assert queued_messages(service, "registered") == len(delayed) and queued_messages(service, "code") == len(crons)
+    assert guards(service) == [], "every sent run's guard is dropped"
+    for task in crons:
+        assert service.get(task.id).next_run_at == math.floor(clock.now / 60) * 60 + 60
+    assert service.get(delayed[0].id).state.value == "done"
+    sched.tick()
+    assert sum(len(service.runs(task.id)) for task in delayed + crons) == 300, "nothing fires twice"
+
+
+def test_a_message_the_dispatcher_refuses_keeps_its_guard_and_the_rest_of_its_batch_goes(service):
+    tasks = echo_tasks(service, 5)
+    bad = tasks[2]
+    key = service.store.keys.task(bad.id)
+    spec = json.loads(service.store.redis.hget(key, "spec"))
+    service.store.redis.hset(key, "spec", json.dumps({**spec, "task_name": "taskman.code"}))  # stored before refusals
+    clock = Clock(time.time() + 60)
+    scheduler(service, clock).tick()
+    assert queued_messages(service, "registered") == 4
+    [bad_run] = service.runs(bad.id)
+    assert guards(service) == [due_member_for_run(bad_run.id)], "only the refused run waits for its guard"
+    assert all(len(service.runs(task.id)) == 1 for task in tasks)
+
+
+def test_a_definition_that_no_longer_reads_holds_back_only_its_own_entry(service):
+    tasks = echo_tasks(service, 5)
+    bad = tasks[1]
+    service.store.redis.hset(service.store.keys.task(bad.id), "spec", "{not json")
+    clock = Clock(time.time() + 60)
+    sched = scheduler(service, clock)
+    sched.tick()
+    assert queued_messages(service, "registered") == 4 and guards(service) == []
+    assert [len(service.store.recent_runs(task.id)) for task in tasks] == [1, 0, 1, 1, 1]
+    assert service.store.due_score(due_member_for_task(bad.id)) == clock.now + sched.lease, \
+        "its entry comes back after the lease"
