@@ -53,16 +53,18 @@ class WorkerInfo:
     """Required walls that are down (such a worker refuses code runs unless ``accept_weak``)."""
     accept_weak: bool = False
 
-    def walls_summary(self) -> str:
-        """The isolation walls in a few words: "all 8 up", "landlock, seccomp down, refuses code runs",
-        "no code runs" (a worker that serves no code queue)."""
+    def walls_summary(self, *, verdict: bool = True) -> str:
+        """The isolation walls in a few words: "all 8 up", "landlock, seccomp down, refuses code runs"
+        (without ``verdict``, what follows the comma is left out), "no code runs" (a worker that serves no
+        code queue)."""
         if self.walls is None:
             return "no code runs"
         down = [wall for wall, up in self.walls.items() if not up]
         if not down:
             return f"all {len(self.walls)} up"
-        verdict = "" if not self.missing else (", runs code anyway" if self.accept_weak else ", refuses code runs")
-        return f"{', '.join(down)} down{verdict}"
+        says = "" if not self.missing or not verdict else (
+            ", runs code anyway" if self.accept_weak else ", refuses code runs")
+        return f"{', '.join(down)} down{says}"
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "last_beat": iso(self.last_beat), "walls_summary": self.walls_summary()}

@@ -87,8 +87,11 @@ class TaskmanApp(CarriesOn, App):
         self.push_screen(MainScreen(self.service))
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
-        yield from super().get_system_commands(screen)
-        if isinstance(screen, MainScreen):
-            for action in ACTIONS:
-                yield SystemCommand(action.label.capitalize(), action.help,
-                                    lambda name=action.action: screen.call_later(screen.run_action, name))
+        """Textual's commands and, on the main screen, every action; each title once (the actions' own
+        "Keys" and "Quit" stand for Textual's)."""
+        ours = [SystemCommand(action.label.capitalize(), action.help,
+                              lambda name=action.action: screen.call_later(screen.run_action, name))
+                for action in ACTIONS] if isinstance(screen, MainScreen) else []
+        titles = {command.title for command in ours}
+        yield from (command for command in super().get_system_commands(screen) if command.title not in titles)
+        yield from ours

@@ -13,16 +13,18 @@ from core.service import Service
 from core.text import local_time
 from tui.guard import CarriesOn
 from tui.safe import json_text, plain
+from tui.screens.help import ShowsKeys
 
 SHOWN = 500
 
 
-class AuditScreen(CarriesOn, Screen[None]):
+class AuditScreen(ShowsKeys, CarriesOn, Screen[None]):
     """The last entries of the audit stream; ``r`` reads it again, escape goes back."""
 
     CSS_PATH = "audit.tcss"
     BINDINGS = [Binding("escape,q", "app.pop_screen", "back", id="audit.back"),
-                Binding("r", "reload", "reload", id="audit.reload")]
+                Binding("r", "reload", "reload", id="audit.reload"),
+                Binding("question_mark", "help", "keys", id="audit.help", tooltip="Show this screen's keys")]
 
     def __init__(self, service: Service) -> None:
         super().__init__()

@@ -24,18 +24,22 @@ from core.service import Service
 from core.text import definition_fields, local_time, run_time
 from tui.guard import CarriesOn
 from tui.safe import block, json_text, plain, visible
+from tui.screens.help import ShowsKeys
 from tui.widgets.task_table import STATE_STYLES
 
 HISTORY = 100
 
 
-class DetailScreen(CarriesOn, Screen[None]):
+class DetailScreen(ShowsKeys, CarriesOn, Screen[None]):
     """Definition on the left, runs on the right, the selected run below; refreshes on its events."""
 
     CSS_PATH = "detail.tcss"
     BINDINGS = [
         Binding("escape,q", "app.pop_screen", "back", id="detail.back"),
         Binding("r", "run", "run now", id="detail.run"),
+        Binding("y", "copy_result", "copy result", id="detail.copy", show=False,
+                tooltip="Copy the selected run's result (JSON), or its error, to the clipboard"),
+        Binding("question_mark", "help", "keys", id="detail.help", show=False, tooltip="Show this screen's keys"),
     ]
 
     def __init__(self, service: Service, task_id: str) -> None:
@@ -152,6 +156,22 @@ class DetailScreen(CarriesOn, Screen[None]):
             parts.append(Text("traceback:", style="bold"))
             parts.append(Syntax(visible(run.traceback), "pytb", word_wrap=True, theme="ansi_dark"))
         view.update(Group(*parts))
+
+    def action_copy_result(self) -> None:
+        """Copy the selected run's result (as JSON), or its error, to the clipboard."""
+        table = self.query_one("#runs", DataTable)
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value if table.row_count else None
+        run = self.runs.get(key or "")
+        if run is None:
+            self.notify("no run selected", severity="warning")
+            return
+        if run.result is None and not run.error:
+            self.notify(f"run {run.id} has no result yet ({run.state.value})", severity="warning")
+            return
+        text = json_text(run.result, indent=2) if run.result is not None else run.error or ""
+        self.app.copy_to_clipboard(text)
+        self.notify(f"copied the {'result' if run.result is not None else 'error'} of run {run.id} "
+                    f"({len(text)} characters)")
 
     def action_run(self) -> None:
         self.run_now()

@@ -363,6 +363,8 @@ class MainScreen(CarriesOn, Screen):
     def action_discard(self) -> None:
         """esc: in the filter box, clear the filter; in the editor (or with its changes unsaved), discard them;
         with a filter on, clear it. Each goes back to the list."""
+        if self.logs.close_find():  # esc in the log pane's find box closes it, and only it
+            return
         box = self.query_one("#filter", Input)
         if box.has_focus or (box.display and not self.editor.dirty and not self.editor.has_focus_within):
             self._close_filter(clear=True)
@@ -417,6 +419,11 @@ class MainScreen(CarriesOn, Screen):
         self.logs.set_following(not self.logs.following)
         self.logs.border_title = self._log_title(self.table.selected if self.logs.scope else None)
 
+    @on(LogPane.FollowChanged)
+    def _follow_changed(self) -> None:
+        """The log pane held itself (a jump to a match): its title says so."""
+        self.logs.border_title = self._log_title(self.table.selected if self.logs.scope else None)
+
     def action_import_json(self) -> None:
         from tui.screens.import_file import ImportScreen
 
@@ -426,6 +433,20 @@ class MainScreen(CarriesOn, Screen):
         from tui.screens.audit import AuditScreen
 
         self.app.push_screen(AuditScreen(self.service))
+
+    def action_focus_logs(self) -> None:
+        self.logs.focus()
+
+    def action_workers(self) -> None:
+        from tui.screens.workers import WorkersScreen
+
+        self.app.push_screen(WorkersScreen(self.service))
+
+    def action_run_with(self) -> None:
+        from tui.screens.run_with import RunWithScreen
+
+        if task := self._need_task():
+            self.app.push_screen(RunWithScreen(self.service, task))
 
     def action_help(self) -> None:
         from tui.screens.help import HelpScreen
