@@ -17,7 +17,8 @@ readable. JSON output keeps its own escaping: :func:`json_text` escapes the few 
 This module decides nothing about markup: the console shows data as ``rich.text.Text``, never as
 markup (``tui/safe.py``). It also holds the one way durations and moments are written for people
 (:func:`human_duration`, :func:`run_time`, :func:`relative_time`, :func:`local_time`, :func:`log_time`),
-so every front end writes them the same way.
+so every front end writes them the same way, and the one way JSON a person typed (an option, a form's
+field) is read (:func:`read_json`), so every front end refuses it in the same words.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import re
 import time
 from datetime import datetime
 from typing import Any
+
+from core.errors import InvalidSpec
 
 _UNSAFE = "\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff"
 _KEEP_LINES = re.compile(f"[{_UNSAFE}]")
@@ -171,3 +174,19 @@ def definition_fields(spec: dict[str, Any]) -> tuple[list[tuple[str, str]], str 
               for key, value in spec.items() if key not in TITLE_FIELDS and key != "function_code"]
     code = spec.get("function_code")
     return fields, None if code is None else str(code)
+
+
+_REQUIRED: Any = object()
+
+
+def read_json(text: str, field: str, blank: Any = _REQUIRED) -> Any:
+    """What a person typed into ``field`` (an option, a form's box) read as JSON; ``blank``, when given, for
+    text that is only white space. ``InvalidSpec`` naming the field, and where the JSON goes wrong, if not JSON."""
+    if blank is not _REQUIRED and not text.strip():
+        return blank
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidSpec(field, f"not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
+    except RecursionError:
+        raise InvalidSpec(field, "the JSON is nested too deeply") from None

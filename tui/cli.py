@@ -23,7 +23,17 @@ import click
 
 from core.config import Settings
 from core.errors import NoRedis, TaskmanError
-from core.text import definition_fields, json_text, local_time, log_time, one_line, relative_time, run_time, visible
+from core.text import (
+    definition_fields,
+    json_text,
+    local_time,
+    log_time,
+    one_line,
+    read_json,
+    relative_time,
+    run_time,
+    visible,
+)
 
 if TYPE_CHECKING:  # loaded by the commands that need them: `taskman cron` or `--help` connect to nothing
     from core.models import Task
@@ -270,25 +280,13 @@ def run(task_id, args_json, kwargs_json, data_json, as_json) -> None:
     for option, field, raw in (("--args", "args", args_json), ("--kwargs", "kwargs", kwargs_json),
                                ("--data", "data", data_json)):
         if raw is not None:
-            overrides[field] = _json_option(option, raw)
+            overrides[field] = read_json(raw, option)
     outcome = _service().run_now(task_id, overrides or None)
     if as_json:
         _emit_json(outcome.to_dict())
     else:
         click.echo(f"queued run {outcome.id}" + (f" with {', '.join(sorted(overrides))} of its own"
                                                  if overrides else ""))
-
-
-def _json_option(option: str, raw: str):
-    """An option's value read as JSON; a refusal names the option."""
-    from core.errors import InvalidSpec
-
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise InvalidSpec(option, f"not valid JSON ({exc.msg} at column {exc.colno}): {raw[:80]!r}") from None
-    except RecursionError:
-        raise InvalidSpec(option, "the JSON is nested too deeply") from None
 
 
 _simple("stop", lambda service, task_id: service.stop(task_id),

@@ -8,7 +8,6 @@ to the next field; anywhere else ``esc`` cancels the form.
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,6 +23,7 @@ from core.errors import InvalidSpec, TaskmanError
 from core.http import METHODS
 from core.models import Kind, Mode, Task
 from core.service import Service
+from core.text import read_json
 from tui.guard import CarriesOn
 from tui.safe import block, json_text, one_line, plain, visible
 from tui.widgets.editor import body_text, header_lines, parse_body, parse_headers
@@ -47,15 +47,6 @@ def _number(text: str, field: str, kind=float) -> Any:
         return kind(text)
     except ValueError:
         raise InvalidSpec(field, f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
-
-
-def _json(text: str, field: str, default: Any) -> Any:
-    if not text.strip():
-        return default
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidSpec(field, f"not valid JSON ({exc.msg})") from None
 
 
 class CodeEditor(TextArea):
@@ -236,8 +227,8 @@ class NewTaskScreen(CarriesOn, Screen[Task | None]):
             if value("#queue").strip():
                 spec["queue"] = value("#queue").strip()
         if kind != Kind.API.value:
-            spec["args"] = _json(value("#args"), "args", [])
-            spec["kwargs"] = _json(value("#kwargs"), "kwargs", {})
+            spec["args"] = read_json(value("#args"), "args", blank=[])
+            spec["kwargs"] = read_json(value("#kwargs"), "kwargs", blank={})
         if mode == Mode.DELAYED.value:
             spec["delay_seconds"] = _number(value("#delay"), "delay_seconds")
         if mode == Mode.SCHEDULED.value:
