@@ -93,8 +93,8 @@ def parse_json(raw: bytes) -> Any:
         raise InvalidSpec("body", f"not valid JSON ({exc})") from None
 
 
-async def read_body(request: Request, settings: AppSettings) -> Any:
-    """The body as JSON, whatever its ``Content-Type``: at most ``api_max_body`` bytes (413 beyond)."""
+async def _raw_body(request: Request, settings: Settings) -> bytes:
+    """The body's bytes: at most ``api_max_body`` (413 beyond)."""
     limit = settings.api_max_body
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
@@ -105,10 +105,22 @@ async def read_body(request: Request, settings: AppSettings) -> Any:
         if size > limit:
             raise BodyTooLarge(f"the request body is over {limit} bytes")
         chunks.append(chunk)
-    return parse_json(b"".join(chunks))
+    return b"".join(chunks)
+
+
+async def read_body(request: Request, settings: AppSettings) -> Any:
+    """The body as JSON, whatever its ``Content-Type``: at most ``api_max_body`` bytes (413 beyond)."""
+    return parse_json(await _raw_body(request, settings))
+
+
+async def read_optional_body(request: Request, settings: AppSettings) -> Any:
+    """:func:`read_body` for a route whose body may be left out: an empty body reads as None."""
+    raw = await _raw_body(request, settings)
+    return parse_json(raw) if raw.strip() else None
 
 
 Body = Annotated[Any, Depends(read_body)]
+OptionalBody = Annotated[Any, Depends(read_optional_body)]
 TaskId = Annotated[str, Path(description="The task's id (from `POST /api/tasks` or `GET /api/tasks`).")]
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")]
 Offset = Annotated[int, Query(ge=0, le=10_000_000, description="How many to skip.")]

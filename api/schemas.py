@@ -55,6 +55,8 @@ class RunOut(BaseModel):
     output: str
     worker: str | None
     series: str | None
+    overrides: dict[str, Any] | None = Field(default=None, description=(
+        "What this run was given instead of its task's args/kwargs or request body (secrets masked)."))
 
 
 class LastRunOut(BaseModel):
@@ -139,3 +141,6 @@ def body_doc(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 SPEC_REF = {"$ref": "#/components/schemas/TaskSpec"}
 ONE_OR_MANY = {"oneOf": [SPEC_REF, {"type": "array", "items": SPEC_REF, "minItems": 1}]}
+RUN_WITH = {"type": "object", "additionalProperties": False,
+            "properties": {"args": {"type": "array"}, "kwargs": {"type": "object"}, "data": {}, "json": {}}}
+"""What ``POST /api/tasks/{id}/run`` may be given: this run's arguments or request body (``check_overrides``)."""

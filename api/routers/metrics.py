@@ -1,4 +1,5 @@
-"""Monitoring numbers: Prometheus's text format at ``/metrics``, the same as JSON at ``/api/metrics``.
+"""Monitoring numbers: Prometheus's text format at ``/metrics``, the same as JSON at ``/api/metrics``;
+the workers and queues overview at ``/api/workers``.
 
 No ``from __future__ import annotations`` here: FastAPI reads the parameter annotations at runtime.
 """
@@ -25,3 +26,9 @@ def prometheus(svc: Caller) -> Response:
             responses={200: {"content": {"application/json": {"schema": {"type": "object"}}}}, **READ_ERRORS})
 def metrics_json(svc: Caller) -> JSONResponse:
     return JSONResponse(svc.metrics_snapshot().to_dict())
+
+
+@router.get("/api/workers", summary="Workers, queues and registered task names (the console's workers view)",
+            responses={200: {"content": {"application/json": {"schema": {"type": "object"}}}}, **READ_ERRORS})
+def workers(svc: Caller) -> JSONResponse:
+    return JSONResponse(svc.workers().to_dict())

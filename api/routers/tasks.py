@@ -8,11 +8,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
-from api.deps import MAX_PAGE, Body, Caller, Changer, Limit, Offset, TaskId, batch_cost, list_page
+from api.deps import MAX_PAGE, Body, Caller, Changer, Limit, Offset, OptionalBody, TaskId, batch_cost, list_page
 from api.schemas import (
     BODY_ERRORS,
     ONE_OR_MANY,
     READ_ERRORS,
+    RUN_WITH,
     TASK_ERRORS,
     DeletedOut,
     JSONResponse,
@@ -101,9 +102,13 @@ def stop_task(svc: Changer, task_id: TaskId) -> JSONResponse:
 
 
 @router.post("/api/tasks/{task_id}/run", tags=["tasks"], status_code=202, summary="Queue a run now",
-             responses={202: {"model": RunOut}, **TASK_ERRORS})
-def run_task(svc: Changer, task_id: TaskId) -> JSONResponse:
-    run = svc.run_now(task_id)
+             responses={202: {"model": RunOut}, **BODY_ERRORS},
+             openapi_extra={"requestBody": {"required": False, "description": (
+                 "Optional: run once with other arguments, the task unchanged: `args` (array) and `kwargs` "
+                 "(object) for code and registered tasks, `data` or `json` (the request body) for API tasks."),
+                 "content": {"application/json": {"schema": RUN_WITH}}}})
+def run_task(svc: Changer, task_id: TaskId, body: OptionalBody) -> JSONResponse:
+    run = svc.run_now(task_id, body)
     return JSONResponse(run.to_dict(), status_code=202, headers={"Location": f"/api/runs/{run.id}"})
 
 
