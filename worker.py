@@ -33,15 +33,17 @@ class GuardedTask(Task):
     A Celery signal cannot stop a task, so the guard sits in ``__call__`` (Celery's tracer calls it when a
     task class defines one): a message whose run was stopped, has finished, was handed to another worker
     (its fence moved on) or was given up after 3 deliveries is acknowledged and dropped (``Ignore``), and
-    the operator's code never sees it. taskman's own tasks guard their runs in ``core.runner``.
+    the operator's code never sees it. taskman's own tasks guard their runs in ``core.runner``. A message
+    taskman did not send (no fence header: the operator's own ``.delay()``) is none of its business and runs.
     """
 
     def __call__(self, *args, **kwargs):
         request = self.request
         if request.called_directly:  # called as a function, not from a message: nothing to guard
             return super().__call__(*args, **kwargs)
-        if self.name not in OWN_TASKS and runner().registered_started(
-                request.id, _fence(request), _life(request.hostname)) is None:
+        fence = _fence(request)
+        if self.name not in OWN_TASKS and fence is not None and runner().registered_started(
+                request.id, fence, _life(request.hostname)) is None:
             raise Ignore()
         return self.run(*args, **kwargs)
 

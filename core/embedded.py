@@ -199,6 +199,13 @@ def _tail(path: Path, lines: int = 20) -> str:
     return "\n".join(text.splitlines()[-lines:]) or "(empty)"
 
 
+def killed_with_parent() -> None:
+    """For ``preexec_fn``: the child is sent SIGTERM when the process that started it dies."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class RedisServer:
     """A private redis-server child process."""
 
@@ -211,9 +218,12 @@ class RedisServer:
         appendfsync: str = "everysec",
         password: str | None = None,
         binary: str | None = None,
+        die_with_parent: bool = False,
     ) -> None:
         """Describe a server keeping its files in ``directory``; nothing runs until :meth:`start`.
 
+        ``die_with_parent``: the server is killed when the process that started it dies (a test session's
+        private Redis; ``taskman up``'s outlives it on purpose, for the next ``up`` to adopt).
         ``appendfsync``: when the append-only file is flushed to disk. With ``everysec`` (Redis's default)
         a killed Redis loses nothing it acknowledged, a power cut up to a second; ``always`` loses nothing.
         """
@@ -222,6 +232,7 @@ class RedisServer:
         self._port_given = port is not None
         self.appendonly = appendonly
         self.appendfsync = appendfsync
+        self.die_with_parent = die_with_parent
         self.password = password
         self.binary = binary
         self._proc: subprocess.Popen[bytes] | None = None
@@ -288,6 +299,7 @@ class RedisServer:
                 start_new_session=True,  # a Ctrl-C at the terminal must not stop Redis before its clients
                 close_fds=True,
                 umask=0o077,  # its append-only files hold every task, secrets included
+                preexec_fn=killed_with_parent if self.die_with_parent else None,
             )
         except OSError as exc:
             self._log.close()

@@ -33,7 +33,7 @@ os.environ["TASKMAN_CONFIG"] = str(ROOT / "tests" / "no-such-config.toml")
 from hypothesis import settings as hypothesis_settings  # noqa: E402
 
 from core.config import Settings  # noqa: E402
-from core.embedded import RedisServer  # noqa: E402
+from core.embedded import RedisServer, killed_with_parent  # noqa: E402
 
 hypothesis_settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
 hypothesis_settings.register_profile("dev", deadline=None)
@@ -74,7 +74,7 @@ def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, message: 
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("redis"), appendonly=False).start()
+    server = RedisServer(tmp_path_factory.mktemp("redis"), appendonly=False, die_with_parent=True).start()
     yield server
     server.stop()
 
@@ -124,7 +124,7 @@ class Processes:
         log = open(self.log_dir / f"{name}.log", "ab")
         child = subprocess.Popen([sys.executable, "-m", "celery", "-A", "worker", *args], cwd=ROOT, env=self.env,
                                  stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 start_new_session=True)
+                                 start_new_session=True, preexec_fn=killed_with_parent)
         log.close()
         self.children.append(child)
         return child

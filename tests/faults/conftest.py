@@ -60,7 +60,7 @@ def private_stack(taskman_env, tmp_path) -> Iterator[PrivateStack]:
     from core.service import Service
 
     (tmp_path / "redis").mkdir()
-    server = RedisServer(tmp_path / "redis", appendonly=True, appendfsync="always").start()
+    server = RedisServer(tmp_path / "redis", appendonly=True, appendfsync="always", die_with_parent=True).start()
     env = {**taskman_env, "TASKMAN_REDIS_URL": server.url, "TASKMAN_NAMESPACE": f"fault{uuid.uuid4().hex[:6]}",
            "TASKMAN_SCHEDULER_LOCK_TTL": "3", "TASKMAN_CLAIM_LEASE": "20"}
     stack = PrivateStack(server, env, Processes(_process_env(env), tmp_path), tmp_path)

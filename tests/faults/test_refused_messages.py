@@ -76,3 +76,17 @@ def test_a_finished_runs_message_sent_again_does_not_run_its_body_again(stack, p
         assert stack.get_run(run.id).state is RunState.SUCCEEDED
     finally:
         processes.stop(worker, signal.SIGTERM)
+
+
+def test_a_message_taskman_did_not_send_runs_as_celery_would(stack, processes, tmp_path):
+    """The operator's own code may still send its tasks with Celery (``.delay()``): no run, no fence header,
+    nothing for taskman to guard."""
+    (tmp_path / "marks").mkdir()
+    queue = f"guarded{uuid.uuid4().hex[:6]}"
+    worker = solo_worker(processes, queue)
+    try:
+        result = stack.dispatcher.app.send_task("ops.mark", args=[str(tmp_path)], queue=queue)
+        wait_for(lambda: executions(tmp_path, result.id) == 1 and (tmp_path / "marks" / result.id).exists(),
+                 timeout=60, message="the operator's own message to run")
+    finally:
+        processes.stop(worker, signal.SIGTERM)
