@@ -8,7 +8,6 @@ stored one. A refusal is shown in place, naming the field.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from textual import work
@@ -22,20 +21,9 @@ from core import redact
 from core.errors import InvalidSpec, TaskmanError
 from core.models import Kind, Run, Task
 from core.service import Service
+from core.text import read_json
 from tui.guard import CarriesOn
 from tui.safe import block, json_text, plain
-
-
-def _parsed(text: str, field: str) -> Any:
-    """A field's text as JSON (empty: null); a refusal names the field."""
-    if not text.strip():
-        return None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidSpec(field, f"not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
-    except RecursionError:
-        raise InvalidSpec(field, "the JSON is nested too deeply") from None
 
 
 class RunWithScreen(CarriesOn, ModalScreen[Run | None]):
@@ -91,12 +79,12 @@ class RunWithScreen(CarriesOn, ModalScreen[Run | None]):
         if self.target.kind is Kind.API:
             text = self.query_one("#body", TextArea).text
             if text.strip() != self.initial["body"].strip():
-                changed[self.body_field] = _parsed(text, self.body_field)
+                changed[self.body_field] = read_json(text, self.body_field, blank=None)
             return changed
         for field in ("args", "kwargs"):
             text = self.query_one(f"#{field}", Input).value
             if text.strip() != self.initial[field].strip():
-                value = _parsed(text, field)
+                value = read_json(text, field, blank=None)
                 changed[field] = value if value is not None else ([] if field == "args" else {})
         return changed
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import re
 from collections import deque
 from dataclasses import dataclass
-from datetime import datetime
 
 from rich.text import Text
 from textual.binding import Binding
@@ -26,6 +25,7 @@ from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import Input, RichLog
 
+from core.text import log_time
 from tui.guard import CarriesOn
 from tui.safe import one_line
 
@@ -151,8 +151,7 @@ class LogPane(CarriesOn, RichLog):
         return self.scope is None or entry.get("task") == self.scope
 
     def _line(self, entry: dict) -> Text:
-        stamp = datetime.fromtimestamp(float(entry.get("ts") or 0)).strftime("%H:%M:%S.%f")[:-3]
-        line = Text(f"{stamp} ", style="dim")
+        line = Text(f"{log_time(entry.get('ts'))} ", style="dim")
         if self.scope is None:
             name = one_line(self.names.get(entry.get("task", ""), entry.get("task", "")))
             line.append(f"{name[:20]} ", style="bold")
