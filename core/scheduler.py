@@ -108,21 +108,29 @@ class Scheduler:
             self.is_leader = leader
         if not leader:
             return min(self.lock_ttl / 3, 1.0)
-        now = self.clock() if now is None else now
+        started = self.clock()
+        now = started if now is None else now
         claimed = self.store.claim_due(now, self.lease, self.token)
-        lags = [now - due_at for _, due_at in claimed]
+        lags: list[float] = []  # lateness as sent: due time to the moment its message left, not to the claim
+
+        def fire_batch(entries: list[tuple[str, float]]) -> None:
+            self.fire_tasks(entries, now)
+            elapsed = self.clock() - started
+            lags.extend(now - due_at + elapsed for _, due_at in entries)
+
         tasks_due: list[tuple[str, float]] = []
         for member, due_at in claimed:  # in due order: tasks' entries in batches, a run's entry on its own
             if member.startswith("t:"):
                 tasks_due.append((member, due_at))
                 if len(tasks_due) == FIRE_BATCH:
-                    self.fire_tasks(tasks_due, now)
+                    fire_batch(tasks_due)
                     tasks_due = []
             else:
-                self.fire_tasks(tasks_due, now)
+                fire_batch(tasks_due)
                 tasks_due = []
                 self._fire_one(member, due_at, now)
-        self.fire_tasks(tasks_due, now)
+                lags.append(now - due_at + self.clock() - started)
+        fire_batch(tasks_due)
         if time.monotonic() >= self.next_watch:
             self.next_watch = time.monotonic() + min(2.0, self.dead_worker_grace / 4)
             self._check_epoch()
