@@ -4,7 +4,9 @@
     python3 boot.py taskman up      # run the product
     python3 boot.py pytest          # run the tests
 
-Needs only Python 3.11+. The environment is rebuilt when pyproject.toml changes.
+Needs only Python 3.11+. The environment is rebuilt when pyproject.toml changes. A command runs in
+the directory it was typed in (``python3 ~/taskman/boot.py taskman submit ./my.json`` reads the
+``my.json`` beside you); only ``pytest`` runs from the repository, whose suite it is.
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ def main() -> None:
     executable = _bin(command[0])
     if not executable.exists():
         executable = Path(shutil.which(command[0]) or command[0])
-    os.chdir(ROOT)
+    if command[0] == "pytest":
+        os.chdir(ROOT)  # the suite is the repository's: its paths and configuration are found from there
     try:
         os.execv(str(executable), [str(executable), *command[1:]])
     except OSError as exc:
