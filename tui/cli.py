@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import click
 
 from core.config import Settings
-from core.errors import NoRedis, TaskmanError
+from core.errors import InvalidSpec, NoRedis, TaskmanError
 from core.text import (
     definition_fields,
     json_text,
@@ -150,8 +150,11 @@ def submit(file, as_json: bool) -> None:
 @handles_errors
 def list_tasks(state, last, kind, mode, name, limit, offset, as_json) -> None:
     """List tasks, newest first; the filters take the words the list shows (core.filters)."""
-    tasks = _service().list_tasks(state=state, last=last, kind=kind, mode=mode, name=name, limit=limit,
-                                  offset=offset)
+    try:
+        tasks = _service().list_tasks(state=state, last=last, kind=kind, mode=mode, name=name, limit=limit,
+                                      offset=offset)
+    except InvalidSpec as exc:  # a filter word: name the option it came from, as for any bad option
+        raise click.BadParameter(exc.reason, param_hint=f"'--{exc.field}'") from None
     if as_json:
         _emit_json([task.to_dict() for task in tasks])
         return
@@ -444,6 +447,18 @@ def beat(loglevel) -> None:
     from tui.processes import run_beat
 
     sys.exit(run_beat(loglevel))
+
+
+@main.command()
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(1, 65535))
+def echo(port) -> None:
+    """Serve a small HTTP echo service on 127.0.0.1 to try API tasks on (README's examples call it)."""
+    from tui.echo_server import serve
+
+    try:
+        serve(port)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on 127.0.0.1:{port}: {exc.strerror}") from None
 
 
 @main.command()
