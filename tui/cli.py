@@ -201,6 +201,8 @@ def show(task_id, runs, as_json) -> None:
             took += " so far"
         click.echo(f"  {run.id}  {run.state.value:9}  attempt {run.attempt}/{run.max_attempts}  "
                    f"{relative_time(run.started_at or run.queued_at)}  {took}")
+        if run.overrides:
+            click.echo(f"      run with: {one_line(json_text(run.to_dict()['overrides']))}")
         if run.error:
             click.echo(f"      error: {one_line(run.error)}")
         elif run.state.value == "succeeded":

@@ -131,6 +131,7 @@ def test_taskman_run_with_args_kwargs_and_data(cli, stack, http_server):
     assert "with args, kwargs" in queued.stdout
     run_id = queued.stdout.split()[2]
     assert final(stack, run_id).result == {"x": 3, "y": 4}
+    assert 'run with: {"args": [3], "kwargs": {"y": 4}}' in cli.ok("show", task.id).stdout
     shown = cli.json("run", task.id, "--kwargs", '{"y": 9}')
     assert shown["overrides"] == {"kwargs": {"y": 9}} and final(stack, shown["id"]).result == {"x": 2, "y": 9}
     api = stack.create({"name": unique("cli-body"), "cron_expression": FAR_CRON, "method": "POST",

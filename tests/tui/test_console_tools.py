@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from textual.widgets import DataTable, Input, TextArea
 
-from tests.tui.test_console import SIZE, _final, cron_task, select_task, type_text, unique, until
+from tests.tui.test_console import SIZE, _final, _text, cron_task, select_task, type_text, unique, until
 from tui.app import TaskmanApp
 from tui.screens.audit import AuditScreen
 from tui.screens.detail import DetailScreen
@@ -167,6 +167,25 @@ async def test_held_lines_wait_and_all_appear_when_follow_resumes(stack):
         assert logs.scroll_y == logs.max_scroll_y
 
 
+async def test_a_flood_while_held_is_kept_and_shown_in_order_when_follow_resumes(stack):
+    async with TaskmanApp(stack).run_test(size=SIZE) as pilot:
+        logs = await task_with_lines(stack, pilot, ["before"])
+        await pilot.press("f")
+        task = stack.get(logs.scope or "")
+        stack.update(task.id, {"function_code": "def f():\n    for i in range(1500):\n        print('flood', i)"})
+        run = stack.run_now(task.id)
+        await until(pilot, lambda: sum(e.get("run") == run.id and e.get("level") == "print"
+                                       for e in logs.waiting) == 1500, message="the flood waiting")
+        await until(pilot, lambda: any(e.get("run") == run.id and "succeeded" in e.get("msg", "")
+                                       for e in logs.waiting), message="the run's last line waiting")
+        waiting = sum(e.get("task") == task.id for e in logs.waiting)
+        assert waiting >= 1502 and f"{waiting} new lines waiting" in str(logs.border_subtitle)
+        await pilot.press("f")
+        printed = [e["msg"] for e in logs.shown if e.get("run") == run.id and e.get("level") == "print"]
+        assert printed == [f"flood {i}" for i in range(1500)]
+        assert logs.scroll_y == logs.max_scroll_y
+
+
 async def test_w_in_the_log_pane_toggles_wrapping(stack):
     async with TaskmanApp(stack).run_test(size=SIZE) as pilot:
         logs = await task_with_lines(stack, pilot, ["x" * 300])
@@ -261,6 +280,11 @@ async def test_shift_r_runs_once_with_other_arguments_refusing_in_place(stack):
         await until(pilot, lambda: isinstance(pilot.app.screen, MainScreen), message="the dialog to close")
         run = await _final(stack, task.id)
         assert run.result == {"x": 5, "y": 7} and run.overrides == {"args": [5], "kwargs": {"y": 7}}
+        await pilot.press("enter")
+        detail = await until(pilot, lambda: isinstance(pilot.app.screen, DetailScreen) and pilot.app.screen)
+        view = detail.query_one("#run-view")
+        await until(pilot, lambda: 'run with: {"args": [5], "kwargs": {"y": 7}}' in _text(view),
+                    message="the detail view to say what the run was given")
     assert stack.get(task.id).spec.args == [2]
 
 

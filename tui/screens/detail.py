@@ -144,6 +144,8 @@ class DetailScreen(ShowsKeys, CarriesOn, Screen[None]):
 
         parts: list = [plain(f"run {run.id} · {run.state.value} · attempt {run.attempt}/{run.max_attempts} · "
                              f"worker {run.worker or '–'}", style=STATE_STYLES.get(run.state.value, ""))]
+        if run.overrides:  # given other arguments for this run (R, run --args, POST …/run with a body)
+            parts.append(plain(f"run with: {json_text(run.to_dict()['overrides'])}", style="bold"))
         if run.error:
             parts.append(block(f"error: {run.error}", style="red"))
         if run.result is not None:

@@ -119,6 +119,10 @@ class LogPane(CarriesOn, RichLog):
             self.waiting.extend(entries)
             self._subtitle()
             return
+        if len(entries) > KEPT // 5:  # a flood, or what waited while held: keep it, draw only the kept tail
+            self.entries.extend(entries)
+            self._render_all()
+            return
         for entry in entries:
             self.entries.append(entry)
             if self._in_scope(entry):
