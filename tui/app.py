@@ -11,6 +11,7 @@ import traceback
 from collections.abc import Callable, Iterable
 
 from textual.app import App, SystemCommand
+from textual.binding import Binding
 from textual.notifications import SeverityLevel
 from textual.screen import Screen
 from textual.worker import WorkerFailed
@@ -36,6 +37,8 @@ class TaskmanApp(CarriesOn, App):
     """
 
     TITLE = "taskman"
+    BINDINGS = [Binding("f1", "show_keys", "keys", show=False, id="app.keys",
+                        tooltip="The keys of the screen you are on (as ? does, also where ? would be typed)")]
 
     def __init__(self, service: Service, *, redis_label: str | None = None,
                  supervision: Callable[[], dict[str, dict]] | None = None) -> None:
@@ -82,6 +85,17 @@ class TaskmanApp(CarriesOn, App):
         parts = [f"{name} ×{child['restarts']}{' ✘' if child['keeps_dying'] else ''}"
                  for name, child in self.supervision().items() if child["restarts"]]
         return f"restarted {', '.join(parts)}" if parts else ""
+
+    def action_show_keys(self) -> None:
+        """F1: the keys of the screen on top (a form or a dialog too, where ``?`` is text)."""
+        from tui.screens.help import HelpScreen, ShowsKeys, binding_rows
+
+        screen = self.screen
+        if isinstance(screen, HelpScreen):
+            return
+        rows = None if isinstance(screen, MainScreen) else (
+            screen.key_rows() if isinstance(screen, ShowsKeys) else binding_rows(type(screen).BINDINGS))
+        self.push_screen(HelpScreen(rows))
 
     def on_mount(self) -> None:
         self.push_screen(MainScreen(self.service))

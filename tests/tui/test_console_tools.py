@@ -106,6 +106,30 @@ async def test_the_workers_view_follows_a_run_and_names_each_wall_when_wide(stac
         await until(pilot, lambda: column(workers, "active")[row] == "0", message="and no longer")
 
 
+async def test_the_workers_view_says_when_redis_is_away_and_reads_again_when_it_is_back(settings, tmp_path):
+    from core.embedded import RedisServer
+    from core.service import Service
+
+    first = RedisServer(tmp_path / "redis", appendonly=True).start()
+    service = Service.from_settings(settings.model_copy(update={"redis_url": first.url, "namespace": "wdown"}))
+    second = None
+    try:
+        async with TaskmanApp(service).run_test(size=SIZE) as pilot:
+            await pilot.press("w")
+            screen = await until(pilot, lambda: isinstance(pilot.app.screen, WorkersScreen) and pilot.app.screen)
+            banner, queues = screen.query_one("#workers-banner"), screen.query_one("#queues", DataTable)
+            await until(pilot, lambda: queues.row_count == 3, message="the queues")
+            first.stop()
+            await until(pilot, lambda: banner.display and "reading again" in str(banner.render()), timeout=15,
+                        message="the banner")
+            second = RedisServer(tmp_path / "redis", appendonly=True, port=first.port).start()
+            await until(pilot, lambda: not banner.display, timeout=20, message="the banner to go")
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+
+
 # -- the log pane -----------------------------------------------------------------------------------
 
 
@@ -330,6 +354,16 @@ async def test_question_mark_lists_the_keys_of_the_screen_you_are_on(stack):
         await pilot.press("question_mark")
         keys = help_keys(await until(pilot, lambda: isinstance(pilot.app.screen, HelpScreen) and pilot.app.screen))
         assert {"esc / q", "r", "?"} <= set(keys) and "y" not in keys, keys
+        await pilot.press("escape", "escape")
+        await until(pilot, lambda: isinstance(pilot.app.screen, MainScreen), message="back to the list")
+        await pilot.press("n")
+        form = await until(pilot, lambda: isinstance(pilot.app.screen, NewTaskScreen) and pilot.app.screen)
+        form.query_one("#name", Input).focus()
+        await pilot.press("question_mark")
+        assert form.query_one("#name", Input).value.endswith("?"), "in a form ? is text"
+        await pilot.press("f1")
+        keys = help_keys(await until(pilot, lambda: isinstance(pilot.app.screen, HelpScreen) and pilot.app.screen))
+        assert {"ctrl+s", "esc"} <= set(keys) and "w" not in keys, keys
 
 
 async def test_the_palette_has_each_command_once(stack):

@@ -76,3 +76,4 @@ class HelpScreen(CarriesOn, ModalScreen[None]):
         for key, text in self.rows if self.rows is not None else main_rows():
             table.add_row(key, text)
         table.add_row("ctrl+p", "Command palette: every action by name")
+        table.add_row("f1", "These keys, on any screen (also in a form, where ? is typed as text)")
