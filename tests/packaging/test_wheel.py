@@ -26,15 +26,15 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGE_ROOTS = ("core", "tui", "api")  # pyproject: [tool.setuptools.packages.find] include
 MODULES = ("worker.py", "beat.py")  # pyproject: py-modules
 
-# Run by the installed interpreter: import every module of the installed packages, check each
-# screen's stylesheet is there, and drive the console for a moment (main screen, form, help).
+# Run by the installed interpreter: import every module of the installed packages (the REST API's too),
+# check each screen's stylesheet is there, and drive the console for a moment (main screen, form, help).
 CONSOLE_CHECK = r"""
 import asyncio, importlib, json, pkgutil, sys
 from pathlib import Path
 
-import core, tui
+import api, core, tui
 imported = []
-for package in (core, tui):
+for package in (api, core, tui):
     for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
         importlib.import_module(info.name)
         imported.append(info.name)
@@ -81,7 +81,7 @@ async def drive():
 
 
 asyncio.run(drive())
-print(json.dumps({"core": core.__file__, "tui": tui.__file__, "worker": worker.__file__,
+print(json.dumps({"api": api.__file__, "core": core.__file__, "tui": tui.__file__, "worker": worker.__file__,
                   "editable": sorted(name for name in sys.modules if name.startswith("__editable__")),
                   "imported": imported, "missing_css": missing_css}))
 """
@@ -178,8 +178,8 @@ def test_the_wheel_installs_and_the_console_starts(tmp_path, redis_server):
     script.write_text(CONSOLE_CHECK)
     report = json.loads(run([python, script], elsewhere, console_env, timeout=90).stdout.strip().splitlines()[-1])
     assert report["editable"] == [], "the source tree's editable install is active in the wheel's venv"
-    for name in ("core", "tui", "worker"):
+    for name in ("api", "core", "tui", "worker"):
         assert Path(report[name]).is_relative_to(site), f"{name} imported from {report[name]}, not the wheel"
-    assert {"tui.app", "tui.cli", "tui.screens.main", "tui.screens.detail", "tui.widgets.task_table"} <= set(
-        report["imported"])
+    assert {"tui.app", "tui.cli", "tui.screens.main", "tui.screens.detail", "tui.widgets.task_table", "api.app",
+            "api.routers.tasks", "api.routers.logs"} <= set(report["imported"])
     assert report["missing_css"] == []

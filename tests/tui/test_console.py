@@ -84,6 +84,27 @@ async def test_new_code_task_through_the_form_runs_and_its_logs_arrive(stack):
                     message="the list to show the result")
 
 
+async def test_the_forms_task_never_hides_a_fresher_one_the_events_brought(stack):
+    """The form's create returns the task as it was created; its run may start and end before the form's
+    screen closes, and the events feed then has the fresher task already. Handing the form's copy to the
+    list afterwards must not take the list back to "no run yet" (nothing would correct it later)."""
+    import copy
+
+    name = unique("form-race")
+    created = stack.create({"name": name, "function_code": "def f():\n    return 1", "function_name": "f"})
+    async with TaskmanApp(stack).run_test(size=SIZE) as pilot:
+        screen = pilot.app.screen
+        table = screen.query_one(TaskTable)
+        await until(pilot, lambda: created.id in table.tasks and table.tasks[created.id].last_run_state == "succeeded",
+                    message="the run's end in the list")
+        stale = copy.copy(created)
+        assert stale.last_run_state is None
+        screen._created(stale)
+        await pilot.pause()
+        assert table.tasks[created.id].last_run_state == "succeeded"
+        assert table.selected is not None and table.selected.id == created.id
+
+
 async def test_new_api_and_registered_tasks_through_the_form(stack, http_server):
     api_name, reg_name = unique("form-api"), unique("form-reg")
     async with TaskmanApp(stack).run_test(size=SIZE) as pilot:

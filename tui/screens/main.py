@@ -315,10 +315,12 @@ class MainScreen(CarriesOn, Screen):
 
     def _created(self, task: Task | None) -> None:
         """The form made ``task``: put the cursor on it (clearing a filter that hides it), so the next key
-        acts on the new task, not on the one that was selected before."""
+        acts on the new task, not on the one that was selected before. The events feed may have brought it
+        already, fresher (a run that started or even ended since the form's create returned): that one stays."""
         if task is None:
             return
-        self.table.upsert([task])
+        if task.id not in self.table.tasks:
+            self.table.upsert([task])
         if not self.table.select(task.id):
             self._close_filter(clear=True)
             self.table.select(task.id)

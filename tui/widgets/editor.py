@@ -12,6 +12,7 @@ gets it, since a text area writes its characters to the terminal as they are; th
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from rich.text import Text
@@ -117,13 +118,12 @@ def parse_registered(text: str) -> dict[str, Any]:
 class EditorPane(CarriesOn, Vertical):
     """Title, text area and a hint line that shows the next fires or the last save's error."""
 
+    @dataclass
     class SaveRequested(Message):
         """ctrl+s: the user wants these changes saved to the task."""
 
-        def __init__(self, task_id: str, changes: dict[str, Any]) -> None:
-            super().__init__()
-            self.task_id = task_id
-            self.changes = changes
+        task_id: str
+        changes: dict[str, Any]
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)

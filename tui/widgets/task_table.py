@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from rich.cells import cell_len
 from rich.text import Text
@@ -52,12 +53,11 @@ class TaskTable(CarriesOn, DataTable):
     ]
     """The list's own keys (they act only while it has focus); the help screen lists them too."""
 
+    @dataclass
     class Selected(Message):
         """The highlighted task changed (None: the list is empty)."""
 
-        def __init__(self, task: Task | None) -> None:
-            super().__init__()
-            self.task = task
+        task: Task | None
 
     def __init__(self, **kwargs) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
