@@ -84,8 +84,11 @@ def test_a_killed_workers_run_runs_elsewhere_within_seconds(pair, how):
     assert took < GRACE + 10, f"handed over after {took:.1f} s"
     assert len(service.get(task.id).runs) == 1
     # SIGKILL: the scheduler's dead-worker watch hands it over. SIGTERM: the dying worker's broker channel
-    # gives the message back at once, and the other worker takes the run as a redelivery.
-    assert state_events(service, run.id, "run.requeued") == (1 if how is signal.SIGKILL else 0)
+    # gives the message back at once and the other worker takes the run as a redelivery; but the dying
+    # worker also withdraws its heartbeat, so on a slow machine the watch may hand it over first (the
+    # redelivered message is then refused on arrival: its fence moved on). Either way it ran once.
+    requeued = state_events(service, run.id, "run.requeued")
+    assert requeued == 1 if how is signal.SIGKILL else requeued in (0, 1)
     assert state_events(service, run.id, "run.succeeded") == 1
     FIGURES[f"worker {how.name} (process group) mid-run -> run elsewhere (grace {GRACE:g} s)"] = (
         f"{took:.2f} s; runs lost 0, run recorded once")
