@@ -311,8 +311,13 @@ class Runner:
             return
         task = self.store.get_task(run.task_id)
         logs = LogBuffer(self.store, run.task_id, run.id, self.settings.log_lines_cap)
-        self.finish(Started(run, task, logs, fence), state, result=result,
-                    error=error, traceback=traceback, retryable=state is not RunState.SUCCEEDED)
+        # The operator's task may echo its secret-named kwargs (an API key it was given) in its result or
+        # error: those values are masked there, as everywhere a run is shown.
+        kwargs = task.spec.with_overrides(run.overrides).kwargs if task else {}
+        secrets = http.secret_values(None, body=dict(kwargs))
+        self.finish(Started(run, task, logs, fence), state, result=http.scrub(json_safe(result), secrets),
+                    error=http.scrub(error, secrets), traceback=http.scrub(traceback, secrets),
+                    retryable=state is not RunState.SUCCEEDED)
 
 
 def format_exception(exc: BaseException) -> str:

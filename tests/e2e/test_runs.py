@@ -236,6 +236,18 @@ def test_registered_task_runs_with_its_arguments(stack):
     assert run.worker
 
 
+def test_a_registered_tasks_result_does_not_show_its_secret_kwargs(stack):
+    secret = "s3cr3t-token-value"
+    task = stack.create({"name": "echoes a key", "task_name": "taskman.echo",
+                         "kwargs": {"api_token": secret, "note": f"the key is {secret}"}})
+    run = final_run(stack, task.id)
+    assert run.state is RunState.SUCCEEDED, run.error
+    assert run.result["kwargs"] == {"api_token": "***", "note": "the key is ***"}, run.result
+    assert secret not in json.dumps([shown.to_dict() for shown in stack.get(task.id).runs])
+    logs = [entry["msg"] for _, entry in stack.store.stream_tail("logs", 500) if entry["run"] == run.id]
+    assert logs and not any(secret in line for line in logs), logs
+
+
 def test_builtin_registered_task(stack):
     task = stack.create({"name": "echo", "task_name": "taskman.echo", "args": [1], "kwargs": {"a": "b"}})
     run = final_run(stack, task.id)
