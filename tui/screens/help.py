@@ -20,6 +20,7 @@ from tui.actions import ACTIONS, display_key
 from tui.guard import CarriesOn
 
 Row = tuple[str | Text, str]
+KEY_WIDTH = 16
 
 
 def binding_rows(bindings: Iterable[BindingType]) -> list[Row]:
@@ -66,14 +67,22 @@ class HelpScreen(CarriesOn, ModalScreen[None]):
         self.rows = rows
 
     def compose(self) -> ComposeResult:
+        # the scroll takes the keys (up/down, page up/down, home/end), not the table inside it
         with VerticalScroll(id="help"):
             yield Static("Keys — ctrl+p opens the command palette with the same actions", id="help-title")
-            yield DataTable(id="keys", cursor_type="none", show_header=False)
+            table: DataTable = DataTable(id="keys", cursor_type="none", show_header=False)
+            table.can_focus = False
+            yield table
 
     def on_mount(self) -> None:
         table = self.query_one("#keys", DataTable)
-        table.add_columns("key", "what it does")
+        # the descriptions wrap within the dialog (90% of the screen, at most 100 columns) rather than
+        # run past its edge: borders, padding, the scrollbar and the cells' padding take the rest
+        inner = min(100, self.app.size.width * 9 // 10) - 2 - 2 - 2
+        table.add_column("key", width=KEY_WIDTH)
+        table.add_column("what it does", width=max(20, inner - KEY_WIDTH - 2 * table.cell_padding * 2))
         for key, text in self.rows if self.rows is not None else main_rows():
-            table.add_row(key, text)
-        table.add_row("ctrl+p", "Command palette: every action by name")
-        table.add_row("f1", "These keys, on any screen (also in a form, where ? is typed as text)")
+            table.add_row(key, text, height=None)
+        table.add_row("ctrl+p", "Command palette: every action by name", height=None)
+        table.add_row("f1", "These keys, on any screen (also in a form, where ? is typed as text)", height=None)
+        self.query_one("#help", VerticalScroll).focus()

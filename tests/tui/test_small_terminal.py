@@ -1,0 +1,38 @@
+"""The console at 80x24: every part still usable (issue 12, "Small terminals and large ones").
+
+Driven by keystrokes against a fixed namespace (the snapshot tests' data), nothing running.
+"""
+
+from __future__ import annotations
+
+from textual.containers import VerticalScroll
+from textual.widgets import DataTable
+
+from tests.tui.test_console import until
+from tests.tui.test_snapshots import _loaded, app_for, fixed, pinned_clock, steady  # noqa: F401
+from tui.screens.help import HelpScreen
+
+SMALL = (80, 24)
+
+
+async def test_the_help_dialog_fits_80x24_and_scrolls_by_keyboard(fixed):  # noqa: F811
+    service, _ = fixed
+    async with app_for(service).run_test(size=SMALL) as pilot:
+        await _loaded(pilot)
+        await pilot.press("question_mark")
+        screen = await until(pilot, lambda: isinstance(pilot.app.screen, HelpScreen) and pilot.app.screen)
+        await steady(pilot)
+        box = screen.query_one("#help", VerticalScroll)
+        table = screen.query_one("#keys", DataTable)
+        # the dialog and the table's text lie within the screen: nothing runs past the right edge
+        assert box.region.right <= SMALL[0] and box.region.bottom <= SMALL[1]
+        assert table.virtual_size.width <= table.content_region.width
+        assert table.content_region.right <= box.content_region.right
+        # the keys are more than the dialog shows; the keyboard scrolls to the last of them
+        assert box.max_scroll_y > 0 and box.scroll_y == 0
+        await pilot.press("end")
+        await until(pilot, lambda: box.scroll_y == box.max_scroll_y, message="scrolled to the end")
+        await pilot.press("pageup")
+        await until(pilot, lambda: box.scroll_y < box.max_scroll_y, message="scrolled back up")
+        await pilot.press("escape")
+        await until(pilot, lambda: not isinstance(pilot.app.screen, HelpScreen), message="closed")
