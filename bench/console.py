@@ -184,6 +184,10 @@ def main() -> None:
     print(f"Redis commands/s, no console     {baseline:8.2f} (baseline)")
     idle = figures.get("idle_calls_per_s", float("nan"))
     print(f"Redis commands/s, idle console   {idle:8.2f}   (+{idle - baseline:.2f} over the baseline)")
+    by_command = figures.get("idle_by_command") or {}
+    if by_command:
+        print("  by command: " + ", ".join(f"{name} {rate:.2f}/s" for name, rate in
+                                          sorted(by_command.items(), key=lambda item: -item[1])))
     if figures["timed_out"]:
         print(f"gave up: {figures['timed_out']}")
 

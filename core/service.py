@@ -128,6 +128,8 @@ class Service:
         self.principal: auth.Principal | None = None
         """The API token this service acts for (:meth:`with_token`); its changes count against its rate."""
         self.launcher = Launcher(store, dispatcher, settings.claim_lease)
+        self._known_queues: set[str] = set()
+        """Queues the workers have reported serving, learnt by :meth:`status` as it goes."""
 
     def acting_as(self, actor: str, role: auth.Role | None = None) -> Service:
         """A shallow copy that audits its changes as ``actor`` and, given a ``role``, enforces it."""
@@ -596,6 +598,21 @@ class Service:
         """The audit entries after ``cursor``, oldest first, waiting up to ``wait_ms`` for one (admin)."""
         self._allow("audit", None)
         return audit.read_since(self.store, cursor, wait_ms)
+
+    def status(self) -> dict[str, Any]:
+        """What a status line shows, in one round trip (the console polls it): workers alive, their isolation
+        reports (as :meth:`isolation`), due entries, queued messages, whether a scheduler acts, and when Redis
+        was found to have lost its data (as :meth:`data_loss`)."""
+        queues = set(metrics.BASE_QUEUES) | self._known_queues
+        read = self.store.status_reads(sorted(queues))
+        alive_after = time.time() - max(self.settings.heartbeat_ttl, 3 * 2.0)
+        alive = {worker for worker, beat in read["beats"].items() if beat >= alive_after}
+        for report in read["reports"].values():
+            self._known_queues.update(report.get("queues") or ())
+        return {"workers": len(alive), "due": read["due"], "queued": sum(read["queues"].values()),
+                "scheduler": read["scheduler"], "data_lost": read["data_lost"],
+                "isolation": {worker: report["isolation"] for worker, report in read["reports"].items()
+                              if report.get("isolation") and worker in alive}}
 
     def metrics_snapshot(self) -> metrics.Snapshot:
         """Every monitoring number now (``GET /metrics``, the console's status line)."""

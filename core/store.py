@@ -1018,6 +1018,24 @@ class Store:
                 "unacked": answers[4], "scheduler": bool(answers[5]),
                 "queues": dict(zip(queues, answers[6:], strict=True))}
 
+    def status_reads(self, queues: Iterable[str]) -> dict[str, Any]:
+        """In one round trip, what a status line shows: worker reports, heartbeats, due-set size, whether a
+        scheduler holds the lock, the data-loss record, and the length of each of ``queues`` (taken as the
+        base queues; queues only some worker reported are read on the next call, once they are known)."""
+        queues = list(queues)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(self.keys.registered)
+        pipe.zrange(self.keys.workers, 0, -1, withscores=True)
+        pipe.zcard(self.keys.due)
+        pipe.exists(self.keys.scheduler_lock)
+        pipe.get(self.keys.data_lost)
+        for queue in queues:
+            pipe.llen(self.keys.celery_queue(queue))
+        registered, beats, due, scheduler, lost, *lengths = pipe.execute()
+        return {"reports": {worker: json.loads(raw) for worker, raw in sorted(registered.items())},
+                "beats": dict(beats), "due": due, "scheduler": bool(scheduler),
+                "data_lost": json.loads(lost) if lost else None, "queues": dict(zip(queues, lengths, strict=True))}
+
     def pipeline(self) -> redis.client.Pipeline:
         return self.redis.pipeline(transaction=True)
 

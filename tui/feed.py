@@ -13,13 +13,13 @@ from core.service import Service
 
 
 def status(service: Service) -> dict:
-    """What the status line shows: the same numbers ``GET /metrics`` serves (``core.metrics``)."""
-    snap = service.metrics_snapshot()
-    reports = service.isolation()
+    """What the status line shows, read in one round trip (``Service.status``)."""
+    read = service.status()
+    reports = read["isolation"]
     missing = sorted({wall for report in reports.values() for wall in report.get("missing", ())})
     walls = "" if not reports else ("jail ●" if not missing else "walls ✘ " + ",".join(missing))
-    lost = service.data_loss()
+    lost = read["data_lost"]
     if lost and time.time() - lost["at"] < 86400:
         walls = f"REDIS LOST ITS DATA {time.strftime('%m-%d %H:%M', time.localtime(lost['at']))}   {walls}".strip()
-    return {"ok": True, "due": snap.due, "workers": snap.workers, "queued": sum(snap.queues.values()),
-            "scheduler": snap.scheduler, "walls": walls}
+    return {"ok": True, "due": read["due"], "workers": read["workers"], "queued": read["queued"],
+            "scheduler": read["scheduler"], "walls": walls}
