@@ -6,11 +6,12 @@ Driven by keystrokes against a fixed namespace (the snapshot tests' data), nothi
 from __future__ import annotations
 
 from textual.containers import VerticalScroll
-from textual.widgets import DataTable
+from textual.widgets import DataTable, Footer, Input, Static, TextArea
 
 from tests.tui.test_console import until
 from tests.tui.test_snapshots import _loaded, app_for, fixed, pinned_clock, steady  # noqa: F401
 from tui.screens.help import HelpScreen
+from tui.screens.new_task import NewTaskScreen
 
 SMALL = (80, 24)
 
@@ -36,3 +37,23 @@ async def test_the_help_dialog_fits_80x24_and_scrolls_by_keyboard(fixed):  # noq
         await until(pilot, lambda: box.scroll_y < box.max_scroll_y, message="scrolled back up")
         await pilot.press("escape")
         await until(pilot, lambda: not isinstance(pilot.app.screen, HelpScreen), message="closed")
+
+
+async def test_a_refusal_in_the_form_shows_at_80x24(fixed):  # noqa: F811
+    service, _ = fixed
+    async with app_for(service).run_test(size=SMALL) as pilot:
+        await _loaded(pilot)
+        await pilot.press("n")
+        form = await until(pilot, lambda: isinstance(pilot.app.screen, NewTaskScreen) and pilot.app.screen)
+        form.query_one("#name", Input).value = "shown-refusal"
+        form.query_one("#code", TextArea).load_text("def main(:\n    pass")
+        await pilot.press("ctrl+s")
+        error = form.query_one("#form-error", Static)
+        await until(pilot, lambda: "function_code" in str(error.render()), message="the refusal")
+        await steady(pilot)
+        # on screen, above the footer, and what the screen shows at that place
+        footer = form.query_one(Footer)
+        assert error.region.height > 0 and error.region.bottom <= footer.region.y <= SMALL[1]
+        x, y = error.content_region.x, error.content_region.y
+        assert form.get_widget_at(x, y)[0] is error
+        assert isinstance(pilot.app.screen, NewTaskScreen)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -169,7 +170,9 @@ class NewTaskScreen(CarriesOn, Screen[Task | None]):
                 yield field("retries")
                 yield Label("Backoff (s)")
                 yield field("backoff")
-            yield Static("", id="form-error")
+        # outside the scroll, just above the footer: a refusal shows whatever part of the form is in
+        # view (at 80x24 the form's end is below the fold)
+        yield Static("", id="form-error")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -259,13 +262,18 @@ class NewTaskScreen(CarriesOn, Screen[Task | None]):
             self.app.call_from_thread(self._refused, exc)
             return
         except TaskmanError as exc:
-            self.app.call_from_thread(self.query_one("#form-error", Static).update, block(exc.message))
+            self.app.call_from_thread(self._show_error, block(exc.message))
             return
         self.app.call_from_thread(self.app.notify, f"created {task.name} ({task.kind.value}, {task.mode.value})")
         self.app.call_from_thread(self.dismiss, task)
 
+    def _show_error(self, text: Text) -> None:
+        error = self.query_one("#form-error", Static)
+        error.update(text)
+        error.display = bool(text)
+
     def _refused(self, exc: InvalidSpec) -> None:
-        self.query_one("#form-error", Static).update(block(exc.message))
+        self._show_error(block(exc.message))
         selector = FIELD_WIDGETS.get(exc.field.split(".")[0])
         if selector:
             self.query_one(selector).focus()
