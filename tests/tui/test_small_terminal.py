@@ -6,12 +6,13 @@ Driven by keystrokes against a fixed namespace (the snapshot tests' data), nothi
 from __future__ import annotations
 
 from textual.containers import VerticalScroll
-from textual.widgets import DataTable, Footer, Input, Static, TextArea
+from textual.widgets import DataTable, Footer, Input, Sparkline, Static, TextArea
 
 from tests.tui.test_console import until
-from tests.tui.test_snapshots import _loaded, app_for, fixed, pinned_clock, steady  # noqa: F401
+from tests.tui.test_snapshots import _loaded, app_for, fixed, pinned_clock, steady, text_of  # noqa: F401
 from tui.screens.help import HelpScreen
 from tui.screens.new_task import NewTaskScreen
+from tui.widgets.status_bar import StatusBar
 
 SMALL = (80, 24)
 
@@ -57,3 +58,17 @@ async def test_a_refusal_in_the_form_shows_at_80x24(fixed):  # noqa: F811
         x, y = error.content_region.x, error.content_region.y
         assert form.get_widget_at(x, y)[0] is error
         assert isinstance(pilot.app.screen, NewTaskScreen)
+
+
+async def test_the_status_line_at_80_columns_keeps_runs_per_minute_and_failures(fixed):  # noqa: F811
+    service, _ = fixed
+    async with app_for(service).run_test(size=SMALL) as pilot:
+        await _loaded(pilot)
+        bar = pilot.app.screen.query_one(StatusBar)
+        rates = bar.query_one("#rate-text", Static)
+        facts = bar.query_one("#facts", Static)
+        # the sparkline made way first; the rates are drawn whole, within the line
+        assert not bar.query_one("#rate", Sparkline).display
+        assert "runs/min" in text_of(rates) and "failed/h" in text_of(rates)
+        assert rates.region.width >= len(text_of(rates).strip()) and rates.region.right <= SMALL[0]
+        assert "workers 0" in text_of(facts) and facts.region.right <= rates.region.x
