@@ -23,6 +23,8 @@ class Action:
     footer: bool = True
     priority: bool = False
     """Checked before the focused widget sees the key (a text area would otherwise take ``esc``)."""
+    short: str = ""
+    """The footer's label when ``label`` is longer than it can afford (so at 80 columns every key shows)."""
 
 
 ACTIONS: tuple[Action, ...] = (
@@ -36,9 +38,10 @@ ACTIONS: tuple[Action, ...] = (
     Action("pause", "p", "toggle_pause", "pause", "Pause or resume the selected delayed or cron task"),
     Action("edit", "e", "edit_task", "edit", "Edit the selected task's code or request (ctrl+s saves)"),
     Action("duplicate", "c", "duplicate_task", "copy", "Open the form filled in with a copy of the selected task"),
-    Action("delete", "d", "delete_task", "delete", "Delete the selected task (asks first)"),
+    Action("delete", "d", "delete_task", "delete", "Delete the selected task (asks first)", short="del"),
     Action("filter", "slash", "filter", "filter", "Filter the list: text matches names; state:, kind:, mode: too"),
-    Action("logs", "l", "toggle_log_scope", "logs all/task", "Show logs of all tasks or of the selected one"),
+    Action("logs", "l", "toggle_log_scope", "logs all/task", "Show logs of all tasks or of the selected one",
+           short="logs"),
     Action("follow", "f", "toggle_follow", "follow", "Follow new log lines or hold the log pane still"),
     Action("log_pane", "L", "focus_logs", "log pane",
            "Put the keys in the log pane (/ finds, n/N jump, w wraps, S saves, y copies); esc comes back",
@@ -59,7 +62,7 @@ ACTIONS: tuple[Action, ...] = (
 
 def bindings() -> list[BindingType]:
     """Textual bindings for the main screen, built from ``ACTIONS``."""
-    return [Binding(a.key, a.action, a.label, show=a.footer, id=a.id, tooltip=a.help, priority=a.priority)
+    return [Binding(a.key, a.action, a.short or a.label, show=a.footer, id=a.id, tooltip=a.help, priority=a.priority)
             for a in ACTIONS]
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from textual.containers import VerticalScroll
 from textual.widgets import DataTable, Footer, Input, Sparkline, Static, TextArea
+from textual.widgets._footer import FooterKey
 
 from tests.tui.test_console import until
 from tests.tui.test_snapshots import _loaded, app_for, fixed, pinned_clock, steady, text_of  # noqa: F401
@@ -72,3 +73,16 @@ async def test_the_status_line_at_80_columns_keeps_runs_per_minute_and_failures(
         assert "runs/min" in text_of(rates) and "failed/h" in text_of(rates)
         assert rates.region.width >= len(text_of(rates).strip()) and rates.region.right <= SMALL[0]
         assert "workers 0" in text_of(facts) and facts.region.right <= rates.region.x
+
+
+async def test_the_footer_at_80_columns_keeps_logs_follow_and_keys(fixed):  # noqa: F811
+    service, _ = fixed
+    async with app_for(service).run_test(size=SMALL) as pilot:
+        await _loaded(pilot)
+        shown = {key.key: key for key in pilot.app.screen.query(FooterKey)}
+        for name in ("l", "f", "question_mark", "n", "slash"):
+            key = shown[name]
+            # drawn whole, within the screen, and not under another key (the palette's docks right)
+            assert key.region.width > 0 and key.region.right <= SMALL[0], (name, key.region)
+            assert pilot.app.screen.get_widget_at(key.region.x, key.region.y)[0] is key, name
+            assert pilot.app.screen.get_widget_at(key.region.right - 1, key.region.y)[0] is key, name
