@@ -10,7 +10,8 @@ from textual.widgets import DataTable, Footer, Input, Sparkline, Static, TextAre
 from textual.widgets._footer import FooterKey
 
 from tests.tui.test_console import until
-from tests.tui.test_snapshots import _loaded, app_for, fixed, pinned_clock, steady, text_of  # noqa: F401
+from tests.tui.test_snapshots import _loaded, app_for, finished, fixed, pinned_clock, steady, text_of  # noqa: F401
+from tui.screens.detail import DetailScreen
 from tui.screens.help import HelpScreen
 from tui.screens.new_task import NewTaskScreen
 from tui.widgets.status_bar import StatusBar
@@ -86,3 +87,19 @@ async def test_the_footer_at_80_columns_keeps_logs_follow_and_keys(fixed):  # no
             assert key.region.width > 0 and key.region.right <= SMALL[0], (name, key.region)
             assert pilot.app.screen.get_widget_at(key.region.x, key.region.y)[0] is key, name
             assert pilot.app.screen.get_widget_at(key.region.right - 1, key.region.y)[0] is key, name
+
+
+async def test_the_detail_view_at_80_columns_keeps_the_duration_column(fixed):  # noqa: F811
+    service, _ = fixed
+    async with app_for(service).run_test(size=SMALL) as pilot:
+        await _loaded(pilot)
+        await pilot.press("enter")
+        screen = await until(pilot, lambda: isinstance(pilot.app.screen, DetailScreen) and pilot.app.screen)
+        runs = screen.query_one("#runs", DataTable)
+        await until(pilot, lambda: runs.row_count == 3 and finished(pilot, "detail-load"), message="three runs")
+        await steady(pilot)
+        # every column, DURATION the last, lies within the table's visible width: nothing to scroll to
+        assert [str(column.label) for column in runs.ordered_columns][-1] == "DURATION"
+        assert runs.virtual_size.width <= runs.scrollable_content_region.width, runs.virtual_size
+        assert runs.get_cell_at((0, runs.get_column_index("duration"))) == "12 ms"
+        assert runs.region.right <= SMALL[0]

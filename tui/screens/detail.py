@@ -10,7 +10,7 @@ import time
 
 from rich.syntax import Syntax
 from rich.text import Text
-from textual import on, work
+from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
@@ -28,6 +28,9 @@ from tui.screens.help import ShowsKeys
 from tui.widgets.task_table import STATE_STYLES
 
 HISTORY = 100
+NARROW = 110
+"""Below this width the runs table takes more of the row and its columns are narrower (attempt as TRY,
+the start as a time of day: the run view below gives the date), so DURATION stays in view at 80."""
 
 
 class DetailScreen(ShowsKeys, CarriesOn, Screen[None]):
@@ -47,6 +50,7 @@ class DetailScreen(ShowsKeys, CarriesOn, Screen[None]):
         self.service = service
         self.task_id = task_id
         self.runs: dict[str, Run] = {}
+        self.shown_task: Task | None = None
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="upper"):
@@ -57,10 +61,29 @@ class DetailScreen(ShowsKeys, CarriesOn, Screen[None]):
             yield Static("", id="run-view")
         yield Footer()
 
+    def _columns(self) -> None:
+        table = self.query_one("#runs", DataTable)
+        table.clear(columns=True)
+        labels = ("STATE", "TRY" if self.narrow else "ATTEMPT", "TRIGGER", "STARTED", "DURATION")
+        for key, label in zip(("state", "attempt", "trigger", "started", "duration"), labels, strict=True):
+            table.add_column(label, key=key)
+
+    @property
+    def narrow(self) -> bool:
+        return self.has_class("narrow")
+
+    def on_resize(self, event: events.Resize) -> None:
+        narrow = event.size.width < NARROW
+        if narrow != self.narrow:
+            self.set_class(narrow, "narrow")
+            self._columns()
+            if self.shown_task is not None:
+                self._show(self.shown_task)
+
     def on_mount(self) -> None:
         table = self.query_one("#runs", DataTable)
-        for column in ("STATE", "ATTEMPT", "TRIGGER", "STARTED", "DURATION"):
-            table.add_column(column, key=column.lower())
+        self.set_class(self.app.size.width < NARROW, "narrow")
+        self._columns()
         self.query_one("#definition").border_title = "definition"
         table.border_title = "runs"
         self.query_one("#run-detail").border_title = "run"
@@ -94,6 +117,7 @@ class DetailScreen(ShowsKeys, CarriesOn, Screen[None]):
                 self.load()
 
     def _show(self, task: Task) -> None:
+        self.shown_task = task
         self.query_one("#spec", Static).update(self._definition(task))
         self.query_one("#definition").border_title = plain(
             f"{task.name} · {task.kind.value} · {task.mode.value} · {task.state.value}")
@@ -103,11 +127,12 @@ class DetailScreen(ShowsKeys, CarriesOn, Screen[None]):
             selected = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
         table.clear()
         self.runs = {run.id: run for run in task.runs}
+        started = "%H:%M:%S" if self.narrow else "%m-%d %H:%M:%S"
         for run in task.runs:
             took = run_time(run.duration_ms) or "–"
             table.add_row(Text(run.state.value, style=STATE_STYLES.get(run.state.value, "")),
                           f"{run.attempt}/{run.max_attempts}", plain(run.trigger),
-                          local_time(run.started_at or run.queued_at, "%m-%d %H:%M:%S"),
+                          local_time(run.started_at or run.queued_at, started),
                           took, key=run.id)
         table.border_title = f"runs ({len(task.runs)})"
         if selected in self.runs:
