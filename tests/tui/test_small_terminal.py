@@ -74,6 +74,9 @@ async def test_the_status_line_at_80_columns_keeps_runs_per_minute_and_failures(
         assert "runs/min" in text_of(rates) and "failed/h" in text_of(rates)
         assert rates.region.width >= len(text_of(rates).strip()) and rates.region.right <= SMALL[0]
         assert "workers 0" in text_of(facts) and facts.region.right <= rates.region.x
+        # the facts are drawn whole too (a missing scheduler reads "beat ○"), a space before the rates
+        assert "beat ○" in text_of(facts)
+        assert facts.region.width >= len(text_of(facts).strip()) and text_of(rates).startswith(" ")
 
 
 async def test_the_footer_at_80_columns_keeps_logs_follow_and_keys(fixed):  # noqa: F811

@@ -12,8 +12,8 @@ from tui.guard import CarriesOn
 from tui.safe import plain
 
 COMPACT = 110
-"""Below this width the line drops the brand and the sparkline first, and spaces its facts closer, so
-runs/min and failed/h stay in view (at 80 columns too)."""
+"""Below this width the line drops the brand and the sparkline first, spaces its facts closer and calls the
+scheduler beat, so runs/min and failed/h stay in view (at 80 columns too)."""
 
 
 class StatusBar(CarriesOn, Horizontal):
@@ -46,7 +46,7 @@ class StatusBar(CarriesOn, Horizontal):
         compact = self.has_class("compact")
         gap = "  " if compact else "   "
         dot = "●" if ok else "○"
-        beat = "" if scheduler or not ok else f"{gap}scheduler ○"
+        beat = "" if scheduler or not ok else f"{gap}{'beat' if compact else 'scheduler'} ○"
         extra = "".join(f"{gap}{part}" for part in (walls, restarts) if part)
         where = f"{dot} {redis}" if compact else f"redis {dot} {redis}"
         self.query_one("#facts", Static).update(
@@ -54,5 +54,5 @@ class StatusBar(CarriesOn, Horizontal):
         self.set_class(walls.startswith(("walls", "REDIS LOST")), "weak")
         self.query_one("#rate", Sparkline).data = per_minute or [0.0]
         self.query_one("#rate-text", Static).update(
-            f"{'' if compact else ' '}{per_minute[-1] if per_minute else 0:.0f} runs/min{gap}failed/h {failed_hour}")
+            f" {per_minute[-1] if per_minute else 0:.0f} runs/min{gap}failed/h {failed_hour}")
         self.set_class(not ok, "down")
