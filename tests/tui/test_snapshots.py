@@ -1,4 +1,5 @@
-"""Snapshots of the console's main screen, the new-task form with a cron preview, and the detail view.
+"""Snapshots of the console's main screen, the new-task form with a cron preview, and the detail view;
+at 80x24 too, with the form showing a refusal and the keys dialog.
 
 The data is fixed (a namespace of its own, paused tasks, run records with set times), the clock
 and the time zone are pinned, and each picture is taken only once the state it shows is on
@@ -16,7 +17,7 @@ from datetime import datetime
 
 import pytest
 from rich.console import Console
-from textual.widgets import DataTable, Input, Select, Static
+from textual.widgets import DataTable, Input, Select, Static, TextArea
 
 import tui.screens.new_task as new_task_module
 from core.models import Run, RunState
@@ -24,11 +25,13 @@ from core.service import Service
 from tests.tui.test_console import until
 from tui.app import TaskmanApp
 from tui.screens.detail import DetailScreen
+from tui.screens.help import HelpScreen
 from tui.screens.new_task import NewTaskScreen
 from tui.widgets.editor import EditorPane
 from tui.widgets.task_table import TaskTable
 
 SIZE = (120, 32)
+SMALL = (80, 24)
 T0 = 1_780_000_000.0  # 2026-05-28 20:26:40 UTC
 LABEL = "redis.test:6379"
 
@@ -180,3 +183,54 @@ def test_detail_view(snap_compare, fixed):
         await steady(pilot)
 
     assert snap_compare(app_for(service), terminal_size=SIZE, run_before=open_detail)
+
+
+def test_main_screen_80x24(snap_compare, fixed):
+    service, _ = fixed
+    assert snap_compare(app_for(service), terminal_size=SMALL, run_before=_loaded)
+
+
+def test_new_task_form_with_a_refusal_80x24(snap_compare, fixed):
+    service, _ = fixed
+
+    async def refused(pilot) -> None:
+        await _loaded(pilot)
+        await pilot.press("n")
+        form = await until(pilot, lambda: isinstance(pilot.app.screen, NewTaskScreen) and pilot.app.screen)
+        form.query_one("#name", Input).value = "refused"
+        form.query_one("#code", TextArea).load_text("def main(:\n    pass")
+        await pilot.press("ctrl+s")
+        error = form.query_one("#form-error", Static)
+        await until(pilot, lambda: "function_code" in text_of(error), message="the refusal")
+        form.set_focus(None)  # no blinking cursor in the picture
+        await steady(pilot)
+
+    assert snap_compare(app_for(service), terminal_size=SMALL, run_before=refused)
+
+
+def test_detail_view_80x24(snap_compare, fixed):
+    service, _ = fixed
+
+    async def open_detail(pilot) -> None:
+        await _loaded(pilot)
+        await pilot.press("enter")
+        screen = await until(pilot, lambda: isinstance(pilot.app.screen, DetailScreen) and pilot.app.screen)
+        runs = screen.query_one("#runs", DataTable)
+        view = screen.query_one("#run-view", Static)
+        await until(pilot, lambda: runs.row_count == 3 and finished(pilot, "detail-load"), message="three runs")
+        await until(pilot, lambda: "run run0" in text_of(view), message="run0 shown")
+        await steady(pilot)
+
+    assert snap_compare(app_for(service), terminal_size=SMALL, run_before=open_detail)
+
+
+def test_help_dialog_80x24(snap_compare, fixed):
+    service, _ = fixed
+
+    async def open_help(pilot) -> None:
+        await _loaded(pilot)
+        await pilot.press("question_mark")
+        await until(pilot, lambda: isinstance(pilot.app.screen, HelpScreen), message="the keys dialog")
+        await steady(pilot)
+
+    assert snap_compare(app_for(service), terminal_size=SMALL, run_before=open_help)
