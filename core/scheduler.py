@@ -251,7 +251,7 @@ class Scheduler:
         The fence makes the dead worker's message (redelivered by the broker much later) and a slow
         worker's late finish refused, so a run is never carried on by two workers at once.
         """
-        beats = {**self.store.heartbeats(), **self.store.lives()}  # a run records its worker's life (node#id)
+        beats = self.store.signs_of_life()  # a run records its worker's life (node#id)
         handed = 0
         running = self.store.running_runs()
         owners = self.store.run_owners([run_id for run_id, _ in running])

@@ -870,10 +870,14 @@ class Store:
         """Worker node name → time of its last heartbeat."""
         return dict(cast(list[tuple[str, float]], self.redis.zrange(self.keys.workers, 0, -1, withscores=True)))
 
-    def lives(self) -> dict[str, float]:
-        """Worker life (``node#id``, one per start of a worker) → time of its last heartbeat."""
-        return dict(cast(list[tuple[str, float]], self.redis.zrange(self.keys.worker_lives, 0, -1,
-                                                                    withscores=True)))
+    def signs_of_life(self) -> dict[str, float]:
+        """Worker node name and worker life (``node#id``, one per start of a worker) → time of its last
+        heartbeat, in one round trip (the dead-worker watch matches a run's recorded owner against both)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrange(self.keys.workers, 0, -1, withscores=True)
+        pipe.zrange(self.keys.worker_lives, 0, -1, withscores=True)
+        nodes, lives = pipe.execute()
+        return {**dict(nodes), **dict(lives)}
 
     def refence_queued(self, run_id: str, token: str) -> int:
         """Move a queued run's fence on before sending it again (see ``REFENCE``): the new fence, -1 if the

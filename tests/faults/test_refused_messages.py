@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import signal
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 from core.models import RunState
@@ -26,6 +27,17 @@ def solo_worker(processes, queue: str):
     """A worker taking one message at a time, in order, from a queue of the test's own."""
     return processes.start(f"worker-{queue}", "worker", "-Q", queue, "-P", "solo", "-n", f"{queue}@%h",
                            "-l", "INFO", "--without-mingle", "--without-gossip")
+
+
+@contextmanager
+def serving_worker(processes, stack, queue: str):
+    """A solo worker on ``queue`` while the block runs, its queue registered before it starts."""
+    worker = solo_worker(processes, queue)
+    try:
+        wait_for(lambda: serving(stack, queue), timeout=60, message="the worker to register its queue")
+        yield worker
+    finally:
+        processes.stop(worker, signal.SIGTERM)
 
 
 def serving(stack, queue: str) -> bool:
@@ -59,9 +71,7 @@ def test_a_stopped_runs_message_is_dropped_by_a_worker_that_starts_later(stack, 
 def test_a_finished_runs_message_sent_again_does_not_run_its_body_again(stack, processes, tmp_path):
     (tmp_path / "marks").mkdir()
     queue = f"guarded{uuid.uuid4().hex[:6]}"
-    worker = solo_worker(processes, queue)
-    try:
-        wait_for(lambda: serving(stack, queue), timeout=60, message="the worker to register its queue")
+    with serving_worker(processes, stack, queue):
         task = mark(stack, tmp_path, queue, "runs once")
         run = wait_for(lambda: (r := stack.get(task.id).runs[0]).state.final and r, timeout=60, message="the run")
         assert run.state is RunState.SUCCEEDED and executions(tmp_path, run.id) == 1
@@ -74,8 +84,6 @@ def test_a_finished_runs_message_sent_again_does_not_run_its_body_again(stack, p
                  message="a run sent after the copies")
         assert executions(tmp_path, run.id) == 1, "a copy of a finished run's message ran its body again"
         assert stack.get_run(run.id).state is RunState.SUCCEEDED
-    finally:
-        processes.stop(worker, signal.SIGTERM)
 
 
 def test_a_message_taskman_did_not_send_runs_as_celery_would(stack, processes, tmp_path):
@@ -83,10 +91,7 @@ def test_a_message_taskman_did_not_send_runs_as_celery_would(stack, processes, t
     nothing for taskman to guard."""
     (tmp_path / "marks").mkdir()
     queue = f"guarded{uuid.uuid4().hex[:6]}"
-    worker = solo_worker(processes, queue)
-    try:
+    with serving_worker(processes, stack, queue):
         result = stack.dispatcher.app.send_task("ops.mark", args=[str(tmp_path)], queue=queue)
         wait_for(lambda: executions(tmp_path, result.id) == 1 and (tmp_path / "marks" / result.id).exists(),
                  timeout=60, message="the operator's own message to run")
-    finally:
-        processes.stop(worker, signal.SIGTERM)

@@ -163,20 +163,26 @@ def test_new_task_form_with_cron_preview(snap_compare, fixed):
     assert snap_compare(app_for(service), terminal_size=SIZE, run_before=open_form)
 
 
+async def _detail_shown(pilot) -> tuple[DataTable, Static]:
+    """Open the first task's detail view and wait until its three runs are drawn, run0 shown; (runs, view)."""
+    await _loaded(pilot)
+    await pilot.press("enter")
+    screen = await until(pilot, lambda: isinstance(pilot.app.screen, DetailScreen) and pilot.app.screen)
+    runs = screen.query_one("#runs", DataTable)
+    view = screen.query_one("#run-view", Static)
+    # the history is loaded (and drawn) before a key moves the cursor, so a late load
+    # cannot redraw the table under it
+    await until(pilot, lambda: runs.row_count == 3 and finished(pilot, "detail-load"), message="three runs")
+    await until(pilot, lambda: "run run0" in text_of(view), message="run0 shown")
+    await steady(pilot)
+    return runs, view
+
+
 def test_detail_view(snap_compare, fixed):
     service, _ = fixed
 
     async def open_detail(pilot) -> None:
-        await _loaded(pilot)
-        await pilot.press("enter")
-        screen = await until(pilot, lambda: isinstance(pilot.app.screen, DetailScreen) and pilot.app.screen)
-        runs = screen.query_one("#runs", DataTable)
-        view = screen.query_one("#run-view", Static)
-        # the history is loaded (and drawn) before the key moves the cursor, so a late load
-        # cannot redraw the table under it
-        await until(pilot, lambda: runs.row_count == 3 and finished(pilot, "detail-load"), message="three runs")
-        await until(pilot, lambda: "run run0" in text_of(view), message="run0 shown")
-        await steady(pilot)
+        runs, view = await _detail_shown(pilot)
         await pilot.press("down")
         await until(pilot, lambda: runs.cursor_row == 1 and "run run1 · retrying" in text_of(view),
                     message="run1 selected and shown")
@@ -212,14 +218,7 @@ def test_detail_view_80x24(snap_compare, fixed):
     service, _ = fixed
 
     async def open_detail(pilot) -> None:
-        await _loaded(pilot)
-        await pilot.press("enter")
-        screen = await until(pilot, lambda: isinstance(pilot.app.screen, DetailScreen) and pilot.app.screen)
-        runs = screen.query_one("#runs", DataTable)
-        view = screen.query_one("#run-view", Static)
-        await until(pilot, lambda: runs.row_count == 3 and finished(pilot, "detail-load"), message="three runs")
-        await until(pilot, lambda: "run run0" in text_of(view), message="run0 shown")
-        await steady(pilot)
+        await _detail_shown(pilot)
 
     assert snap_compare(app_for(service), terminal_size=SMALL, run_before=open_detail)
 
