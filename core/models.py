@@ -608,7 +608,14 @@ class Task:
     last_run_state: str | None = None
     last_duration_ms: float | None = None
     last_started_at: float | None = None
-    """When the latest run started, while it runs (``Service`` fills it in; not stored with the task)."""
+    """When the latest run started: stored when it ends; while it runs ``Service`` fills it in."""
+    recent_runs: int = 0
+    """How many of the task's latest finished runs (succeeded, failed or timed out; at most
+    ``core.store.RECENT_OUTCOMES``) ``recent_ok`` and ``recent_p95_ms`` are taken over."""
+    recent_ok: int = 0
+    """How many of those succeeded."""
+    recent_p95_ms: float | None = None
+    """Their 95th percentile duration (nearest rank), in ms."""
     runs: list[Run] = field(default_factory=list)
 
     @property

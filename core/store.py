@@ -3,10 +3,14 @@
 Layout (every key under the namespace prefix ``{ns}:``, see ``Keys``):
 
 - ``task:{id}``        hash: ``spec`` (JSON), ``state``, ``created_at``, ``updated_at``, ``next_run_at``,
-                       ``last_run_id``, ``last_run_state``, ``last_duration_ms``. The user-edited
-                       definition (``spec``) lives apart from the runtime fields, as in redbeat.
+                       ``last_run_id``, ``last_run_state``, ``last_duration_ms``, ``last_started_at``, and
+                       ``recent_runs``, ``recent_ok``, ``recent_p95_ms`` (a summary of ``task:{id}:outcomes``;
+                       older records lack these). The user-edited definition (``spec``) lives apart from the
+                       runtime fields, as in redbeat.
 - ``tasks``            sorted set of task ids scored by creation time (listing, newest first).
 - ``task:{id}:runs``   sorted set of that task's run ids scored by queue time (history).
+- ``task:{id}:outcomes`` list of the task's last ``RECENT_OUTCOMES`` finished runs, newest first, each
+                       ``s DURATION_MS`` (succeeded) or ``f DURATION_MS`` (failed or timed out).
 - ``run:{id}``         hash: one run record (see ``core.models.Run``); the Celery task id is the run id.
 - ``due``              sorted set scored by due time: ``t:{task_id}`` fires a task (delay or cron),
                        ``r:{run_id}`` sends an already recorded run (a retry after its backoff).
@@ -74,6 +78,9 @@ class Keys:
 
     def task_runs(self, task_id: str) -> str:
         return self._key("task", task_id, "runs")
+
+    def task_outcomes(self, task_id: str) -> str:
+        return self._key("task", task_id, "outcomes")
 
     def run(self, run_id: str) -> str:
         return self._key("run", run_id)
@@ -257,13 +264,39 @@ redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'event', cjson.encode(e
 return fence
 """
 
-# KEYS[1] task hash, KEYS[2] run hash; ARGV[1] run id, ARGV[2] its state, ARGV[3] its duration in ms ('' = none)
-# Updates the task's last-run summary only if that run is still the task's latest and holds that state
-# (a finish that lost to a stop, or to a newer fence, leaves the summary alone).
+RECENT_OUTCOMES = 30
+"""How many of a task's latest finished runs its success rate and p95 duration are taken over."""
+
+# KEYS[1] task hash, KEYS[2] run hash, KEYS[3] the task's outcomes list
+# ARGV[1] run id, ARGV[2] its state, ARGV[3] its duration in ms ('' = none), ARGV[4] outcomes kept
+# Acts only if the run holds that state and its task still exists (a finish that lost to a stop, or to a
+# newer fence, changes nothing). Updates the task's last-run summary (state, duration, when the run
+# started) only if that run is still the task's latest. A run that ended succeeded, failed or timed out
+# joins the task's outcomes once (the run's ``tallied`` mark), and the task hash keeps their summary
+# (count, successes, p95 duration by nearest rank), so reading a task reads it at no extra cost.
 LAST_RUN = """
-if redis.call('HGET', KEYS[1], 'last_run_id') == ARGV[1] and redis.call('HGET', KEYS[2], 'state') == ARGV[2] then
-  redis.call('HSET', KEYS[1], 'last_run_state', ARGV[2], 'last_duration_ms', ARGV[3])
+if redis.call('HGET', KEYS[2], 'state') ~= ARGV[2] or redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HGET', KEYS[1], 'last_run_id') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'last_run_state', ARGV[2], 'last_duration_ms', ARGV[3],
+             'last_started_at', redis.call('HGET', KEYS[2], 'started_at') or '')
 end
+if ARGV[2] ~= 'succeeded' and ARGV[2] ~= 'failed' and ARGV[2] ~= 'timed_out' then return 1 end
+if redis.call('HSETNX', KEYS[2], 'tallied', '1') == 0 then return 1 end
+redis.call('LPUSH', KEYS[3], (ARGV[2] == 'succeeded' and 's ' or 'f ') .. ARGV[3])
+redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[4]) - 1)
+local entries = redis.call('LRANGE', KEYS[3], 0, -1)
+local ok, durations = 0, {}
+for _, entry in ipairs(entries) do
+  if string.sub(entry, 1, 1) == 's' then ok = ok + 1 end
+  local ms = tonumber(string.sub(entry, 3))
+  if ms then durations[#durations + 1] = ms end
+end
+local p95 = ''
+if #durations > 0 then
+  table.sort(durations)
+  p95 = string.format('%.3f', durations[math.ceil(#durations * 0.95)])
+end
+redis.call('HSET', KEYS[1], 'recent_runs', #entries, 'recent_ok', ok, 'recent_p95_ms', p95)
 return 1
 """
 
@@ -585,6 +618,7 @@ class Store:
         pipe.zrem(self.keys.tasks, task_id)
         pipe.zrem(self.keys.due, due_member_for_task(task_id))
         pipe.expire(self.keys.task_runs(task_id), self.run_ttl)
+        pipe.delete(self.keys.task_outcomes(task_id))
 
     def get_task(self, task_id: str) -> Task | None:
         return self._task_from(cast(dict[str, str], self.redis.hgetall(self.keys.task(task_id))))
@@ -616,6 +650,11 @@ class Store:
             last_run_id=fields.get("last_run_id") or None,
             last_run_state=fields.get("last_run_state") or None,
             last_duration_ms=_float(fields.get("last_duration_ms")),
+            # stored when a run ends; a run queued since (its summary says so) has not started yet
+            last_started_at=_float(fields.get("last_started_at")) if fields.get("last_run_state") != "queued" else None,
+            recent_runs=int(fields.get("recent_runs") or 0),
+            recent_ok=int(fields.get("recent_ok") or 0),
+            recent_p95_ms=_float(fields.get("recent_p95_ms")),
         )
 
     # -- runs ----------------------------------------------------------------------------------
@@ -705,9 +744,10 @@ class Store:
 
     def set_last_run(self, task_id: str, run_id: str, state: RunState, duration_ms: float | None,
                       pipe: redis.client.Pipeline) -> None:
-        """Queue the task-side summary of a finished run, if it is still the task's latest run."""
-        pipe.eval(LAST_RUN, 2, self.keys.task(task_id), self.keys.run(run_id), run_id, state.value,
-                  _encode(duration_ms))
+        """Queue the task-side summary of a finished run (if it is still the task's latest run), and count a
+        run that succeeded, failed or timed out among the task's recent outcomes (see ``LAST_RUN``)."""
+        pipe.eval(LAST_RUN, 3, self.keys.task(task_id), self.keys.run(run_id), self.keys.task_outcomes(task_id),
+                  run_id, state.value, _encode(duration_ms), str(RECENT_OUTCOMES))
 
     def expire_run(self, run_id: str, pipe: redis.client.Pipeline) -> None:
         pipe.expire(self.keys.run(run_id), self.run_ttl)

@@ -106,10 +106,17 @@ def human_duration(seconds: float) -> str:
     return f"{hours // 24} d {hours % 24:02d} h"
 
 
-def human_ago(seconds: float) -> str:
-    """How long ago something happened: ``just now``, ``3 s ago``, ``4 m 05 s ago``."""
+def human_ago(seconds: float, *, compact: bool = False) -> str:
+    """How long ago something happened: ``just now``, ``3 s ago``, ``4 m 05 s ago``; ``compact`` (a list's
+    narrow column, as :func:`relative_time`'s ``+4m`` ahead) in the largest whole unit: ``28s ago``,
+    ``4m ago``, ``3h ago``, ``2d ago``."""
     if seconds < 0.5:
         return "just now"
+    if compact:
+        for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+            if seconds >= size:
+                return f"{int(seconds // size)}{unit} ago"
+        return f"{max(1, int(seconds))}s ago"
     if seconds < 59.5:
         return f"{round(seconds)} s ago"
     return f"{human_duration(seconds)} ago"

@@ -19,6 +19,7 @@ def test_key_strings_are_pinned():
     assert keys.namespace == "taskman"
     assert keys.task("abc123") == "taskman:task:abc123"
     assert keys.task_runs("abc123") == "taskman:task:abc123:runs"
+    assert keys.task_outcomes("abc123") == "taskman:task:abc123:outcomes"
     assert keys.run("r9") == "taskman:run:r9"
     assert keys.tasks == "taskman:tasks"
     assert keys.due == "taskman:due"
