@@ -39,11 +39,13 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import CroniterBadDateError, CroniterError, croniter
-
 from core.errors import InvalidSpec
+
+if TYPE_CHECKING:  # croniter (and dateutil under it) loads when an expression is first checked or stepped:
+    from croniter import croniter  # reading a stored task, as `taskman show` and `list` do, needs neither
 
 __all__ = ["check_timezone", "check_expression", "next_fire", "next_fires", "MAX_EXPRESSION_LENGTH"]
 
@@ -159,6 +161,8 @@ def _parse(expr: str) -> _Spec:
     for index, value in enumerate(fields):
         _check_field(index, value, len(fields))
     normalised = " ".join(fields)
+    from croniter import CroniterError, croniter
+
     try:
         croniter.expand(normalised)
     except CroniterError as exc:  # each field was fine alone; say what croniter says of the whole
@@ -177,6 +181,8 @@ def _check_field(index: int, value: str, count: int) -> None:
         )
     probe = ["*"] * count
     probe[index] = value
+    from croniter import CroniterError, croniter
+
     try:
         croniter.expand(" ".join(probe))
     except CroniterError as exc:
@@ -228,12 +234,16 @@ def _croniter(expr: str) -> croniter:
         cache = _local.cache = {}
     it = cache.get(expr)
     if it is None:
+        from croniter import croniter
+
         it = cache[expr] = croniter(expr, datetime(2000, 1, 1))
     return it
 
 
 def _next_wall(spec: _Spec, wall: datetime) -> datetime:
     """The first naive wall time the expression names strictly after naive ``wall``."""
+    from croniter import CroniterBadDateError
+
     try:
         return _croniter(spec.expr).get_next(datetime, start_time=wall)
     except CroniterBadDateError:

@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
 
@@ -51,7 +51,9 @@ from core.models import (
     parse_spec,
 )
 from core.store import Store, due_member_for_run, due_member_for_task
-from core.workers import Overview, overview
+
+if TYPE_CHECKING:  # the workers view loads it (and the walls' ctypes under it): reads need neither
+    from core.workers import Overview
 
 MAX_BATCH = 1000
 
@@ -359,6 +361,8 @@ class Service:
     def workers(self) -> Overview:
         """Workers (host, pool, concurrency, runs active, messages processed, last heartbeat, isolation
         walls), queues (waiting and unacknowledged messages) and registered task names (``core.workers``)."""
+        from core.workers import overview
+
         return overview(self.store, self.settings.heartbeat_ttl)
 
     def data_loss(self) -> dict | None:
