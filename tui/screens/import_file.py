@@ -13,16 +13,18 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Static
 
 from core.errors import TaskmanError
+from core.models import Task
 from core.service import Service
 from tui.guard import CarriesOn
 from tui.safe import block
 
 
-class ImportScreen(CarriesOn, ModalScreen[int]):
-    """Asks for a path; enter imports, escape cancels; errors are shown in place."""
+class ImportScreen(CarriesOn, ModalScreen[list[Task] | None]):
+    """Asks for a path; enter imports, escape cancels; errors are shown in place. Dismissed with the tasks
+    created, in the file's order (None: cancelled)."""
 
     CSS_PATH = "import_file.tcss"
-    BINDINGS = [Binding("escape", "dismiss(0)", "cancel", id="import.cancel")]
+    BINDINGS = [Binding("escape", "dismiss", "cancel", id="import.cancel")]
 
     def __init__(self, service: Service) -> None:
         super().__init__()
@@ -55,7 +57,7 @@ class ImportScreen(CarriesOn, ModalScreen[int]):
             self.app.call_from_thread(self._error, exc.message)
             return
         self.app.call_from_thread(self.app.notify, f"imported {len(tasks)} task(s) from {path}")
-        self.app.call_from_thread(self.dismiss, len(tasks))
+        self.app.call_from_thread(self.dismiss, tasks)
 
     def _error(self, message: str) -> None:
         self.query_one("#import-error", Static).update(block(message))

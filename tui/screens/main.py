@@ -431,7 +431,13 @@ class MainScreen(CarriesOn, Screen):
     def action_import_json(self) -> None:
         from tui.screens.import_file import ImportScreen
 
-        self.app.push_screen(ImportScreen(self.service))
+        self.app.push_screen(ImportScreen(self.service), self._imported)
+
+    def _imported(self, tasks: list[Task] | None) -> None:
+        """The import made ``tasks``: the cursor lands on the first of them, as after ``n``."""
+        if tasks:
+            self.table.upsert([task for task in tasks if task.id not in self.table.tasks])
+            self._created(tasks[0])
 
     def action_audit(self) -> None:
         from tui.screens.audit import AuditScreen

@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from rich.cells import cell_len
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -60,13 +61,54 @@ class CodeEditor(TextArea):
         self.screen.focus_next()
 
 
-def cron_preview(expression: str, tz: str, count: int = 5) -> tuple[str, bool]:
-    """The next ``count`` fires of ``expression`` in ``tz`` as text, or the refusal; (text, ok)."""
+def cron_fires(expression: str, tz: str, count: int = 5) -> tuple[list[str], str]:
+    """The next ``count`` fires of ``expression`` in ``tz`` as text each, or the refusal; (fires, refusal)."""
     try:
         fires = cron.next_fires(expression, tz or "UTC", datetime.now(UTC), count)
     except InvalidSpec as exc:
-        return exc.message, False
-    return "next: " + ", ".join(fire.strftime("%a %d %b %H:%M:%S") for fire in fires), True
+        return [], exc.message
+    return [fire.strftime("%a %d %b %H:%M:%S") for fire in fires], ""
+
+
+PREVIEW = "next: "
+
+
+def join_fires(fires: list[str], width: int = 0) -> str:
+    """``next: Thu 28 May 20:30:00, …``, its lines broken only between two fires when ``width`` (0: any) is
+    too narrow for them all, each further line indented under the first fire."""
+    pieces = [f"{fire}," for fire in fires[:-1]] + fires[-1:]
+    lines = [PREVIEW + (pieces[0] if pieces else "–")]
+    for piece in pieces[1:]:
+        if not width or cell_len(lines[-1]) + 1 + cell_len(piece) <= width:
+            lines[-1] += " " + piece
+        else:
+            lines.append(" " * len(PREVIEW) + piece)
+    return "\n".join(lines)
+
+
+class CronPreview(Static):
+    """The cron preview: the next fires, drawn to the width it has, so a fire is never cut in two (at 80
+    columns it takes two lines); or why the expression is refused."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__("", **kwargs)
+        self.fires: list[str] = []
+        self.refusal = ""
+        self._drawn: str | None = None
+
+    def show(self, fires: list[str], refusal: str = "") -> None:
+        self.fires, self.refusal = fires, refusal
+        self.set_class(bool(refusal), "error")
+        self._draw()
+
+    def on_resize(self) -> None:
+        self._draw()
+
+    def _draw(self) -> None:
+        text = self.refusal or join_fires(self.fires, self.size.width)
+        if text != self._drawn:
+            self._drawn = text
+            self.update(plain(text) if self.refusal else block(text))
 
 
 class NewTaskScreen(CarriesOn, Screen[Task | None]):
@@ -162,7 +204,7 @@ class NewTaskScreen(CarriesOn, Screen[Task | None]):
                     yield field("cron")
                     yield Label("Timezone")
                     yield field("timezone")
-                yield Static("", id="cron-preview")
+                yield CronPreview(id="cron-preview")
             with Horizontal(classes="row"):
                 yield Label("Timeout (s)")
                 yield field("timeout", placeholder="default")
@@ -205,10 +247,8 @@ class NewTaskScreen(CarriesOn, Screen[Task | None]):
 
     @on(Input.Changed, "#cron, #timezone")
     def _preview(self) -> None:
-        text, ok = cron_preview(self.query_one("#cron", Input).value, self.query_one("#timezone", Input).value)
-        preview = self.query_one("#cron-preview", Static)
-        preview.update(plain(text))
-        preview.set_class(not ok, "error")
+        fires, refusal = cron_fires(self.query_one("#cron", Input).value, self.query_one("#timezone", Input).value)
+        self.query_one("#cron-preview", CronPreview).show(fires, refusal)
 
     def spec(self) -> dict[str, Any]:
         """The spec the form describes; raises InvalidSpec for fields the form itself cannot read."""
