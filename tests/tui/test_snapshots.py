@@ -1,5 +1,6 @@
 """Snapshots of the console's main screen, the new-task form with a cron preview, and the detail view;
-at 80x24 too, with the form showing a refusal and the keys dialog.
+at 80x24 and 200x50 too, with the form showing a refusal and the keys dialog (at 200x50 the main screen
+shows the wide list's columns, over a history of runs).
 
 The data is fixed (a namespace of its own, paused tasks, run records with set times), the clock
 and the time zone are pinned, and each picture is taken only once the state it shows is on
@@ -20,7 +21,8 @@ from rich.console import Console
 from textual.widgets import DataTable, Input, Select, Static, TextArea
 
 import tui.screens.new_task as new_task_module
-from core.models import Run, RunState
+import tui.widgets.task_table as task_table_module
+from core.models import Run, RunState, TaskState
 from core.service import Service
 from tests.tui.test_console import until
 from tui.app import TaskmanApp
@@ -32,16 +34,20 @@ from tui.widgets.task_table import TaskTable
 
 SIZE = (120, 32)
 SMALL = (80, 24)
+LARGE = (200, 50)
 T0 = 1_780_000_000.0  # 2026-05-28 20:26:40 UTC
+NOW = T0 + 180
+"""The task list's "now": its relative times (``+4m``, ``3m ago``) read against it."""
 LABEL = "redis.test:6379"
 
 
 @pytest.fixture(autouse=True)
 def pinned_clock(monkeypatch):
-    """UTC as the local zone (the detail view shows local times) and T0 as the form's "now".
+    """UTC as the local zone (the detail view shows local times), T0 as the form's "now" and NOW as the
+    task list's.
 
-    Without this the pictures depend on the machine's TZ, and the cron preview's next fires on
-    the date the tests run.
+    Without this the pictures depend on the machine's TZ, and the cron preview's next fires and the
+    list's relative times on the date and time the tests run.
     """
     previous = os.environ.get("TZ")
     os.environ["TZ"] = "UTC0"
@@ -53,6 +59,7 @@ def pinned_clock(monkeypatch):
             return datetime.fromtimestamp(T0, tz)
 
     monkeypatch.setattr(new_task_module, "datetime", Frozen)
+    monkeypatch.setattr(task_table_module, "clock", lambda: NOW)
     yield
     if previous is None:
         os.environ.pop("TZ", None)
@@ -96,6 +103,33 @@ def fixed(settings, redis_server):
     keys = service.store.redis.keys(f"{service.store.keys.namespace}:*")
     if keys:
         service.store.redis.delete(*keys)
+
+
+@pytest.fixture
+def history(fixed):
+    """The fixed tasks with a history of finished runs, as the wide list shows it: ping-billing active, due
+    in 4 minutes, its 20 runs five minutes apart (one failed), the latest a minute ago; nightly-export's one
+    run timed out a day ago; daily_report's latest run is its failed one."""
+    service, report = fixed
+    store = service.store
+    by_name = {task.name: task for task in service.list_tasks()}
+    ping, export = by_name["ping-billing"], by_name["nightly-export"]
+    pipe = store.pipeline()
+    store.set_task_state(ping.id, TaskState.ACTIVE, NOW + 240, pipe)
+    pipe.execute()
+    runs = [(ping.id, f"ping{index}", NOW - 60 - 300 * (19 - index),
+             RunState.FAILED if index == 12 else RunState.SUCCEEDED, 60.0 + 7 * index) for index in range(20)]
+    runs.append((export.id, "export0", NOW - 86400 - 600, RunState.TIMED_OUT, 5000.0))
+    for task_id, run_id, started, state, duration in runs:
+        run = Run(id=run_id, task_id=task_id, state=state, trigger="cron", queued_at=started, started_at=started,
+                  finished_at=started + duration / 1000, duration_ms=duration,
+                  error=None if state is RunState.SUCCEEDED else "it went wrong")
+        pipe = store.pipeline()
+        store.add_run(run, pipe)
+        store.set_last_run(task_id, run_id, state, duration, pipe)
+        pipe.execute()
+    store.set_last_run(report.id, "run2", RunState.FAILED, 14.0, store.redis)
+    return service, report
 
 
 def app_for(service) -> TaskmanApp:
@@ -196,22 +230,30 @@ def test_main_screen_80x24(snap_compare, fixed):
     assert snap_compare(app_for(service), terminal_size=SMALL, run_before=_loaded)
 
 
+async def _refused(pilot) -> None:
+    """The new-task form showing the refusal of a code task that does not parse."""
+    await _loaded(pilot)
+    await pilot.press("n")
+    form = await until(pilot, lambda: isinstance(pilot.app.screen, NewTaskScreen) and pilot.app.screen)
+    form.query_one("#name", Input).value = "refused"
+    form.query_one("#code", TextArea).load_text("def main(:\n    pass")
+    await pilot.press("ctrl+s")
+    error = form.query_one("#form-error", Static)
+    await until(pilot, lambda: "function_code" in text_of(error), message="the refusal")
+    form.set_focus(None)  # no blinking cursor in the picture
+    await steady(pilot)
+
+
+async def _help_shown(pilot) -> None:
+    await _loaded(pilot)
+    await pilot.press("question_mark")
+    await until(pilot, lambda: isinstance(pilot.app.screen, HelpScreen), message="the keys dialog")
+    await steady(pilot)
+
+
 def test_new_task_form_with_a_refusal_80x24(snap_compare, fixed):
     service, _ = fixed
-
-    async def refused(pilot) -> None:
-        await _loaded(pilot)
-        await pilot.press("n")
-        form = await until(pilot, lambda: isinstance(pilot.app.screen, NewTaskScreen) and pilot.app.screen)
-        form.query_one("#name", Input).value = "refused"
-        form.query_one("#code", TextArea).load_text("def main(:\n    pass")
-        await pilot.press("ctrl+s")
-        error = form.query_one("#form-error", Static)
-        await until(pilot, lambda: "function_code" in text_of(error), message="the refusal")
-        form.set_focus(None)  # no blinking cursor in the picture
-        await steady(pilot)
-
-    assert snap_compare(app_for(service), terminal_size=SMALL, run_before=refused)
+    assert snap_compare(app_for(service), terminal_size=SMALL, run_before=_refused)
 
 
 def test_detail_view_80x24(snap_compare, fixed):
@@ -225,11 +267,38 @@ def test_detail_view_80x24(snap_compare, fixed):
 
 def test_help_dialog_80x24(snap_compare, fixed):
     service, _ = fixed
+    assert snap_compare(app_for(service), terminal_size=SMALL, run_before=_help_shown)
 
-    async def open_help(pilot) -> None:
-        await _loaded(pilot)
-        await pilot.press("question_mark")
-        await until(pilot, lambda: isinstance(pilot.app.screen, HelpScreen), message="the keys dialog")
-        await steady(pilot)
 
-    assert snap_compare(app_for(service), terminal_size=SMALL, run_before=open_help)
+async def _wide_list_loaded(pilot) -> None:
+    """The main screen with the history's cells drawn in the wide list."""
+    await _loaded(pilot)
+    table = pilot.app.screen.query_one(TaskTable)
+    await until(pilot, lambda: table.wide and table.row_count == 3, message="the wide list")
+    await until(pilot, lambda: any("95% of 20" in str(cell) for row in range(3) for cell in table.get_row_at(row)),
+                message="ping-billing's success rate")
+    await steady(pilot)
+
+
+def test_main_screen_200x50(snap_compare, history):
+    service, _ = history
+    assert snap_compare(app_for(service), terminal_size=LARGE, run_before=_wide_list_loaded)
+
+
+def test_new_task_form_with_a_refusal_200x50(snap_compare, fixed):
+    service, _ = fixed
+    assert snap_compare(app_for(service), terminal_size=LARGE, run_before=_refused)
+
+
+def test_detail_view_200x50(snap_compare, fixed):
+    service, _ = fixed
+
+    async def open_detail(pilot) -> None:
+        await _detail_shown(pilot)
+
+    assert snap_compare(app_for(service), terminal_size=LARGE, run_before=open_detail)
+
+
+def test_help_dialog_200x50(snap_compare, fixed):
+    service, _ = fixed
+    assert snap_compare(app_for(service), terminal_size=LARGE, run_before=_help_shown)

@@ -1,4 +1,9 @@
-"""The task list: one row per task, updated in place as events arrive, filtered by ``core.filters``' words."""
+"""The task list: one row per task, updated in place as events arrive, filtered by ``core.filters``' words.
+
+When the list is wide enough (a 200-column terminal), it shows more of each task: when its latest run
+started, and the success rate and p95 duration of its recent finished runs. These come with the task as
+it is read (``Task.recent_*``, kept by the store as runs end), so the wide list costs Redis nothing more.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ from textual.widgets import DataTable
 
 from core import filters
 from core.models import Task
-from core.text import relative_time, run_time
+from core.text import human_ago, human_duration, relative_time, run_time
 from tui.guard import CarriesOn
 from tui.safe import one_line, plain
 
@@ -23,13 +28,56 @@ STATE_STYLES = {
     "stopped": "magenta", "running": "bold cyan", "queued": "cyan",
 }
 COLUMNS = ("NAME", "KIND", "MODE", "STATE", "NEXT", "LAST")
+WIDE_COLUMNS = ("NAME", "KIND", "MODE", "STATE", "NEXT", "STARTED", "LAST", "SUCCESS", "P95")
+"""The columns of a list wide enough for them all (``TaskTable.wide``); a narrower one shows ``COLUMNS``."""
+WIDTHS = {"KIND": 4, "MODE": 5, "STATE": 7, "NEXT": 6, "STARTED": 8, "LAST": 10, "SUCCESS": 10, "P95": 8}
+"""Each column's width but the name's (as wide as the longest name shown, from 4)."""
+NAME_WIDTH = 32
+"""The name column's widest in a narrow list; a wide one gives it the room left, up to ``WIDE_NAME_WIDTH``."""
+WIDE_NAME_WIDTH = 60
+PADDING = 2
+"""The cells' padding: one column on each side (DataTable's ``cell_padding``)."""
+SCROLLBAR = 2
+"""Room kept for the vertical scrollbar, so a list growing past its height does not change its columns."""
+WIDE_OTHERS = sum(WIDTHS[column] + PADDING for column in WIDE_COLUMNS[1:])
+"""What the wide columns but the name's take: with a 14-character name the wide list needs 90 columns (a
+200-column terminal gives it 116, a 150-column one 86)."""
 KIND_LABELS = {"code": "code", "api": "api", "registered": "reg"}
 MODE_LABELS = {"immediate": "now", "delayed": "delay", "scheduled": "cron"}
 
 
-def relative(timestamp: float | None) -> str:
+def clock() -> float:
+    """The list's "now" (the snapshot tests pin it, so the pictures never depend on the time they are taken)."""
+    return time.time()
+
+
+def relative(timestamp: float | None, now: float | None = None) -> str:
     """A due time as the list shows it: +28s, +4m, 09:00, Nov 30, or 2028."""
-    return relative_time(timestamp, compact=True)
+    return relative_time(timestamp, clock() if now is None else now, compact=True)
+
+
+def started_cell(task: Task, now: float) -> Text:
+    """The STARTED column: how long ago the latest run started (``3m ago``); ``–`` if it has not (yet)."""
+    if task.last_started_at is None:
+        return Text("–", style="dim")
+    return Text(human_ago(now - task.last_started_at, compact=True))
+
+
+def success_cell(task: Task) -> Text:
+    """The SUCCESS column: the share of the recent finished runs that succeeded, and of how many (``96% of
+    30``); rounded down, so 100% means every one."""
+    if not task.recent_runs:
+        return Text("–", style="dim")
+    rate = task.recent_ok / task.recent_runs
+    style = "green" if task.recent_ok == task.recent_runs else "bold red" if rate < 0.5 else "yellow"
+    return Text(f"{int(rate * 100)}% of {task.recent_runs}", style=style)
+
+
+def p95_cell(task: Task) -> Text:
+    """The P95 column: the recent finished runs' 95th percentile duration (``850 ms``)."""
+    if task.recent_p95_ms is None:
+        return Text("–", style="dim")
+    return Text(human_duration(task.recent_p95_ms / 1000))
 
 
 def last_cell(task: Task, now: float | None = None) -> Text:
@@ -63,21 +111,49 @@ class TaskTable(CarriesOn, DataTable):
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
         self.tasks: dict[str, Task] = {}
         self.query_filter = filters.TaskFilter()
+        self.columns_shown: tuple[str, ...] = COLUMNS
+        self._longest_name = 4
+
+    @property
+    def wide(self) -> bool:
+        return self.columns_shown == WIDE_COLUMNS
 
     def on_mount(self) -> None:
         self._add_columns([])
 
+    def on_resize(self) -> None:
+        """A list that becomes wide enough for the wide columns (or no longer is) is drawn again with them."""
+        if self._fits_wide(self._longest_name) != self.wide:
+            self.load(self.newest_first())
+
+    def _room(self) -> int:
+        return self.size.width - SCROLLBAR
+
+    def _fits_wide(self, longest_name: int) -> bool:
+        return self._room() >= WIDE_OTHERS + min(NAME_WIDTH, longest_name) + PADDING
+
     def _add_columns(self, tasks: list[Task]) -> None:
-        """Columns with explicit widths (the name column as wide as the longest shown name, up to 32),
-        so the layout depends only on what is shown, never on the order rows arrived in."""
-        name_width = min(32, max([4, *(cell_len(one_line(task.name)) for task in tasks)]))
-        for column, width in zip(COLUMNS, (name_width, 4, 5, 7, 6, 10), strict=True):
+        """Columns with explicit widths (the name column as wide as the longest shown name, up to 32; in a
+        wide list up to the room left), so the layout depends only on what is shown and the list's width,
+        never on the order rows arrived in."""
+        self._longest_name = max([4, *(cell_len(one_line(task.name)) for task in tasks)])
+        wide = self._fits_wide(self._longest_name)
+        self.columns_shown = WIDE_COLUMNS if wide else COLUMNS
+        most = NAME_WIDTH
+        if wide:
+            most = max(NAME_WIDTH, min(WIDE_NAME_WIDTH, self._room() - WIDE_OTHERS - PADDING))
+        for column in self.columns_shown:
+            width = min(most, self._longest_name) if column == "NAME" else WIDTHS[column]
             self.add_column(column, key=column.lower(), width=width)
 
-    def _cells(self, task: Task) -> tuple:
-        return (plain(task.name), KIND_LABELS[task.kind.value], MODE_LABELS[task.mode.value],
-                Text(task.state.value, style=STATE_STYLES.get(task.state.value, "")),
-                relative(task.next_run_at), last_cell(task))
+    def _cells(self, task: Task, now: float | None = None) -> tuple:
+        now = clock() if now is None else now
+        cells = {"NAME": plain(task.name), "KIND": KIND_LABELS[task.kind.value], "MODE": MODE_LABELS[task.mode.value],
+                 "STATE": Text(task.state.value, style=STATE_STYLES.get(task.state.value, "")),
+                 "NEXT": relative(task.next_run_at, now), "LAST": last_cell(task, now)}
+        if self.wide:
+            cells.update({"STARTED": started_cell(task, now), "SUCCESS": success_cell(task), "P95": p95_cell(task)})
+        return tuple(cells[column] for column in self.columns_shown)
 
     def load(self, tasks: list[Task]) -> None:
         """Replace every row (first load, reconnect, or a new filter)."""
@@ -86,8 +162,9 @@ class TaskTable(CarriesOn, DataTable):
         shown = [task for task in tasks if self.query_filter.matches(task)]
         self.clear(columns=True)
         self._add_columns(shown)
+        now = clock()
         for task in shown:
-            self.add_row(*self._cells(task), key=task.id)
+            self.add_row(*self._cells(task, now), key=task.id)
         if selected is not None and selected in self.rows:
             self.move_cursor(row=self.get_row_index(selected))
         self._announce()
@@ -99,7 +176,7 @@ class TaskTable(CarriesOn, DataTable):
             self.tasks[task.id] = task
             visible = self.query_filter.matches(task)
             if task.id in self.rows and visible:
-                for column, value in zip(COLUMNS, self._cells(task), strict=True):
+                for column, value in zip(self.columns_shown, self._cells(task), strict=True):
                     self.update_cell(task.id, column.lower(), value)
             elif task.id in self.rows or visible:
                 reload = True
@@ -134,17 +211,22 @@ class TaskTable(CarriesOn, DataTable):
         return True
 
     def refresh_due_times(self) -> None:
-        """Redraw what moves with the clock: the NEXT column, and how long running runs have run (no Redis
-        read needed)."""
-        now = time.time()
+        """Redraw what moves with the clock: the NEXT column, how long running runs have run and, in a wide
+        list, how long ago the latest runs started (no Redis read needed)."""
+        now = clock()
+        wide = self.wide
         for key in self.rows:
             task = self.tasks.get(key.value) if key.value is not None else None
             if task is None:
                 continue
             if task.next_run_at is not None:
-                self.update_cell(key, "next", relative(task.next_run_at))
+                self.update_cell(key, "next", relative(task.next_run_at, now))
             if task.last_run_state == "running":
                 self.update_cell(key, "last", last_cell(task, now))
+            if wide and task.last_started_at is not None:
+                started = human_ago(now - task.last_started_at, compact=True)  # changes once a minute, mostly
+                if str(self.get_cell(key, "started")) != started:
+                    self.update_cell(key, "started", Text(started))
 
     @property
     def selected_id(self) -> str | None:
