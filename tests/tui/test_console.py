@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from textual import events
 from textual.widgets import DataTable, Input, Select, Static, TextArea
 
 from core.errors import NotFound
@@ -44,8 +45,7 @@ async def select_task(pilot, name: str) -> None:
     screen = pilot.app.screen
     await until(pilot, lambda: any(t.name == name for t in screen.table.tasks.values()), message=f"{name} listed")
     await pilot.press("slash")
-    for char in name:
-        await pilot.press(char)
+    await type_text(pilot, name)
     await pilot.press("enter")
     await until(pilot, lambda: screen.table.selected and screen.table.selected.name == name, message="selection")
 
@@ -447,8 +447,14 @@ def shown_names(table: TaskTable) -> set[str]:
 
 
 async def type_text(pilot, text: str) -> None:
-    for char in text:
-        await pilot.press("space" if char == " " else char)
+    """Enter ``text`` where the focus is: its first key pressed, the rest pasted (as a terminal's bracketed
+    paste brings it), since Pilot waits for the app to go idle after every key (70-160 ms each)."""
+    await pilot.press("space" if text[0] == " " else text[0])
+    if text[1:]:
+        focused = pilot.app.focused
+        assert focused is not None, "nothing has the focus to type into"
+        focused.post_message(events.Paste(text[1:]))
+        await pilot.pause()
 
 
 async def test_a_running_run_shows_as_running_its_time_ticks_and_its_start_is_logged_at_once(stack):
