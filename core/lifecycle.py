@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     import redis
 
     from core.dispatch import Dispatcher
+    from core.store import Batch
 
 
 def new_id() -> str:
@@ -65,7 +66,7 @@ class Launcher:
         self.dispatcher = dispatcher
         self.lease = lease
 
-    def guard(self, run: Run, now: float, pipe: redis.client.Pipeline) -> None:
+    def guard(self, run: Run, now: float, pipe: redis.client.Pipeline | Batch) -> None:
         """Queue, in the caller's transaction, the entry that sends ``run`` again if it is never sent."""
         self.store.set_due(due_member_for_run(run.id), now + self.lease, pipe)
 

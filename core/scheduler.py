@@ -7,6 +7,21 @@ computed by ``core.cron`` in the task's timezone. A cron task whose scheduler wa
 to catch up, not once per missed slot. Only the holder of the lock acts; another scheduler idles
 until the lock expires.
 
+**Look-ahead.** A burst of thousands of fires due in the same second cannot be recorded and sent in a
+few milliseconds, so the work is done before the due time: each tick also claims the tasks' entries due
+within ``lookahead`` seconds (leased to their due time plus the look-ahead and the lock's TTL), reads
+their tasks, writes
+their runs and stages their Celery messages (``Store.stage``: nothing points at those runs yet), and
+holds them. At the due time the next tick (it sleeps until then) only *publishes* them: one ``PUBLISH``
+script per batch checks that each entry still holds its claim's lease and the lock is still held, pushes
+the messages onto the queues' lists, and moves the entries on, atomically; then ``COMMIT`` records the
+rest (history, the task's latest run, a one-shot's end, the event). Every guarantee of the plain fire
+holds: an edit, pause, stop or delete made while a fire was held changes or removes its entry, so the
+fire does not happen (and its staged run is undone); a scheduler that lost the lock publishes nothing
+and hands the entries back; one that dies holding fires leaves their entries to come back soon after
+they were due, and the batch's ``p:`` entry to commit what was published and undo what was not. A fire
+is published exactly when its entry moves on, in one script, so it needs no send guard.
+
 Redis trouble is weather, not a crash: a tick that cannot reach Redis (refused, reset, timed out,
 loading, read-only) logs one line when the outage starts and one when it ends, backs off, and
 leaves leadership to be proven again. Nothing is lost meanwhile: claimed entries come back after
@@ -31,7 +46,7 @@ from core.dispatch import Dispatcher
 from core.events import EventType
 from core.lifecycle import Launcher, new_run, run_event
 from core.models import Mode, Run, RunState, Task
-from core.store import Fire, Store, due_member_for_run
+from core.store import Fire, Prepared, Store, due_member_for_run
 
 log = logging.getLogger("taskman.scheduler")
 
@@ -43,6 +58,21 @@ MAX_BACKOFF = 5.0
 FIRE_BATCH = 100
 """Tasks' due entries fired together (one pipeline of scripts, one batch of messages): big enough that a
 burst costs few round trips, small enough that the first runs of a burst go out without waiting for all."""
+LOOKAHEAD = 2.0
+"""Seconds ahead of their due time that tasks' fires are claimed, prepared and held (see the module's doc)."""
+CLAIM_LIMIT = 1000
+"""Entries one claim takes; a tick claims again while claims come back full (up to ``MAX_HELD`` held)."""
+MAX_HELD = 50_000
+"""Prepared fires held at most: beyond it a tick claims only what is due."""
+PUBLISH_BATCH = 1000
+"""Prepared fires published by one ``PUBLISH`` script."""
+COMMIT_BATCH = 250
+"""Published fires recorded by one ``COMMIT`` script (Redis serves nothing else while it runs)."""
+QUIET_BEFORE_DUE = 0.25
+"""Seconds before a held fire's due time from which a tick neither records published fires nor prepares
+more (each costs up to a few hundred milliseconds for a batch), so the due instant finds it free."""
+RECORD_WITHIN = 2.0
+"""Seconds after which published fires are recorded even if held fires keep falling due."""
 
 
 class Scheduler:
@@ -50,7 +80,7 @@ class Scheduler:
 
     def __init__(self, store: Store, dispatcher: Dispatcher, *, interval: float = 0.25, lock_ttl: float = 10.0,
                  lease: float = 60.0, dead_worker_grace: float = 30.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, lookahead: float = LOOKAHEAD) -> None:
         self.store = store
         self.clock = clock
         self.dispatcher = dispatcher
@@ -66,6 +96,17 @@ class Scheduler:
         self.next_watch = 0.0
         self.epoch: str | None = None
         self.launcher = Launcher(store, dispatcher, lease)
+        self.lookahead = lookahead
+        self.held: list[Prepared] = []
+        """Fires prepared ahead of their due time, in due order, waiting to be published."""
+        self.unrecorded: list[list[Prepared]] = []
+        """Published fires whose ``COMMIT`` is still to do (oldest first, each list of one batch)."""
+        self.unrecorded_since = 0.0
+        self.prepare_seconds = 0.0
+        """How long preparing the last full batch took (``_due_soon`` leaves room for one more)."""
+        self.held_plain: list[tuple[str, float, float]] = []
+        """Entries claimed ahead whose message could not be prepared (member, due time, leased score): fired
+        the plain way (``fire``) when due, so a refused message keeps its send guard as it would alone."""
 
     def tick(self, now: float | None = None) -> float:
         """Do one round of work if this scheduler holds the lock; return seconds until the next look.
@@ -102,16 +143,88 @@ class Scheduler:
         self.epoch = epoch
 
     def _tick(self, now: float | None) -> float:
+        lags: list[float] = []  # lateness as sent: due time to the moment its message left, not to the claim
+        if self.held or self.held_plain:  # the due instant of what was prepared: before anything else
+            self._publish_held(now, lags)
         leader = self.store.acquire_lock(self.token, self.lock_ttl)
         if leader != self.is_leader:
             log.info("scheduler %s %s the lock", self.token[:8], "took" if leader else "lost")
             self.is_leader = leader
         if not leader:
+            self._hand_back()
             return min(self.lock_ttl / 3, 1.0)
+        given = now
         started = self.clock()
         now = started if now is None else now
+        if self.dispatcher.builds_messages:
+            self._claim_and_prepare(now, given, lags)
+        else:
+            self._claim_and_fire(now, started, lags)
+        if time.monotonic() >= self.next_watch:
+            self.next_watch = time.monotonic() + min(2.0, self.dead_worker_grace / 4)
+            self._check_epoch()
+            self.hand_over_silent_workers_runs(self.store.server_time())
+        self._record()
+        try:
+            metrics.record_lags(self.store, lags)
+        except Exception:
+            log.exception("could not record the scheduler's lag")
+        return self._wait()
+
+    def _wait(self) -> float:
+        """Seconds until the next look: the first held fire's due time, or the next entry's minus the look-ahead."""
+        wait = self.interval
+        clock = self.clock()
+        if self.held:
+            wait = min(wait, self.held[0].due_at - clock)
+            if self._due_soon():  # nothing else is claimed before it is published
+                return max(0.0, wait)
+        if self.held_plain:
+            wait = min(wait, self.held_plain[0][1] - clock)
+        next_due = self.store.next_due()
+        if next_due is not None:
+            # A task's entry is claimed a look-ahead before its time; one already within it was claimed by this
+            # tick, unless it is not a task's (a retry's, a batch's), which is due at its time.
+            ahead = self.lookahead if self.dispatcher.builds_messages else 0.0
+            wait = min(wait, (next_due - ahead if next_due - ahead > clock else next_due) - clock)
+        return max(0.0, wait)
+
+    def _claim_and_prepare(self, now: float, given: float | None, lags: list[float]) -> None:
+        """Claim what is due and what falls due within the look-ahead; prepare the tasks' fires and hold them
+        (publishing, between claims, any that came due); fire retries' and guards' entries at once."""
+        give_up = time.monotonic() + self.lock_ttl / 3  # claim again while claims come back full, for so long
+        while not self._due_soon():
+            ahead = self.lookahead if len(self.held) < MAX_HELD else 0.0
+            # An entry claimed ahead stays leased past its due time by the look-ahead and the lock's TTL: never
+            # within this scheduler's next look-ahead (it would claim its own held entries again), and back
+            # soon after its due time if this scheduler dies holding it.
+            claimed = self.store.claim_ahead(now, self.lease, self.token, CLAIM_LIMIT, ahead,
+                                             self.lookahead + self.lock_ttl)
+            tasks_due: list[tuple[str, float, float]] = []
+            for member, due_at, leased_to in claimed:
+                kind = member[:2]
+                if kind == "t:":
+                    tasks_due.append((member, due_at, leased_to))
+                elif kind == "p:":
+                    self._finish_batch(member[2:])
+                else:
+                    self._fire_one(member, due_at, now)
+                    lags.append(max(0.0, now - due_at))
+            for start in range(0, len(tasks_due), PUBLISH_BATCH):
+                began = time.monotonic()
+                chunk = tasks_due[start:start + PUBLISH_BATCH]
+                self._prepare_batch(chunk, now)
+                if len(chunk) >= PUBLISH_BATCH // 2:
+                    self.prepare_seconds = (time.monotonic() - began) * PUBLISH_BATCH / len(chunk)
+                self._publish_held(given, lags)
+            if len(claimed) < CLAIM_LIMIT or time.monotonic() > give_up:
+                break
+        self._publish_held(given, lags)
+
+    def _claim_and_fire(self, now: float, started: float, lags: list[float]) -> None:
+        """Without prepared messages (Celery's task events on: ``send_task`` sends them): claim what is due and
+        fire it at once, tasks' entries in batches."""
         claimed = self.store.claim_due(now, self.lease, self.token)
-        lags: list[float] = []  # lateness as sent: due time to the moment its message left, not to the claim
 
         def fire_batch(entries: list[tuple[str, float]]) -> None:
             self.fire_tasks(entries, now)
@@ -125,34 +238,170 @@ class Scheduler:
                 if len(tasks_due) == FIRE_BATCH:
                     fire_batch(tasks_due)
                     tasks_due = []
+            elif member.startswith("p:"):
+                self._finish_batch(member[2:])
             else:
                 fire_batch(tasks_due)
                 tasks_due = []
                 self._fire_one(member, due_at, now)
                 lags.append(now - due_at + self.clock() - started)
         fire_batch(tasks_due)
-        if time.monotonic() >= self.next_watch:
-            self.next_watch = time.monotonic() + min(2.0, self.dead_worker_grace / 4)
-            self._check_epoch()
-            self.hand_over_silent_workers_runs(self.store.server_time())
-        try:
-            metrics.record_lags(self.store, lags)
-        except Exception:
-            log.exception("could not record the scheduler's lag")
-        next_due = self.store.next_due()
-        wait = self.interval if next_due is None else max(0.0, min(self.interval, next_due - self.clock()))
-        return wait
 
-    def _fire_one(self, member: str, due_at: float, now: float) -> None:
+    def _read_tasks(self, task_ids: list[str]) -> tuple[dict[str, Task], set[str]]:
+        """The tasks of ``task_ids`` that exist, in one round trip; if one no longer reads, the others one at a
+        time. (found, ids that failed to read: their entries wait for their lease.)"""
         try:
-            self.fire(member, due_at, now)
+            return {task.id: task for task in self.store.read_tasks(task_ids)}, set()
+        except REDIS_TROUBLE:
+            raise
+        except Exception:
+            pass  # one of them is at fault: find out which
+        found: dict[str, Task] = {}
+        bad: set[str] = set()
+        for task_id in task_ids:
+            try:
+                task = self.store.get_task(task_id)
+            except REDIS_TROUBLE:
+                raise
+            except Exception:
+                log.exception("could not read task %s; its entry is retried after the lease", task_id)
+                bad.add(task_id)
+                continue
+            if task is not None:
+                found[task_id] = task
+        return found, bad
+
+    def _prepare_batch(self, entries: list[tuple[str, float, float]], now: float) -> None:
+        """Make the runs and messages of claimed tasks' entries, write the runs and stage the messages
+        (``Store.stage``), and hold them until due. An entry whose message cannot be made (a definition
+        the dispatcher refuses) is held to be fired the plain way; a deleted task's entry goes."""
+        found, bad = self._read_tasks([member[2:] for member, _, _ in entries])
+        gone = [member for member, _, _ in entries if member[2:] not in found and member[2:] not in bad]
+        if gone:
+            self.store.remove_due(*gone)
+        batch = uuid.uuid4().hex[:16]
+        prepared: list[Prepared] = []
+        for member, due_at, leased_to in entries:
+            task = found.get(member[2:])
+            if task is None:
+                continue
+            at = max(now, due_at)
+            run = new_run(task, "cron" if task.mode is Mode.SCHEDULED else "delay", at, scheduled_for=due_at)
+            try:
+                queue, message = self.dispatcher.message(task, run)
+                next_due = self._next_due(task, at)
+            except REDIS_TROUBLE:
+                raise
+            except Exception:
+                self.held_plain.append((member, due_at, leased_to))
+                continue
+            prepared.append(Prepared(member, due_at, leased_to, task, run, queue, message, next_due, batch))
+        if prepared:
+            recover_at = max(now + self.lease, max(fire.leased_to for fire in prepared)) + self.lock_ttl
+            self.store.stage(batch, prepared, recover_at)
+            self.held.extend(prepared)
+            self.held.sort(key=lambda fire: fire.due_at)
+        self.held_plain.sort(key=lambda entry: entry[1])
+
+    @staticmethod
+    def _next_due(task: Task, after: float) -> float | None:
+        """A cron task's next fire after ``after`` (None for a one-shot)."""
+        if task.mode is not Mode.SCHEDULED:
+            return None
+        return cron.next_fire(task.spec.cron_expression or "", task.spec.timezone,
+                              datetime.fromtimestamp(after, tz=UTC)).timestamp()
+
+    def _publish_held(self, now: float | None, lags: list[float]) -> None:
+        """Publish the held fires that are due (``now``: the tick's given clock, else this scheduler's), then
+        commit them; fire the held plain entries that are due."""
+        clock = self.clock() if now is None else now
+        if self.held_plain and self.held_plain[0][1] <= clock:
+            while self.held_plain and self.held_plain[0][1] <= clock:
+                member, due_at, leased_to = self.held_plain.pop(0)
+                self._fire_one(member, due_at, clock, leased_to=leased_to)
+                lags.append(max(0.0, clock - due_at))
+        if not self.held or self.held[0].due_at > clock:
+            return
+        count = 0
+        while count < len(self.held) and self.held[count].due_at <= clock:
+            count += 1
+        due, self.held = self.held[:count], self.held[count:]
+        groups = _by_batch(due, PUBLISH_BATCH)
+        published: list[list[Prepared]] = []
+        try:
+            for group in groups:
+                at = self.clock() if now is None else now
+                for fire in group:  # a fire published past its next slot (the clock jumped) skips to after now
+                    if fire.next_due is not None and fire.next_due <= at:
+                        fire.next_due = self._next_due(fire.task, at)
+                flags = self.store.publish(group, at, token=self.token)
+                self.last_lag = max(0.0, at - group[-1].due_at)
+                lags.extend(max(0.0, at - fire.due_at) for fire, sent in zip(group, flags, strict=True) if sent)
+                published.append([fire for fire, sent in zip(group, flags, strict=True) if sent])
+        except BaseException:
+            # The group that raised may or may not have been published: tried again next tick (a fire already
+            # published is not published twice: its message is no longer staged), as are the groups after it.
+            self.held[:0] = [fire for group in groups[len(published):] for fire in group]
+            raise
+        finally:
+            if not self.unrecorded:
+                self.unrecorded_since = time.monotonic()
+            self.unrecorded.extend(fires for fires in published if fires)
+            self._record()
+
+    def _due_soon(self) -> bool:
+        """Whether a held fire falls due before a batch could be prepared (``QUIET_BEFORE_DUE`` at least): leave
+        the time to publishing it."""
+        quiet = max(QUIET_BEFORE_DUE, 1.5 * self.prepare_seconds)
+        return bool(self.held) and self.held[0].due_at - self.clock() < quiet
+
+    def _record(self, *, now: bool = False) -> None:
+        """Record published fires (``COMMIT``), oldest first, a chunk at a time, unless a held fire falls due
+        soon (they then wait, at most ``RECORD_WITHIN``; ``now``: do not wait). Should a chunk fail, the batch's
+        ``p:`` entry records it later."""
+        while self.unrecorded:
+            if not now and self._due_soon() and time.monotonic() - self.unrecorded_since < RECORD_WITHIN:
+                return
+            group = self.unrecorded[0]
+            chunk, rest = group[:COMMIT_BATCH], group[COMMIT_BATCH:]
+            if rest:
+                self.unrecorded[0] = rest
+            else:
+                self.unrecorded.pop(0)
+            try:
+                self.store.commit(chunk[0].batch, [(fire.run.id, fire.task.id) for fire in chunk])
+            except Exception:
+                log.exception("could not record %d published runs; they are recorded when their batch's entry "
+                              "comes up", len(chunk))
+        self.unrecorded_since = time.monotonic()
+
+    def _hand_back(self) -> None:
+        """Give every held fire's entry back at its due time (the lock is lost, or this scheduler closes)."""
+        held, self.held = self.held, []
+        plain, self.held_plain = self.held_plain, []
+        for group in _by_batch(held, PUBLISH_BATCH):
+            self.store.publish(group, self.clock(), token=self.token, hand_back=True)
+        for member, due_at, leased_to in plain:
+            self.store.hand_back(member, due_at, leased_to)
+
+    def _finish_batch(self, batch: str) -> None:
+        """A batch's ``p:`` entry came up: commit what it published, undo what it never did."""
+        committed, undone = self.store.finish_batch(batch)
+        if committed or undone:
+            log.warning("fires prepared by a scheduler that stopped short: %d published runs recorded, %d "
+                        "unpublished runs undone (their entries fire anew)", committed, undone)
+
+    def _fire_one(self, member: str, due_at: float, now: float, leased_to: float | None = None) -> None:
+        try:
+            self.fire(member, due_at, now, leased_to)
         except REDIS_TROUBLE:
             raise
         except Exception:
             log.exception("could not fire %s; it is retried after the lease", member)
 
-    def fire(self, member: str, due_at: float, now: float) -> None:
-        """Send what one due entry stands for: a task's fire (``t:``) or a retry's run (``r:``)."""
+    def fire(self, member: str, due_at: float, now: float, leased_to: float | None = None) -> None:
+        """Send what one due entry stands for: a task's fire (``t:``) or a retry's run (``r:``). ``leased_to``:
+        the score its claim leased it to, if not ``now`` plus the lease."""
         kind, _, ident = member.partition(":")
         self.last_lag = max(0.0, now - due_at)
         if kind == "r":
@@ -162,12 +411,12 @@ class Scheduler:
         if task is None:
             self.store.remove_due(member)
             return
-        fire = self._prepare(task, due_at, now)
+        fire = self._prepare(task, due_at, now, leased_to)
         if self.store.fire(fire.task, fire.run, fire.next_due, now, fire.event, token=self.token,
                            leased_to=fire.leased_to, due_at=due_at, send_guard_at=fire.send_guard_at):
             self.launcher.send(task, fire.run)
 
-    def _prepare(self, task: Task, due_at: float, now: float) -> Fire:
+    def _prepare(self, task: Task, due_at: float, now: float, leased_to: float | None = None) -> Fire:
         """The run a task's due entry makes, its next due time (cron) and its event, ready for ``FIRE``."""
         run = new_run(task, "cron" if task.mode is Mode.SCHEDULED else "delay", now, scheduled_for=due_at)
         next_due = None
@@ -176,8 +425,8 @@ class Scheduler:
             next_due = cron.next_fire(task.spec.cron_expression or "", task.spec.timezone, after).timestamp()
         lag = max(0.0, now - due_at)
         event = run_event(EventType.RUN_QUEUED, run, trigger=run.trigger, lag_ms=round(lag * 1000, 3))
-        return Fire(task, run, next_due, event, leased_to=now + self.lease, due_at=due_at,
-                    send_guard_at=now + self.lease)
+        return Fire(task, run, next_due, event, leased_to=now + self.lease if leased_to is None else leased_to,
+                    due_at=due_at, send_guard_at=now + self.lease)
 
     def fire_tasks(self, entries: list[tuple[str, float]], now: float) -> None:
         """:meth:`fire` for many tasks' due entries (``t:``) in a few round trips, not a few per entry: one
@@ -299,10 +548,27 @@ class Scheduler:
             self.launcher.send(task, run, fence=fence)  # a failed send leaves the entry to come back
 
     def close(self) -> None:
-        """Give up the lock so a standby scheduler takes over at once."""
+        """Give up the lock so a standby scheduler takes over at once (held fires' entries go back first)."""
+        try:
+            self._record(now=True)
+            self._hand_back()
+        except REDIS_TROUBLE:
+            log.warning("could not hand back %d held fires; their entries come back after their lease",
+                        len(self.held))
         if self.is_leader:
             self.store.release_lock(self.token)
             self.is_leader = False
+
+
+def _by_batch(fires: list[Prepared], size: int) -> list[list[Prepared]]:
+    """``fires`` in groups of one batch each and at most ``size``, keeping their order within a batch."""
+    groups: dict[str, list[list[Prepared]]] = {}
+    for fire in fires:
+        chunks = groups.setdefault(fire.batch, [[]])
+        if len(chunks[-1]) == size:
+            chunks.append([])
+        chunks[-1].append(fire)
+    return [chunk for chunks in groups.values() for chunk in chunks]
 
 
 def refuse_evicting_redis(store: Store) -> None:

@@ -228,7 +228,7 @@ class Service:
         now = time.time()
         tasks = [Task(id=new_id(), spec=spec, state=TaskState.ACTIVE, created_at=now + index * 1e-6, updated_at=now)
                  for index, spec in enumerate(specs)]
-        pipe = self.store.pipeline()
+        pipe = self.store.batch()  # every write of the batch in one command (one JSON document), at once
         to_send: list[tuple[Task, Run]] = []
         first_due: dict[tuple, float] = {}
         for task in tasks:
@@ -236,8 +236,7 @@ class Service:
                 task.state = TaskState.DONE
                 run = new_run(task, "now", now)
                 task.runs = [run]
-                self.store.add_task(task, pipe)
-                self.store.add_run(run, pipe)
+                self.store.add_task_with_run(task, run, pipe)
                 self.launcher.guard(run, now, pipe)
                 to_send.append((task, run))
             else:

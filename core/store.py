@@ -13,7 +13,10 @@ Layout (every key under the namespace prefix ``{ns}:``, see ``Keys``):
                        ``s DURATION_MS`` (succeeded) or ``f DURATION_MS`` (failed or timed out).
 - ``run:{id}``         hash: one run record (see ``core.models.Run``); the Celery task id is the run id.
 - ``due``              sorted set scored by due time: ``t:{task_id}`` fires a task (delay or cron),
-                       ``r:{run_id}`` sends an already recorded run (a retry after its backoff).
+                       ``r:{run_id}`` sends an already recorded run (a retry after its backoff),
+                       ``p:{batch}`` finishes or undoes a batch of prepared fires (see ``PUBLISH``).
+- ``fire:{batch}:staged`` hash: run id → its Celery message, for fires prepared ahead of their due time.
+- ``fire:{batch}:fired``  list of "run_id queued_at [next_due]" of fires published and not yet committed.
 - ``events``, ``logs`` capped streams that front ends tail with XREAD BLOCK.
 - ``scheduler:lock``   the scheduler's lock; its value is the owner's token.
 - ``registered``       hash of worker name → JSON of the task names it registered and the queues it serves.
@@ -118,6 +121,14 @@ class Keys:
         """The Redis list kombu keeps a Celery queue's waiting messages in."""
         return self.celery_prefix + queue
 
+    def fire_staged(self, batch: str) -> str:
+        """A batch of prepared fires' messages, by run id, until each is published (``PUBLISH``)."""
+        return self._key("fire", batch, "staged")
+
+    def fire_fired(self, batch: str) -> str:
+        """A batch's published fires whose bookkeeping (``COMMIT``) is still to do."""
+        return self._key("fire", batch, "fired")
+
     @property
     def celery_unacked(self) -> str:
         """kombu's hash of messages delivered to workers and not yet acknowledged."""
@@ -194,6 +205,30 @@ def due_member_for_task(task_id: str) -> str:
 
 def due_member_for_run(run_id: str) -> str:
     return f"r:{run_id}"
+
+
+def due_member_for_batch(batch: str) -> str:
+    return f"p:{batch}"
+
+
+@dataclass
+class Prepared:
+    """A fire prepared ahead of its due time: its run is written, its message staged (``Store.stage``);
+    at the due time ``PUBLISH`` pushes the message and moves the entry, and ``COMMIT`` records the rest."""
+
+    member: str
+    due_at: float
+    leased_to: float
+    """The score the claim leased the entry to: the fire happens only while the entry still holds it."""
+    task: Task
+    run: Run
+    queue: str
+    message: str
+    next_due: float | None
+    """The task's next due time (a cron task) as of the due time, or None: a one-shot whose entry goes."""
+    batch: str
+    wire: tuple[float | None, str] | None = None
+    """How ``PUBLISH`` reads it, for that ``next_due`` (``Store._wire``)."""
 
 
 # KEYS[1] run hash, KEYS[2] events stream
@@ -385,19 +420,192 @@ return {current, 'lost'}
 """
 
 # KEYS[1] due set, KEYS[2] scheduler lock
-# ARGV[1] now, ARGV[2] lease seconds, ARGV[3] max entries, ARGV[4] the claimer's lock token
+# ARGV[1] now, ARGV[2] lease seconds, ARGV[3] max entries, ARGV[4] the claimer's lock token,
+# ARGV[5] look-ahead seconds (0 = none), ARGV[6] how long past its due time an entry claimed ahead stays leased.
 # Claims due entries by pushing their score to now + lease: a scheduler that dies before sending
 # leaves them to fire again after the lease (at-least-once), and nothing else sees them meanwhile.
+# With a look-ahead, tasks' entries (``t:``) due within it are claimed too, leased to their due time plus
+# ARGV[6] (a scheduler that dies holding them gives them back soon after they were due, not a lease later).
 # Only the lock's holder claims: a scheduler frozen past its lock claims nothing when it wakes.
-# Returns a flat list member, original score, ...
+# Returns a flat list member, original score, leased score, ...
 CLAIM = """
 if redis.call('GET', KEYS[2]) ~= ARGV[4] then return {} end
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[3]))
-local leased = tonumber(ARGV[1]) + tonumber(ARGV[2])
+local limit = tonumber(ARGV[3])
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, limit)
+local leased = string.format('%.17g', tonumber(ARGV[1]) + tonumber(ARGV[2]))
+local claimed = {}
 for i = 1, #due, 2 do
   redis.call('ZADD', KEYS[1], leased, due[i])
+  claimed[#claimed + 1] = due[i]
+  claimed[#claimed + 1] = due[i + 1]
+  claimed[#claimed + 1] = leased
 end
-return due
+local ahead = tonumber(ARGV[5] or '0')
+if ahead > 0 and #due < 2 * limit then
+  local soon = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], tonumber(ARGV[1]) + ahead, 'WITHSCORES',
+                          'LIMIT', 0, limit - #due / 2)
+  for i = 1, #soon, 2 do
+    if string.sub(soon[i], 1, 2) == 't:' then
+      local until_ = string.format('%.17g', tonumber(soon[i + 1]) + tonumber(ARGV[6]))
+      redis.call('ZADD', KEYS[1], until_, soon[i])
+      claimed[#claimed + 1] = soon[i]
+      claimed[#claimed + 1] = soon[i + 1]
+      claimed[#claimed + 1] = until_
+    end
+  end
+end
+return claimed
+"""
+
+# KEYS[1] due set, KEYS[2] scheduler lock, KEYS[3] the batch's staged messages, KEYS[4] its fired runs,
+# KEYS[5..] the queues' lists (kombu's keys)
+# ARGV[1] the publisher's lock token, ARGV[2] queued_at (now), ARGV[3] '1' to hand every fire back,
+# ARGV[4] a JSON array with one array per fire: due member, the score its claim leased it to, its due time,
+# run id, its queue's index among KEYS[5..] (1-based), its next due score ('' = a one-shot: the entry goes).
+# The due instant of prepared fires: for each fire whose entry still holds its claim's lease (an edit, a
+# pause, a delete or another claim all change it) and whose message is still staged, pushes the message
+# onto its queue (as kombu's Redis transport does, so a worker takes it as any Celery message), moves
+# the entry to its next due time (or removes it) and appends the run to the batch's fired list for
+# ``COMMIT`` — all at once,
+# so a fire's message is sent exactly when its entry moves on. A publisher that lost the lock (frozen
+# past it) hands the entries back at their due time for the holder to fire. A fire not published keeps
+# its staged message, which the batch's ``p:`` entry undoes later (its run is then deleted).
+# Returns one flag per fire: 1 published, 0 not.
+PUBLISH = """
+local fires = cjson.decode(ARGV[4])
+local n = #fires
+local published = {}
+if ARGV[3] == '1' or redis.call('GET', KEYS[2]) ~= ARGV[1] then
+  for i = 1, n do
+    local f = fires[i]
+    local score = redis.call('ZSCORE', KEYS[1], f[1])
+    if score and tonumber(score) == f[2] then redis.call('ZADD', KEYS[1], f[3], f[1]) end
+    published[i] = 0
+  end
+  return published
+end
+local members, runs = {}, {}
+for i = 1, n do
+  members[i] = fires[i][1]
+  runs[i] = fires[i][4]
+end
+local scores = redis.call('ZMSCORE', KEYS[1], unpack(members))
+local bodies = redis.call('HMGET', KEYS[3], unpack(runs))
+local pushes, moves, drops, fired, sent = {}, {}, {}, {}, {}
+for i = 1, n do
+  local f = fires[i]
+  if scores[i] and bodies[i] and tonumber(scores[i]) == f[2] then
+    local list = pushes[f[5]]
+    if not list then
+      list = {}
+      pushes[f[5]] = list
+    end
+    list[#list + 1] = bodies[i]
+    if f[6] == '' then
+      drops[#drops + 1] = f[1]
+      fired[#fired + 1] = f[4] .. ' ' .. ARGV[2]
+    else
+      local next_due = string.format('%.17g', f[6])
+      moves[#moves + 1] = next_due
+      moves[#moves + 1] = f[1]
+      fired[#fired + 1] = f[4] .. ' ' .. ARGV[2] .. ' ' .. next_due
+    end
+    sent[#sent + 1] = f[4]
+    published[i] = 1
+  else
+    published[i] = 0
+  end
+end
+for q, list in pairs(pushes) do redis.call('LPUSH', KEYS[4 + q], unpack(list)) end
+if #moves > 0 then redis.call('ZADD', KEYS[1], unpack(moves)) end
+if #drops > 0 then redis.call('ZREM', KEYS[1], unpack(drops)) end
+if #sent > 0 then
+  redis.call('RPUSH', KEYS[4], unpack(fired))
+  redis.call('HDEL', KEYS[3], unpack(sent))
+end
+return published
+"""
+
+# KEYS[1] due set; ARGV[1] due member, ARGV[2] the score a claim leased it to, ARGV[3] its due time
+# Gives a claimed entry back at its due time if it still holds that claim's lease.
+HAND_BACK = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) == tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+# KEYS[1] the batch's fired list, KEYS[2] its staged messages, KEYS[3] due set, KEYS[4] events stream,
+# then per run three keys: its hash, its task's hash, its task's runs set
+# ARGV[1] the batch's due member (p:), ARGV[2] events maxlen, ARGV[3] history size kept per task,
+# ARGV[4..] the run ids expected at the head of the fired list, in order
+# The bookkeeping of published fires, after their messages left: each run at the head of the fired list
+# (while it is the one expected) gets its queue time, joins its task's history, becomes the task's latest
+# run (unless a later one is already: a retry of it, say) with the state it has now (a worker may have
+# finished it meanwhile), and its event; a one-shot task becomes done (unless an edit gave it a new due
+# time), a cron task shows its next due time (unless an edit or a pause moved it). A run leaves the list
+# as it is committed, so each is committed once. When the batch holds nothing more, its p: entry goes.
+# Returns how many runs left the list.
+COMMIT = """
+local head = redis.call('LRANGE', KEYS[1], 0, #ARGV - 4)
+local done = 0
+for i = 1, #head do
+  local run_id, queued_at, next_due = string.match(head[i], '^(%S+) (%S+) ?(.*)$')
+  if run_id ~= ARGV[3 + i] then break end
+  done = i
+  local run, task, runs = KEYS[2 + i * 3], KEYS[3 + i * 3], KEYS[4 + i * 3]
+  local f = redis.call('HMGET', run, 'task_id', 'scheduled_for', 'trigger', 'state', 'duration_ms')
+  if f[1] and redis.call('EXISTS', task) == 1 then
+    redis.call('HSET', run, 'queued_at', queued_at)
+    local last = redis.call('HGET', task, 'last_run_id')
+    local newer = last and last ~= '' and last ~= run_id and
+                  tonumber(redis.call('ZSCORE', runs, last) or '0') > tonumber(queued_at)
+    redis.call('ZADD', runs, queued_at, run_id)
+    if not newer then
+      redis.call('HSET', task, 'last_run_id', run_id, 'last_run_state', f[4], 'last_duration_ms', f[5] or '')
+    end
+    local due = redis.call('ZSCORE', KEYS[3], 't:' .. f[1])
+    if next_due == '' then
+      if not due and redis.call('HGET', task, 'state') ~= 'done' then
+        redis.call('HSET', task, 'state', 'done', 'next_run_at', '')
+      end
+    elseif due and tonumber(due) == tonumber(next_due) then
+      redis.call('HSET', task, 'next_run_at', next_due)
+    end
+    local lag = (tonumber(queued_at) - (tonumber(f[2]) or tonumber(queued_at))) * 1000
+    redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[2], '*', 'event', cjson.encode({
+      type = 'run.queued', task_id = f[1], run_id = run_id, ts = tonumber(queued_at), trigger = f[3],
+      lag_ms = math.floor(math.max(0, lag) * 1000 + 0.5) / 1000}))
+    local excess = redis.call('ZCARD', runs) - tonumber(ARGV[3])
+    if excess > 0 then redis.call('ZREMRANGEBYRANK', runs, 0, excess - 1) end
+  end
+end
+if done > 0 then redis.call('LTRIM', KEYS[1], done, -1) end
+if redis.call('EXISTS', KEYS[1]) == 0 and redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('ZREM', KEYS[3], ARGV[1])
+end
+return done
+"""
+
+# KEYS[1] the batch's staged messages, KEYS[2] its fired runs, KEYS[3] due set, then each run's hash
+# ARGV[1] the batch's due member (p:), ARGV[2..] run ids
+# Undoes prepared fires that were never published (their scheduler died or lost the lock before their
+# due time; their entries came back to be fired anew): each staged run's message and run record go.
+# A run whose message was published is no longer staged, so it is never undone. Returns how many went.
+DISCARD = """
+local gone = 0
+for i = 2, #ARGV do
+  if redis.call('HDEL', KEYS[1], ARGV[i]) == 1 then
+    redis.call('DEL', KEYS[2 + i])
+    gone = gone + 1
+  end
+end
+if redis.call('EXISTS', KEYS[1]) == 0 and redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('ZREM', KEYS[3], ARGV[1])
+end
+return gone
 """
 
 # KEYS[1] workers zset, KEYS[2] lives zset; ARGV[1] worker node name, ARGV[2] this start's life ('' = none).
@@ -505,6 +713,42 @@ local cutoff = math.max(0, redis.call('TIME')[1] - ARGV[1]) * 1000
 return redis.call('XADD', KEYS[1], 'MINID', '~', string.format('%d', cutoff), '*', unpack(ARGV, 2))
 """
 
+# KEYS: task hashes. Returns a JSON array with each one's fields as a flat array (empty for a missing one):
+# a burst's thousands of definitions cost the client one string to decode, not a reply per field.
+READ_HASHES = """
+local found = {}
+for i = 1, #KEYS do
+  local fields = redis.call('HGETALL', KEYS[i])
+  if #fields == 0 then found[i] = cjson.decode('[]') else found[i] = fields end
+end
+return cjson.encode(found)
+"""
+
+# KEYS[1] audit stream; ARGV[1] audit retention in seconds, ARGV[2] a JSON array of commands, each an array
+# of a Redis command's name and arguments, or ["AUDIT", field, value, ...] for an audit entry (appended as
+# ``AUDIT_ADD`` does, trimmed once per call).
+# Runs a batch of writes (``Store.batch``) as one command: a bulk submit's thousands of writes cost the
+# client one JSON document instead of tens of thousands of encoded arguments, and happen at once.
+BATCH = """
+local commands = cjson.decode(ARGV[2])
+local audited = false
+for i = 1, #commands do
+  local command = commands[i]
+  if command[1] == 'AUDIT' then
+    command[1] = '*'
+    redis.call('XADD', KEYS[1], unpack(command))
+    audited = true
+  else
+    redis.call(unpack(command))
+  end
+end
+if audited then
+  local cutoff = math.max(0, redis.call('TIME')[1] - ARGV[1]) * 1000
+  redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%d', cutoff))
+end
+return #commands
+"""
+
 # KEYS[1] the token's allowance hash, KEYS[2] audit stream
 # ARGV[1] changes allowed per minute (also the burst: a full allowance is a minute's worth),
 # ARGV[2] changes this call makes, ARGV[3] most audit entries held, ARGV[4] audit retention in seconds.
@@ -578,6 +822,14 @@ class Store:
         self._epoch = client.register_script(EPOCH)
         self._fire = client.register_script(FIRE)
         self._claim = client.register_script(CLAIM)
+        self._publish = client.register_script(PUBLISH)
+        self._commit = client.register_script(COMMIT)
+        self._discard = client.register_script(DISCARD)
+        self._hand_back = client.register_script(HAND_BACK)
+        self._batch = client.register_script(BATCH)
+        self._read_hashes = client.register_script(READ_HASHES)
+        self._queues: dict[str, int] = {}
+        """Queue name → its index among ``PUBLISH``'s queue keys (every queue seen so far is passed)."""
         self._lock = client.register_script(LOCK)
         self._unlock = client.register_script(UNLOCK)
         self._token_create = client.register_script(TOKEN_CREATE)
@@ -587,10 +839,20 @@ class Store:
 
     # -- tasks ---------------------------------------------------------------------------------
 
-    def add_task(self, task: Task, pipe: redis.client.Pipeline) -> None:
+    def add_task(self, task: Task, pipe: redis.client.Pipeline | Batch) -> None:
         """Queue the writes that store a new task definition."""
         pipe.hset(self.keys.task(task.id), mapping=self._task_fields(task))  # type: ignore[arg-type]
         pipe.zadd(self.keys.tasks, {task.id: task.created_at})
+
+    def add_task_with_run(self, task: Task, run: Run, pipe: redis.client.Pipeline | Batch) -> None:
+        """Queue the writes that store a new task with its first run (an immediate task), as :meth:`add_task`
+        and :meth:`add_run` would, in fewer: the task's hash is written once, with its latest run."""
+        fields = self._task_fields(task) | {"last_run_id": run.id, "last_run_state": run.state.value,
+                                            "last_duration_ms": ""}
+        pipe.hset(self.keys.task(task.id), mapping=fields)  # type: ignore[arg-type]
+        pipe.zadd(self.keys.tasks, {task.id: task.created_at})
+        pipe.hset(self.keys.run(run.id), mapping=self.run_fields(run))  # type: ignore[arg-type]
+        pipe.zadd(self.keys.task_runs(task.id), {run.id: run.queued_at or time.time()})
 
     def save_task(self, task: Task, pipe: redis.client.Pipeline) -> None:
         """Queue the writes that replace a task's definition and schedule fields."""
@@ -628,6 +890,14 @@ class Store:
         for task_id in task_ids:
             pipe.hgetall(self.keys.task(task_id))
         return [task for task in map(self._task_from, pipe.execute()) if task is not None]
+
+    def read_tasks(self, task_ids: list[str]) -> list[Task]:
+        """:meth:`get_tasks` for many at once (the scheduler's burst): their hashes come back as one JSON string."""
+        if not task_ids:
+            return []
+        answer = json.loads(self._read_hashes(keys=[self.keys.task(task_id) for task_id in task_ids]))
+        hashes = [dict(zip(flat[::2], flat[1::2], strict=True)) for flat in answer if flat]
+        return [task for task in map(self._task_from, hashes) if task is not None]
 
     def task_ids(self, start: int = 0, stop: int = -1) -> list[str]:
         """Task ids, newest first."""
@@ -670,7 +940,7 @@ class Store:
         fields["overrides"] = json.dumps(run.overrides) if run.overrides else ""  # unmasked: the worker needs them
         return fields
 
-    def add_run(self, run: Run, pipe: redis.client.Pipeline) -> None:
+    def add_run(self, run: Run, pipe: redis.client.Pipeline | Batch) -> None:
         """Queue the writes that record a new run and link it to its task."""
         pipe.hset(self.keys.run(run.id), mapping=self.run_fields(run))  # type: ignore[arg-type]
         pipe.zadd(self.keys.task_runs(run.task_id), {run.id: run.queued_at or time.time()})
@@ -754,7 +1024,7 @@ class Store:
 
     # -- scheduling ----------------------------------------------------------------------------
 
-    def set_due(self, member: str, when: float, pipe: redis.client.Pipeline) -> None:
+    def set_due(self, member: str, when: float, pipe: redis.client.Pipeline | Batch) -> None:
         pipe.zadd(self.keys.due, {member: when})
 
     def remove_due(self, *members: str, pipe: redis.client.Pipeline | None = None) -> None:
@@ -764,8 +1034,84 @@ class Store:
     def claim_due(self, now: float, lease: float, token: str, limit: int = 500) -> list[tuple[str, float]]:
         """Atomically lease the due entries whose time has come to the holder of the scheduler lock
         ``token`` (until ``now + lease``); returns (member, due time) pairs, none if the lock is not held."""
-        flat = self._claim(keys=[self.keys.due, self.keys.scheduler_lock], args=[repr(now), repr(lease), limit, token])
-        return [(flat[i], float(flat[i + 1])) for i in range(0, len(flat), 2)]
+        return [(member, due_at) for member, due_at, _ in self.claim_ahead(now, lease, token, limit)]
+
+    def claim_ahead(self, now: float, lease: float, token: str, limit: int = 500, ahead: float = 0.0,
+                    hold: float = 0.0) -> list[tuple[str, float, float]]:
+        """:meth:`claim_due`, and with ``ahead`` also the tasks' entries due within ``ahead`` seconds, leased
+        to their due time plus ``hold``; (member, due time, leased score) triples in due order."""
+        flat = self._claim(keys=[self.keys.due, self.keys.scheduler_lock],
+                           args=[repr(now), repr(lease), limit, token, repr(ahead), repr(hold)])
+        return [(flat[i], float(flat[i + 1]), float(flat[i + 2])) for i in range(0, len(flat), 3)]
+
+    def stage(self, batch: str, fires: list[Prepared], recover_at: float) -> None:
+        """Write the runs of fires prepared ahead of their due time and stage their messages, with the batch's
+        ``p:`` entry due at ``recover_at`` (which undoes what is never published), in one transaction. Nothing
+        points at the runs yet: they join their tasks' histories when published (``COMMIT``)."""
+        pipe = self.batch()
+        for fire in fires:
+            pipe.hset(self.keys.run(fire.run.id), mapping=self.run_fields(fire.run))
+            self._wire(fire)
+        pipe.hset(self.keys.fire_staged(batch), mapping={fire.run.id: fire.message for fire in fires})
+        pipe.zadd(self.keys.due, {due_member_for_batch(batch): recover_at})
+        pipe.execute()
+
+    def publish(self, fires: list[Prepared], now: float, *, token: str, hand_back: bool = False) -> list[bool]:
+        """Publish prepared fires of one batch that are due (see ``PUBLISH``): whether each was published.
+        With ``hand_back`` (or if ``token`` no longer holds the lock) their entries go back to their due times."""
+        if not fires:
+            return []
+        batch = fires[0].batch
+        wire = ",".join(self._wire(fire) for fire in fires)
+        assert all(fire.batch == batch for fire in fires), "one batch per call"
+        keys = [self.keys.due, self.keys.scheduler_lock, self.keys.fire_staged(batch), self.keys.fire_fired(batch),
+                *(self.keys.celery_queue(queue) for queue in self._queues)]
+        answer = self._publish(keys=keys, args=[token, repr(now), "1" if hand_back else "0", f"[{wire}]"])
+        return [bool(flag) for flag in answer]
+
+    def _wire(self, fire: Prepared) -> str:
+        """A prepared fire as ``PUBLISH`` reads it (made once: a burst's due instant only joins them)."""
+        if fire.wire is None or fire.wire[0] != fire.next_due:
+            index = self._queues.setdefault(fire.queue, len(self._queues) + 1)
+            fire.wire = (fire.next_due, json.dumps([fire.member, fire.leased_to, fire.due_at, fire.run.id, index,
+                                                    "" if fire.next_due is None else fire.next_due]))
+        return fire.wire[1]
+
+    def hand_back(self, member: str, due_at: float, leased_to: float) -> bool:
+        """Give a claimed entry back at ``due_at`` if it still holds the lease to ``leased_to``."""
+        return bool(self._hand_back(keys=[self.keys.due], args=[member, repr(leased_to), repr(due_at)]))
+
+    def commit(self, batch: str, runs: list[tuple[str, str]]) -> int:
+        """Record published fires of ``batch`` (``COMMIT``); ``runs``: (run id, task id) pairs, in the order
+        they were published. How many were (those before the first that is not next in the fired list)."""
+        keys = [self.keys.fire_fired(batch), self.keys.fire_staged(batch), self.keys.due, self.keys.events]
+        for run_id, task_id in runs:
+            keys += [self.keys.run(run_id), self.keys.task(task_id), self.keys.task_runs(task_id)]
+        return int(self._commit(keys=keys, args=[due_member_for_batch(batch), str(self.events_maxlen),
+                                                 str(self.history_per_task), *(run_id for run_id, _ in runs)]))
+
+    def finish_batch(self, batch: str, chunk: int = 250) -> tuple[int, int]:
+        """Whatever a batch of prepared fires left (its ``p:`` entry came up: its scheduler died or lost the
+        lock): commit its published fires, undo the ones never published. (committed, undone)."""
+        entries = cast(list[str], self.redis.lrange(self.keys.fire_fired(batch), 0, -1))
+        fired = [entry.split(" ", 1)[0] for entry in entries]
+        staged = cast(list[str], self.redis.hkeys(self.keys.fire_staged(batch)))
+        committed = undone = 0
+        for start in range(0, len(fired), chunk):
+            ids = fired[start:start + chunk]
+            pipe = self.redis.pipeline(transaction=False)
+            for run_id in ids:
+                pipe.hget(self.keys.run(run_id), "task_id")
+            owners = pipe.execute()
+            committed += self.commit(batch, [(run_id, task_id or "-") for run_id, task_id in zip(ids, owners,
+                                                                                                  strict=True)])
+        for start in range(0, max(1, len(staged)), chunk):
+            ids = staged[start:start + chunk]
+            undone += int(self._discard(
+                keys=[self.keys.fire_staged(batch), self.keys.fire_fired(batch), self.keys.due,
+                      *(self.keys.run(run_id) for run_id in ids)],
+                args=[due_member_for_batch(batch), *ids]))
+        return committed, undone
 
     def next_due(self) -> float | None:
         first = cast(list[tuple[str, float]], self.redis.zrange(self.keys.due, 0, 0, withscores=True))
@@ -839,7 +1185,7 @@ class Store:
 
     # -- streams -------------------------------------------------------------------------------
 
-    def add_event(self, event: dict, pipe: redis.client.Pipeline | None = None) -> None:
+    def add_event(self, event: dict, pipe: redis.client.Pipeline | Batch | None = None) -> None:
         (pipe or self.redis).xadd(self.keys.events, {"event": json.dumps(event)},
                                   maxlen=self.events_maxlen, approximate=True)
 
@@ -973,9 +1319,12 @@ class Store:
         pipe.hdel(self.keys.worker_stats, worker)
         pipe.execute()
 
-    def add_audit(self, entry: dict[str, str], pipe: redis.client.Pipeline | None = None) -> None:
+    def add_audit(self, entry: dict[str, str], pipe: redis.client.Pipeline | Batch | None = None) -> None:
         """Append one audit entry (see ``core.audit.entry``), in the change's own pipeline when given;
         entries older than the retention window go, younger ones never do."""
+        if isinstance(pipe, Batch):
+            pipe.audit(entry)
+            return
         pairs = [item for pair in entry.items() for item in pair]
         (pipe or self.redis).eval(AUDIT_ADD, 1, self.keys.audit, str(self.audit_retention), *pairs)
 
@@ -1082,6 +1431,57 @@ class Store:
 
     def pipeline(self) -> redis.client.Pipeline:
         return self.redis.pipeline(transaction=True)
+
+    def batch(self) -> Batch:
+        """A :class:`Batch`: the writes of a bulk create, run as one command (``BATCH``)."""
+        return Batch(self)
+
+
+class Batch:
+    """Writes queued like a transaction's (the store's ``pipe=`` methods take it) and run by the ``BATCH``
+    script as one command when executed: at once, as a MULTI would, but costing the client one JSON document
+    rather than a packed command per write. Only what creating tasks and runs queues is offered."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.commands: list[list[Any]] = []
+        self._zadds: dict[str, list[Any]] = {}
+
+    @staticmethod
+    def _flat(mapping: dict[str, Any]) -> list[Any]:
+        return [item for pair in mapping.items() for item in pair]
+
+    def hset(self, name: str, key: str | None = None, value: Any = None, mapping: dict | None = None) -> None:
+        pairs = ([key, value] if key is not None else []) + self._flat(mapping or {})
+        self.commands.append(["HSET", name, *pairs])
+
+    def zadd(self, name: str, mapping: dict[str, float]) -> None:
+        """ZADD; a batch's ZADDs to one key are merged into its first (a batch's writes do not read back)."""
+        pairs = [item for member, score in mapping.items() for item in (repr(float(score)), member)]
+        if name in self._zadds:
+            self._zadds[name].extend(pairs)
+        else:
+            self._zadds[name] = command = ["ZADD", name, *pairs]
+            self.commands.append(command)
+
+    def zrem(self, name: str, *members: str) -> None:
+        self.commands.append(["ZREM", name, *members])
+
+    def zremrangebyrank(self, name: str, start: int, end: int) -> None:
+        self.commands.append(["ZREMRANGEBYRANK", name, start, end])
+
+    def xadd(self, name: str, fields: dict[str, str], maxlen: int | None = None, approximate: bool = True) -> None:
+        trim = ["MAXLEN", "~" if approximate else "=", maxlen] if maxlen is not None else []
+        self.commands.append(["XADD", name, *trim, "*", *self._flat(fields)])
+
+    def audit(self, entry: dict[str, str]) -> None:
+        self.commands.append(["AUDIT", *self._flat(entry)])
+
+    def execute(self) -> int:
+        if not self.commands:
+            return 0
+        return int(self.store._batch(keys=[self.store.keys.audit],
+                                     args=[str(self.store.audit_retention), json.dumps(self.commands)]))
 
 
 def connect(url: str) -> redis.Redis:

@@ -1,0 +1,236 @@
+"""The scheduler's look-ahead: fires prepared before their due time, published at it, with every guarantee.
+
+Driven tick by tick in-process on a real Redis with an injected clock, as tests/core/test_scheduler.py
+does. A fire claimed ahead is held: its run is written but belongs to no history and its message waits,
+staged. At the due time it is published (message pushed, entry moved on, in one script) and then
+committed (history, the task's latest run, a one-shot's end, the event). An edit, a pause or a delete
+made while it is held means it does not happen; a scheduler that lost the lock or died hands it on, and
+the batch's ``p:`` entry tidies up after a scheduler that stopped short. Nothing fires twice.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+
+from core.models import RunState, TaskState
+from core.scheduler import Scheduler
+from core.store import due_member_for_task
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def service(settings, redis_server):
+    from core.service import Service
+
+    own = settings.model_copy(update={"namespace": f"ahead{uuid.uuid4().hex[:8]}"})
+    return Service.from_settings(own)
+
+
+def echo(service, delay: float = 30.0, **extra):
+    return service.create({"name": "echo", "task_name": "taskman.echo", "delay_seconds": delay, **extra})
+
+
+def queued(service, queue: str = "registered") -> list[dict]:
+    return [json.loads(raw) for raw in service.store.redis.lrange(service.store.keys.celery_queue(queue), 0, -1)]
+
+
+def leftovers(service) -> list[str]:
+    """What prepared fires may leave behind: batch entries in the due set and staged or fired lists."""
+    store = service.store
+    batches = [member for member in store.redis.zrange(store.keys.due, 0, -1) if member.startswith("p:")]
+    return batches + sorted(store.redis.scan_iter(f"{store.keys.namespace}:fire:*"))
+
+
+def held_run_ids(sched: Scheduler) -> list[str]:
+    return [fire.run.id for fire in sched.held]
+
+
+def test_a_fire_claimed_ahead_waits_for_its_due_time_and_then_is_sent_and_recorded_once(service):
+    task = echo(service)
+    due = task.next_run_at
+    clock = Clock(due - 1.0)
+    sched = Scheduler(service.store, service.dispatcher, clock=clock, lookahead=2.0)
+    sched.tick()
+    [run_id] = held_run_ids(sched)
+    assert service.runs(task.id) == [] and queued(service) == [], "nothing is sent or shown before its time"
+    assert service.get_run(run_id).state is RunState.QUEUED, "but its run is written, ready"
+    assert 0 < sched.tick() <= 1.0, "the next look is at the due time"
+
+    clock.now = due
+    sched.tick()
+    [run] = service.runs(task.id)
+    assert run.id == run_id and run.scheduled_for == due and run.queued_at == due
+    [message] = queued(service)
+    assert message["headers"]["id"] == run.id and message["headers"]["task"] == "taskman.echo"
+    assert message["headers"]["taskman_fence"] == 0
+    assert service.get(task.id).state is TaskState.DONE
+    assert service.store.due_score(due_member_for_task(task.id)) is None
+    assert leftovers(service) == [], "a committed batch leaves nothing behind"
+    events = [json.loads(fields["event"]) for _, fields in service.store.stream_tail("events", 20)]
+    assert [event["run_id"] for event in events if event["type"] == "run.queued"] == [run.id]
+
+    clock.now = due + 600
+    sched.tick()
+    assert len(service.runs(task.id)) == 1 and len(queued(service)) == 1, "nothing fires twice"
+
+
+@pytest.mark.parametrize("change", ["pause", "delete", "stop", "edit"])
+def test_a_change_made_while_a_fire_is_held_wins(service, change):
+    task = service.create({"name": "cron", "task_name": "taskman.echo", "cron_expression": "* * * * *"})
+    due = task.next_run_at
+    clock = Clock(due - 1.0)
+    sched = Scheduler(service.store, service.dispatcher, clock=clock, lookahead=2.0)
+    sched.tick()
+    [run_id] = held_run_ids(sched)
+    if change == "edit":
+        service.update(task.id, {"cron_expression": "0 0 1 1 *"})
+    else:
+        getattr(service, change)(task.id)
+    clock.now = due + 0.5
+    sched.tick()
+    assert queued(service) == [], f"a {change} made while the fire was held means it does not happen"
+    if change == "delete":
+        assert service.store.get_task(task.id) is None
+    else:
+        assert service.runs(task.id) == []
+        after = service.get(task.id)
+        if change == "edit":
+            assert service.store.due_score(due_member_for_task(task.id)) == after.next_run_at > due + 86400
+        else:
+            assert after.state is TaskState.PAUSED
+            assert service.store.due_score(due_member_for_task(task.id)) is None
+    clock.now = due + sched.lease + sched.lock_ttl + 5  # the batch's p: entry comes up and undoes the run
+    sched.tick()
+    assert service.store.get_run(run_id) is None
+    assert leftovers(service) == []
+
+
+def test_a_scheduler_that_lost_the_lock_while_holding_fires_publishes_nothing_and_hands_them_back(service):
+    task = echo(service)
+    due = task.next_run_at
+    clock = Clock(due - 1.0)
+    frozen = Scheduler(service.store, service.dispatcher, clock=clock, lock_ttl=0.3)
+    standby = Scheduler(service.store, service.dispatcher, clock=clock, lock_ttl=0.3)
+    frozen.tick()
+    assert frozen.held
+    time.sleep(0.5)  # frozen past its lock
+    standby.tick()
+    assert standby.is_leader and not standby.held, "the held entry is leased: the standby does not see it"
+
+    clock.now = due
+    frozen.tick()  # wakes at the due time and tries to publish
+    assert queued(service) == [] and not frozen.held and not frozen.is_leader
+    assert service.store.due_score(due_member_for_task(task.id)) == due, "handed back at its due time"
+    standby.tick()
+    [run] = service.runs(task.id)
+    assert run.scheduled_for == due and len(queued(service)) == 1
+    frozen.tick()
+    standby.tick()
+    assert len(service.runs(task.id)) == 1 and len(queued(service)) == 1
+
+
+def test_a_scheduler_that_dies_holding_fires_leaves_them_to_fire_soon_after_they_were_due(service):
+    task = echo(service)
+    due = task.next_run_at
+    clock = Clock(due - 1.0)
+    dead = Scheduler(service.store, service.dispatcher, clock=clock, lock_ttl=0.3)
+    dead.tick()
+    [staged_run] = held_run_ids(dead)
+    del dead  # killed: no close, no hand-back
+    time.sleep(0.5)  # its lock runs out
+    heir = Scheduler(service.store, service.dispatcher, clock=clock, lock_ttl=0.3)
+    clock.now = due
+    heir.tick()
+    assert service.runs(task.id) == [], "the entry is leased a little past its due time"
+    clock.now = due + heir.lookahead + heir.lock_ttl
+    heir.tick()
+    [run] = service.runs(task.id)
+    assert run.id != staged_run and len(queued(service)) == 1
+    assert run.scheduled_for == pytest.approx(due + heir.lookahead + heir.lock_ttl), \
+        "(a claim that ran out fires for the time it was leased to)"
+    clock.now = due + heir.lease + heir.lock_ttl + 5
+    heir.tick()
+    assert service.store.get_run(staged_run) is None, "the dead scheduler's staged run is undone"
+    assert leftovers(service) == [] and len(service.runs(task.id)) == 1
+
+
+def test_fires_published_by_a_scheduler_that_died_before_recording_them_are_recorded_by_their_batch(service):
+    tasks = service.create_many([{"name": f"echo {i}", "task_name": "taskman.echo", "delay_seconds": 30}
+                                 for i in range(3)])
+    due = max(task.next_run_at for task in tasks)
+    clock = Clock(due - 1.0)
+    sched = Scheduler(service.store, service.dispatcher, clock=clock)
+    sched.tick()
+    commit = service.store.commit
+    service.store.commit = lambda *args, **kwargs: 0  # it dies between sending and recording
+    clock.now = due
+    try:
+        sched.tick()
+    finally:
+        del service.store.commit
+    assert len(queued(service)) == 3, "the messages left"
+    assert all(service.runs(task.id) == [] for task in tasks), "their runs are not recorded yet"
+    assert commit is not None
+    clock.now = due + sched.lease + sched.lock_ttl + 5
+    sched.tick()
+    for task in tasks:
+        [run] = service.runs(task.id)
+        assert run.queued_at == due and run.scheduled_for == task.next_run_at
+        assert service.get(task.id).state is TaskState.DONE
+    assert leftovers(service) == []
+    clock.now += 600
+    sched.tick()
+    assert len(queued(service)) == 3 and all(len(service.runs(task.id)) == 1 for task in tasks)
+
+
+def test_a_cron_fire_held_across_a_jump_of_the_clock_fires_once_and_goes_on_from_now(service):
+    task = service.create({"name": "cron", "task_name": "taskman.echo", "cron_expression": "* * * * *"})
+    due = task.next_run_at
+    clock = Clock(due - 1.0)
+    sched = Scheduler(service.store, service.dispatcher, clock=clock)
+    sched.tick()
+    assert sched.held
+    clock.now = due + 3600.5  # the host's clock jumps an hour ahead while the fire is held
+    sched.tick()
+    [run] = service.runs(task.id)
+    assert run.scheduled_for == due, "the held slot fires (the catch-up) ..."
+    next_due = service.store.due_score(due_member_for_task(task.id))
+    assert next_due == (clock.now // 60 + 1) * 60, "... once: the next fire is the next slot after now"
+    assert service.get(task.id).next_run_at == next_due
+    sched.tick()
+    assert len(service.runs(task.id)) == 1
+
+
+def test_a_burst_prepared_ahead_is_published_in_batches_exactly_once(service):
+    tasks = []
+    for start in range(0, 2500, 1000):
+        tasks += service.create_many([{"name": f"burst {i}", "task_name": "taskman.echo", "delay_seconds": 30}
+                                      for i in range(start, min(2500, start + 1000))])
+    due = max(task.next_run_at for task in tasks)
+    clock = Clock(due - 10.0)  # a long look-ahead: however slow preparing is here, it is done before the due time
+    sched = Scheduler(service.store, service.dispatcher, clock=clock, lookahead=20.0)
+    for _ in range(10):  # a tick claims for a while (a third of the lock's TTL), then carries on in the next
+        sched.tick()
+        if len(sched.held) == 2500:
+            break
+    assert len(sched.held) == 2500 and queued(service) == []
+    clock.now = due
+    sched.tick()
+    messages = queued(service)
+    assert len(messages) == 2500 and len({message["headers"]["id"] for message in messages}) == 2500
+    pipe = service.store.redis.pipeline(transaction=False)
+    for task in tasks:
+        pipe.zcard(service.store.keys.task_runs(task.id))
+    assert pipe.execute() == [1] * 2500
+    assert leftovers(service) == [] and not sched.held
