@@ -21,6 +21,7 @@ import json
 import os
 import uuid
 from collections import defaultdict
+from json.encoder import encode_basestring_ascii as _quote  # a JSON string, as json.dumps writes it
 from typing import TYPE_CHECKING, Any
 
 from core.config import Settings
@@ -98,6 +99,7 @@ class Dispatcher:
         self._redis_url = redis_url
         self.settings = settings
         self._origin_name, self._origin_pid = "", 0
+        self._templates: dict[tuple, tuple[list[str], list[str]]] = {}
 
     @property
     def app(self) -> Celery:
@@ -138,23 +140,52 @@ class Dispatcher:
         push onto the queue's list for ``send_task`` (the same headers, properties and body), so a worker
         cannot tell them apart. Raises ``InvalidSpec`` as :meth:`route` does."""
         name, queue, args, kwargs, limits = self.route(task, run)
-        if task.kind is Kind.REGISTERED:
+        if task.kind is not Kind.REGISTERED:
+            argsrepr, kwargsrepr = repr(args), "{}"
+        elif not args and not kwargs:
+            argsrepr, kwargsrepr = "[]", "{}"
+        else:
             from celery.utils.saferepr import saferepr
 
             argsrepr, kwargsrepr = saferepr(args, REPR_MAXSIZE), saferepr(kwargs, REPR_MAXSIZE)
-        else:
-            argsrepr, kwargsrepr = repr(args), "{}"
         body = base64.b64encode(json.dumps([args, kwargs, _EMBED]).encode()).decode()
-        return queue, json.dumps({
-            "body": body, "content-encoding": "utf-8", "content-type": "application/json",
-            "headers": {"lang": "py", "task": name, "id": run.id, "shadow": None, "eta": None, "expires": None,
-                        "group": None, "group_index": None, "retries": 0, "timelimit": limits, "root_id": run.id,
-                        "parent_id": None, "argsrepr": argsrepr, "kwargsrepr": kwargsrepr, "origin": self._origin,
-                        "ignore_result": None, "replaced_task_nesting": 0, "stamped_headers": None, "stamps": {},
-                        FENCE_HEADER: fence},
-            "properties": {"correlation_id": run.id, "reply_to": self._reply_to, "delivery_mode": 2,
-                           "delivery_info": {"exchange": "", "routing_key": queue}, "priority": 0,
-                           "body_encoding": "base64", "delivery_tag": str(uuid.uuid4())}})
+        values = {"body": _quote(body), "id": _quote(run.id), "argsrepr": _quote(argsrepr),
+                  "kwargsrepr": _quote(kwargsrepr), "tag": _quote(str(uuid.uuid4())), "fence": str(int(fence))}
+        pieces, fields = self._template(name, queue, limits)
+        filled = [pieces[0]]
+        for field, piece in zip(fields, pieces[1:], strict=True):
+            filled.append(values[field])
+            filled.append(piece)
+        return queue, "".join(filled)
+
+    def _template(self, name: str, queue: str, limits: list) -> tuple[list[str], list[str]]:
+        """The message of a task name, queue and time limits as JSON text cut where each run's own values go
+        (the pieces, and the value that goes after each but the last), made once."""
+        key = (name, queue, tuple(limits), self._origin, self._reply_to)
+        found = self._templates.get(key)
+        if found is None:
+            def mark(field: str) -> str:
+                return f"\ue000{field}\ue000"
+
+            text = json.dumps({
+                "body": mark("body"), "content-encoding": "utf-8", "content-type": "application/json",
+                "headers": {"lang": "py", "task": name, "id": mark("id"), "shadow": None, "eta": None,
+                            "expires": None, "group": None, "group_index": None, "retries": 0, "timelimit": limits,
+                            "root_id": mark("id"), "parent_id": None, "argsrepr": mark("argsrepr"),
+                            "kwargsrepr": mark("kwargsrepr"), "origin": self._origin, "ignore_result": None,
+                            "replaced_task_nesting": 0, "stamped_headers": None, "stamps": {},
+                            FENCE_HEADER: mark("fence")},
+                "properties": {"correlation_id": mark("id"), "reply_to": self._reply_to, "delivery_mode": 2,
+                               "delivery_info": {"exchange": "", "routing_key": queue}, "priority": 0,
+                               "body_encoding": "base64", "delivery_tag": mark("tag")}})
+            cut = text.split('"\\ue000')  # each marked value, quotes included, becomes a cut
+            pieces, fields = [cut[0]], []
+            for part in cut[1:]:
+                field, _, rest = part.partition('\\ue000"')
+                fields.append(field)
+                pieces.append(rest)
+            found = self._templates[key] = (pieces, fields)
+        return found
 
     @property
     def _origin(self) -> str:
