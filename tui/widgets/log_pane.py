@@ -17,11 +17,13 @@ import re
 from collections import deque
 from dataclasses import dataclass
 
+from rich.segment import Segment
 from rich.text import Text
 from textual.binding import Binding
 from textual.events import Blur, Resize
 from textual.geometry import Size
 from textual.message import Message
+from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import Input, RichLog
 
@@ -119,14 +121,12 @@ class LogPane(CarriesOn, RichLog):
             self.waiting.extend(entries)
             self._subtitle()
             return
-        if len(entries) > KEPT // 5:  # a flood, or what waited while held: keep it, draw only the kept tail
-            self.entries.extend(entries)
+        self.entries.extend(entries)
+        shown = [entry for entry in entries if self._in_scope(entry)]
+        if len(shown) >= KEPT:  # a flood, or what waited while held: draw only the kept tail
             self._render_all()
             return
-        for entry in entries:
-            self.entries.append(entry)
-            if self._in_scope(entry):
-                self._write(entry)
+        self._write_many(shown)
         if len(self.shown) > KEPT + KEPT // 10:  # what is drawn stays as bounded as what is kept
             self._trim()
         if self.query_text:
@@ -162,15 +162,50 @@ class LogPane(CarriesOn, RichLog):
         line.append(one_line(entry.get("msg", "")), style=LEVEL_STYLES.get(entry.get("level", ""), ""))
         return line
 
-    def _write(self, entry: dict) -> None:
+    def _found(self, entry: dict) -> Text:
+        """The entry's line, its matches highlighted (and counted) while something is being found."""
         line = self._line(entry)
         if self._pattern is not None and self._pattern.search(line.plain):
             self.matches.append(len(self.shown))
             line.highlight_regex(self._pattern, style=MATCH_STYLE)
-        self._unplaced = self._unplaced or not self._size_known
-        self.starts.append(len(self.lines))
-        self.shown.append(entry)
-        self.write(line, scroll_end=self.following)
+        return line
+
+    def _write_many(self, entries: list[dict]) -> None:
+        """Draw ``entries`` at the bottom, each into the lines ``RichLog.write`` would make of it, with the size,
+        the scroll and the refresh done once for them all: written a line at a time, a flood of 2,000 lines
+        spent most of its time on 2,000 of each (``bench/log_pane.py``)."""
+        if not entries:
+            return
+        if not self._size_known:  # RichLog keeps them until it has a width; their lines are counted then
+            for entry in entries:
+                line = self._found(entry)
+                self._unplaced = True
+                self.starts.append(len(self.lines))
+                self.shown.append(entry)
+                self.write(line, scroll_end=self.following)
+            return
+        console = self.app.console
+        options = console.options if self.wrap else console.options.update(overflow="ignore", no_wrap=True)
+        width, least = self.scrollable_content_region.width, self.min_width
+        widest = self._widest_line_width
+        for entry in entries:
+            line = self._found(entry)
+            self.starts.append(len(self.lines))
+            self.shown.append(entry)
+            length = line.cell_len
+            render_width = max(min(length, width), least)  # RichLog.write's width: shrink, at least min_width
+            if length <= render_width and "\t" not in line.plain:  # one line as it is: render it directly
+                strips = [Strip(list(line.render(console, end="")), length)]
+            else:
+                rendered = console.render(line, options.update_width(render_width))
+                strips = Strip.from_lines(list(Segment.split_lines(rendered))) or [Strip.blank(render_width)]
+            widest = max(widest, *(strip.cell_length for strip in strips))
+            self.lines.extend(strips)
+        self._widest_line_width = max(widest, self._widest_line_width)
+        self.virtual_size = Size(self._widest_line_width, len(self.lines))
+        if self.following:
+            self.scroll_end(animate=False, immediate=False, x_axis=False)
+        self.refresh()
 
     def _render_all(self) -> None:
         """Draw the entries in scope again (after a change of scope, wrap, query or width), keeping the
@@ -179,8 +214,7 @@ class LogPane(CarriesOn, RichLog):
         self.clear()
         self.shown, self.starts, self.matches, self._unplaced = [], [], [], False
         kept = [entry for entry in self.entries if self._in_scope(entry)][-KEPT:]
-        for entry in kept:
-            self._write(entry)
+        self._write_many(kept)
         if self.current is not None:
             self.current = min(self.current, len(self.matches) - 1) if self.matches else None
         if self.following:
