@@ -543,10 +543,11 @@ return 0
 # ARGV[4..] the run ids expected at the head of the fired list, in order
 # The bookkeeping of published fires, after their messages left: each run at the head of the fired list
 # (while it is the one expected) gets its queue time, joins its task's history, becomes the task's latest
-# run (unless a later one is already: a retry of it, say) with the state it has now (a worker may have
-# finished it meanwhile), and its event; a one-shot task becomes done (unless an edit gave it a new due
-# time), a cron task shows its next due time (unless an edit or a pause moved it). A run leaves the list
-# as it is committed, so each is committed once. When the batch holds nothing more, its p: entry goes.
+# run (unless a later one is already: a retry of it, say) with the state and start it has now (a worker
+# may have started or finished it meanwhile), and its event; a one-shot task becomes done (unless an edit
+# gave it a new due time), a cron task shows its next due time (unless an edit or a pause moved it). A run
+# leaves the list as it is committed, so each is committed once. When the batch holds nothing more, its p:
+# entry goes.
 # Returns how many runs left the list.
 COMMIT = """
 local head = redis.call('LRANGE', KEYS[1], 0, #ARGV - 4)
@@ -556,7 +557,7 @@ for i = 1, #head do
   if run_id ~= ARGV[3 + i] then break end
   done = i
   local run, task, runs = KEYS[2 + i * 3], KEYS[3 + i * 3], KEYS[4 + i * 3]
-  local f = redis.call('HMGET', run, 'task_id', 'scheduled_for', 'trigger', 'state', 'duration_ms')
+  local f = redis.call('HMGET', run, 'task_id', 'scheduled_for', 'trigger', 'state', 'duration_ms', 'started_at')
   if f[1] and redis.call('EXISTS', task) == 1 then
     redis.call('HSET', run, 'queued_at', queued_at)
     local last = redis.call('HGET', task, 'last_run_id')
@@ -564,7 +565,8 @@ for i = 1, #head do
                   tonumber(redis.call('ZSCORE', runs, last) or '0') > tonumber(queued_at)
     redis.call('ZADD', runs, queued_at, run_id)
     if not newer then
-      redis.call('HSET', task, 'last_run_id', run_id, 'last_run_state', f[4], 'last_duration_ms', f[5] or '')
+      redis.call('HSET', task, 'last_run_id', run_id, 'last_run_state', f[4], 'last_duration_ms', f[5] or '',
+                 'last_started_at', f[6] or '')
     end
     local due = redis.call('ZSCORE', KEYS[3], 't:' .. f[1])
     if next_due == '' then

@@ -115,3 +115,32 @@ def test_a_deleted_task_keeps_no_outcomes_and_a_late_finish_does_not_bring_it_ba
     finish(service, running, RunState.SUCCEEDED, 12.0)
     assert not service.store.redis.exists(outcomes)
     assert not service.store.redis.exists(service.store.keys.task(task.id))
+
+
+def test_a_fire_that_ends_before_the_scheduler_records_it_shows_its_start(service):
+    """The scheduler publishes a fire's message, then records it as its task's latest run: a worker may end
+    the run in between, and the task then shows that run's state, start and duration, its outcome counted."""
+    from core.scheduler import Scheduler
+
+    task = service.create({"name": "quick", "task_name": "taskman.echo", "delay_seconds": 30})
+    due = task.next_run_at
+    now = [due - 1.0]
+    sched = Scheduler(service.store, service.dispatcher, clock=lambda: now[0])
+    sched.tick()
+    [fire] = sched.held
+    service.store.commit = lambda *args, **kwargs: 0  # the recording comes later
+    now[0] = due
+    try:
+        sched.tick()
+    finally:
+        del service.store.commit
+    run = service.store.get_run(fire.run.id)
+    service.store.transition(run.id, (RunState.QUEUED,), RunState.RUNNING, fields={"started_at": due + 0.25})
+    run.started_at = due + 0.25
+    finish(service, run, RunState.SUCCEEDED, 12.0)
+    now[0] = due + sched.lease + sched.lock_ttl + 5
+    sched.tick()
+    read = service.tasks([task.id])[0]
+    assert (read.last_run_id, read.last_run_state, read.last_duration_ms) == (run.id, "succeeded", 12.0)
+    assert read.last_started_at == due + 0.25
+    assert (read.recent_runs, read.recent_ok) == (1, 1)
