@@ -68,6 +68,9 @@ PUBLISH_BATCH = 1000
 """Prepared fires published by one ``PUBLISH`` script."""
 COMMIT_BATCH = 250
 """Published fires recorded by one ``COMMIT`` script (Redis serves nothing else while it runs)."""
+PREPARE_GUESS = 0.25e-3
+"""Seconds to prepare one fire, until this scheduler has measured it (a burst's size decides how early it is
+claimed: ``CLAIM``)."""
 QUIET_BEFORE_DUE = 0.25
 """Seconds before a held fire's due time from which a tick neither records published fires nor prepares
 more (each costs up to a few hundred milliseconds for a batch), so the due instant finds it free."""
@@ -171,6 +174,11 @@ class Scheduler:
             log.exception("could not record the scheduler's lag")
         return self._wait()
 
+    @property
+    def _hold(self) -> float:
+        """How long past its due time an entry claimed ahead stays leased: the look-ahead and the lock's TTL."""
+        return self.lookahead + self.lock_ttl
+
     def _wait(self) -> float:
         """Seconds until the next look: the first held fire's due time, or the next entry's minus the look-ahead."""
         wait = self.interval
@@ -183,10 +191,10 @@ class Scheduler:
             wait = min(wait, self.held_plain[0][1] - clock)
         next_due = self.store.next_due()
         if next_due is not None:
-            # A task's entry is claimed a look-ahead before its time; one already within it was claimed by this
-            # tick, unless it is not a task's (a retry's, a batch's), which is due at its time.
-            ahead = self.lookahead if self.dispatcher.builds_messages else 0.0
-            wait = min(wait, (next_due - ahead if next_due - ahead > clock else next_due) - clock)
+            # A task's entry is claimed a look-ahead before its time (a hold before, in a burst); one already within
+            # it was claimed by this tick, unless it is not a task's (a retry's, a batch's): due at its time.
+            looks = (self._hold, self.lookahead, 0.0) if self.dispatcher.builds_messages else (0.0,)
+            wait = min(wait, next(next_due - ahead for ahead in looks if next_due - ahead > clock or not ahead) - clock)
         return max(0.0, wait)
 
     def _claim_and_prepare(self, now: float, given: float | None, lags: list[float]) -> None:
@@ -198,8 +206,10 @@ class Scheduler:
             # An entry claimed ahead stays leased past its due time by the look-ahead and the lock's TTL: never
             # within this scheduler's next look-ahead (it would claim its own held entries again), and back
             # soon after its due time if this scheduler dies holding it.
+            # A burst too big to prepare within the look-ahead is claimed earlier, up to that hold.
+            per_fire = (self.prepare_seconds or PREPARE_GUESS * PUBLISH_BATCH) / PUBLISH_BATCH
             claimed = self.store.claim_ahead(now, self.lease, self.token, CLAIM_LIMIT, ahead,
-                                             self.lookahead + self.lock_ttl)
+                                             self._hold, per_fire)
             tasks_due: list[tuple[str, float, float]] = []
             for member, due_at, leased_to in claimed:
                 kind = member[:2]

@@ -421,11 +421,14 @@ return {current, 'lost'}
 
 # KEYS[1] due set, KEYS[2] scheduler lock
 # ARGV[1] now, ARGV[2] lease seconds, ARGV[3] max entries, ARGV[4] the claimer's lock token,
-# ARGV[5] look-ahead seconds (0 = none), ARGV[6] how long past its due time an entry claimed ahead stays leased.
+# ARGV[5] look-ahead seconds (0 = none), ARGV[6] how long past its due time an entry claimed ahead stays leased
+# (the hold), ARGV[7] seconds the claimer takes to prepare a fire ('' or 0 = do not stretch the look-ahead).
 # Claims due entries by pushing their score to now + lease: a scheduler that dies before sending
 # leaves them to fire again after the lease (at-least-once), and nothing else sees them meanwhile.
 # With a look-ahead, tasks' entries (``t:``) due within it are claimed too, leased to their due time plus
 # ARGV[6] (a scheduler that dies holding them gives them back soon after they were due, not a lease later).
+# When more entries fall due within the hold than the claimer could prepare within the look-ahead, it
+# looks as far as the hold (never further: it would claim its own held entries again).
 # Only the lock's holder claims: a scheduler frozen past its lock claims nothing when it wakes.
 # Returns a flat list member, original score, leased score, ...
 CLAIM = """
@@ -441,6 +444,12 @@ for i = 1, #due, 2 do
   claimed[#claimed + 1] = leased
 end
 local ahead = tonumber(ARGV[5] or '0')
+local per_fire = tonumber(ARGV[7] or '0')
+if ahead > 0 and per_fire > 0 and tonumber(ARGV[6]) > ahead then
+  -- more falling due within the hold than the look-ahead leaves the time to prepare: look as far as the hold
+  local coming = redis.call('ZCOUNT', KEYS[1], '(' .. ARGV[1], tonumber(ARGV[1]) + tonumber(ARGV[6]))
+  if coming * per_fire * 2 > ahead then ahead = tonumber(ARGV[6]) end
+end
 if ahead > 0 and #due < 2 * limit then
   local soon = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], tonumber(ARGV[1]) + ahead, 'WITHSCORES',
                           'LIMIT', 0, limit - #due / 2)
@@ -1039,11 +1048,12 @@ class Store:
         return [(member, due_at) for member, due_at, _ in self.claim_ahead(now, lease, token, limit)]
 
     def claim_ahead(self, now: float, lease: float, token: str, limit: int = 500, ahead: float = 0.0,
-                    hold: float = 0.0) -> list[tuple[str, float, float]]:
-        """:meth:`claim_due`, and with ``ahead`` also the tasks' entries due within ``ahead`` seconds, leased
-        to their due time plus ``hold``; (member, due time, leased score) triples in due order."""
+                    hold: float = 0.0, per_fire: float = 0.0) -> list[tuple[str, float, float]]:
+        """:meth:`claim_due`, and with ``ahead`` also the tasks' entries due within ``ahead`` seconds (within
+        ``hold`` when there are more than ``ahead`` leaves the time to prepare at ``per_fire`` seconds each),
+        leased to their due time plus ``hold``; (member, due time, leased score) triples in due order."""
         flat = self._claim(keys=[self.keys.due, self.keys.scheduler_lock],
-                           args=[repr(now), repr(lease), limit, token, repr(ahead), repr(hold)])
+                           args=[repr(now), repr(lease), limit, token, repr(ahead), repr(hold), repr(per_fire)])
         return [(flat[i], float(flat[i + 1]), float(flat[i + 2])) for i in range(0, len(flat), 3)]
 
     def stage(self, batch: str, fires: list[Prepared], recover_at: float) -> None:
@@ -1051,8 +1061,9 @@ class Store:
         ``p:`` entry due at ``recover_at`` (which undoes what is never published), in one transaction. Nothing
         points at the runs yet: they join their tasks' histories when published (``COMMIT``)."""
         pipe = self.batch()
-        for fire in fires:
-            pipe.hset(self.keys.run(fire.run.id), mapping=self.run_fields(fire.run))
+        for fire in fires:  # a field with nothing in it reads as its default: a burst writes half the fields
+            fields = {key: value for key, value in self.run_fields(fire.run).items() if value not in ("", "null")}
+            pipe.hset(self.keys.run(fire.run.id), mapping=fields)
             self._wire(fire)
         pipe.hset(self.keys.fire_staged(batch), mapping={fire.run.id: fire.message for fire in fires})
         pipe.zadd(self.keys.due, {due_member_for_batch(batch): recover_at})
