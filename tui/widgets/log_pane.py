@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from collections import deque
 from dataclasses import dataclass
+from typing import cast
 
 from rich.segment import Segment
 from rich.text import Text
@@ -184,21 +185,12 @@ class LogPane(CarriesOn, RichLog):
                 self.shown.append(entry)
                 self.write(line, scroll_end=self.following)
             return
-        console = self.app.console
-        options = console.options if self.wrap else console.options.update(overflow="ignore", no_wrap=True)
-        width, least = self.scrollable_content_region.width, self.min_width
         widest = self._widest_line_width
         for entry in entries:
             line = self._found(entry)
             self.starts.append(len(self.lines))
             self.shown.append(entry)
-            length = line.cell_len
-            render_width = max(min(length, width), least)  # RichLog.write's width: shrink, at least min_width
-            if length <= render_width and "\t" not in line.plain:  # one line as it is: render it directly
-                strips = [Strip(list(line.render(console, end="")), length)]
-            else:
-                rendered = console.render(line, options.update_width(render_width))
-                strips = Strip.from_lines(list(Segment.split_lines(rendered))) or [Strip.blank(render_width)]
+            strips = self._strips(line)
             widest = max(widest, *(strip.cell_length for strip in strips))
             self.lines.extend(strips)
         self._widest_line_width = max(widest, self._widest_line_width)
@@ -206,6 +198,46 @@ class LogPane(CarriesOn, RichLog):
         if self.following:
             self.scroll_end(animate=False, immediate=False, x_axis=False)
         self.refresh()
+
+    def _strips(self, line: Text) -> list[Strip]:
+        """The lines ``RichLog.write`` makes of ``line`` at the pane's width (wrapped, or not)."""
+        console = self.app.console
+        length = line.cell_len
+        render_width = max(min(length, self.scrollable_content_region.width), self.min_width)  # as RichLog's
+        if length <= render_width and "\t" not in line.plain:  # one line as it is: render it directly
+            return [Strip(list(line.render(console, end="")), length)]
+        options = console.options if self.wrap else console.options.update(overflow="ignore", no_wrap=True)
+        rendered = console.render(line, options.update_width(render_width))
+        return Strip.from_lines(list(Segment.split_lines(rendered))) or [Strip.blank(render_width)]
+
+    def _highlight_again(self) -> None:
+        """After the text to find changed: draw again only the entries that held a match or hold one now. A
+        style moves no word, so each keeps its lines and no other entry moves; typing a word into the find box
+        no longer draws every shown line once per key."""
+        if self._unplaced or not self._size_known:
+            self._render_all()
+            return
+        before, self.matches = set(self.matches), []
+        changed = False
+        for index, entry in enumerate(self.shown):
+            line = self._line(entry)
+            found = self._pattern is not None and self._pattern.search(line.plain) is not None
+            if found:
+                self.matches.append(index)
+                line.highlight_regex(cast(re.Pattern, self._pattern), style=MATCH_STYLE)
+            if found or index in before:
+                start = self.starts[index]
+                end = self.starts[index + 1] if index + 1 < len(self.starts) else len(self.lines)
+                strips = self._strips(line)
+                if len(strips) != end - start:  # not expected; if ever, drawing everything again is right
+                    self._render_all()
+                    return
+                self.lines[start:end] = strips
+                changed = True
+        if changed:
+            self._line_cache.clear()
+            self.refresh()
+        self._subtitle()
 
     def _render_all(self) -> None:
         """Draw the entries in scope again (after a change of scope, wrap, query or width), keeping the
@@ -272,7 +304,7 @@ class LogPane(CarriesOn, RichLog):
             self.query_text = text
             self._pattern = re.compile(re.escape(text), re.IGNORECASE) if text else None
             self.current = None
-            self._render_all()
+            self._highlight_again()
         if jump and self.matches:
             self._go(len(self.matches) - 1)
 
