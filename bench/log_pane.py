@@ -9,7 +9,9 @@ same run for two baselines given the same lines: a plain ``RichLog`` written one
 (what the pane did before it could find, wrap and hold) and Textual's ``Log`` (plain strings,
 ``write_lines``). Each into an empty pane, and into one already holding 3,000 lines, with a find
 running (``--query``, highlighted in every line that holds it). Prints medians and the ratio to the
-``RichLog`` baseline; asserts nothing. Needs no Redis.
+``RichLog`` baseline. Then, in a pane holding 5,000 lines, the time a find takes to answer each key
+as ``--typed`` is typed (its first letter is in nearly every line, the rest in one line in ten),
+against drawing every shown line again (what a new find did before). Asserts nothing. Needs no Redis.
 """
 
 from __future__ import annotations
@@ -112,11 +114,34 @@ async def once(make: Callable[[], Widget], add: Callable[[Widget, list[dict]], N
         return time.perf_counter() - started
 
 
+async def typed_find(query: str) -> tuple[list[float], float]:
+    """Seconds a find takes to answer each key as ``query`` is typed into a pane holding 5,000 lines, and the
+    seconds drawing every one of those lines again takes."""
+    pane = LogPane()
+    pane.names = {TASK: "nightly-export"}
+    app = Bench(pane)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        pane.add(entries(5000))
+        await pilot.pause()
+        per_key = []
+        for end in range(1, len(query) + 1):
+            started = time.perf_counter()
+            pane.find(query[:end], jump=False)
+            await pilot.pause()
+            per_key.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        pane._render_all()
+        await pilot.pause()
+        return per_key, time.perf_counter() - started
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, default=2000)
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--query", default="checksum 0")
+    parser.add_argument("--typed", default="tail")
     options = parser.parse_args()
     for held, query in ((0, ""), (3000, options.query)):
         times: dict[str, list[float]] = {name: [] for name in VARIANTS}
@@ -129,6 +154,13 @@ async def main() -> None:
         for name, seconds in times.items():
             median = statistics.median(seconds)
             print(f"  {name:40} {median * 1000:7.1f} ms  {median / base:5.2f}x")
+    runs = [await typed_find(options.typed) for _ in range(3)]
+    redraw = statistics.median(run[1] for run in runs)
+    print(f"typing {options.typed!r} into the find box of a pane holding 5000 lines (median of 3):")
+    print(f"  {'every line drawn again (baseline)':40} {redraw * 1000:7.1f} ms  {1:5.2f}x")
+    for index, letter in enumerate(options.typed):
+        key = statistics.median(run[0][index] for run in runs)
+        print(f"  {f'key {letter!r} answered':40} {key * 1000:7.1f} ms  {key / redraw:5.2f}x")
 
 
 if __name__ == "__main__":
