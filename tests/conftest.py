@@ -32,6 +32,7 @@ os.environ["TASKMAN_CONFIG"] = str(ROOT / "tests" / "no-such-config.toml")
 # a loaded machine must not turn a slow example into a failure. ``--hypothesis-profile`` overrides.
 from hypothesis import settings as hypothesis_settings  # noqa: E402
 
+from core.allowed_imports import SANDBOX_IMPORTS  # noqa: E402
 from core.config import Settings  # noqa: E402
 from core.embedded import RedisServer, killed_with_parent  # noqa: E402
 
@@ -84,6 +85,12 @@ def namespace() -> str:
     return f"test{uuid.uuid4().hex[:8]}"
 
 
+IDLE_RUN = "import time\n    time.sleep(60)"
+"""The body of a code task (``def f():``) that keeps its run running for a minute without using the CPU:
+the tests that need a run in progress use it, so a spinning loop does not slow the tests beside them.
+(The stop, timeout and limit tests keep their spinning loops: a run that never yields is their point.)"""
+
+
 @pytest.fixture(scope="session")
 def taskman_env(redis_server, namespace, tmp_path_factory) -> dict[str, str]:
     """Environment for every taskman process the tests start."""
@@ -97,6 +104,7 @@ def taskman_env(redis_server, namespace, tmp_path_factory) -> dict[str, str]:
         "TASKMAN_IMPORTS": "tests.e2e.operator_tasks",
         "TASKMAN_SCHEDULER_INTERVAL": "0.05",
         "TASKMAN_DATA_DIR": str(tmp_path_factory.mktemp("data")),
+        "TASKMAN_SANDBOX_IMPORTS": ",".join([*SANDBOX_IMPORTS, "time"]),  # for IDLE_RUN
     }
 
 

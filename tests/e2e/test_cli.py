@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -25,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from core.http import mask_headers
-from tests.conftest import wait_for
+from tests.conftest import IDLE_RUN, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CALL_TIMEOUT = 30
@@ -89,6 +90,38 @@ class Cli:
         assert done.stderr.strip(), "a refusal must say why on stderr"
         assert "Traceback" not in done.stderr, done.stderr
         return done.stderr
+
+
+class InProcessCli(Cli):
+    """The same calls made in this process with click's ``CliRunner`` (same environment, real Redis): for
+    matrices of refusals and escaping checks, where interpreter start-up (0.3-2 s a call) is all a
+    subprocess adds. The subprocess tests above and below keep the installed script itself covered."""
+
+    def raw(self, *args: str, input: str | bytes | None = None,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """The call with its exit code, and stdout and stderr as the bytes written (a crash's traceback
+        appended to stderr, as the interpreter would print it)."""
+        from click.testing import CliRunner
+
+        from tui.cli import main
+
+        wanted = env or self.env()
+        unset: dict[str, str | None] = {key: None for key in os.environ if key.startswith("TASKMAN_")
+                                        and key not in wanted}
+        result = CliRunner().invoke(main, list(args), input=input, env={**wanted, **unset}, catch_exceptions=True)
+        stderr = result.stderr_bytes
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            stderr += "".join(traceback.format_exception(result.exception)).encode()
+        return subprocess.CompletedProcess(["taskman", *args], result.exit_code, result.stdout_bytes, stderr)
+
+    def __call__(self, *args: str, input: str | bytes | None = None, env: dict[str, str] | None = None,
+                 timeout: float = CALL_TIMEOUT) -> subprocess.CompletedProcess:
+        done = self.raw(*args, input=input, env=env)
+        done.stdout, done.stderr = done.stdout.decode(), done.stderr.decode()
+        return done
+
+    def many(self, method: str, calls: list[tuple[str, ...]], **kwargs) -> list:
+        return [getattr(self, method)(*args, **kwargs) for args in calls]
 
 
 @pytest.fixture(scope="module")
@@ -501,7 +534,7 @@ def test_list_and_logs_show_a_running_run_as_it_runs(cli, stack):
     name = marker()
     task = cli.json("submit", "-", input=json.dumps(
         {"name": name, "cron_expression": FAR_CRON, "timeout": 60, "function_name": "f",
-         "function_code": "def f():\n    while True:\n        pass"}))
+         "function_code": f"def f():\n    {IDLE_RUN}"}))
     run_id = cli.ok("run", task["id"]).stdout.split()[-1]
     try:
         listed = wait_for(lambda: (t := cli.json("list", "--name", name)[0])["last_run"]["state"] == "running" and t,

@@ -1,25 +1,25 @@
 """Every command-line argument refuses bad input clearly: exit 2, a message naming the argument, no traceback.
 
-Each call runs the installed ``taskman`` console script as a subprocess with the session's environment
-(no workers needed: a refusal happens before anything would run). Refused submits must leave the
+Each call runs the command line in this process (click's ``CliRunner``) with the session's environment and
+Redis (no workers needed: a refusal happens before anything would run); tests/e2e/test_cli.py refuses
+through the installed console script as a subprocess. Refused submits must leave the
 stored tasks and the due set exactly as they were.
 """
 
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.e2e.test_cli import Cli
+from tests.e2e.test_cli import Cli, InProcessCli
 
 MAX_BODY = 1_000_000
 
 
 @pytest.fixture(scope="module")
 def cli(taskman_env) -> Cli:
-    return Cli(taskman_env)
+    return InProcessCli(taskman_env)
 
 
 @pytest.fixture(scope="module")
@@ -82,9 +82,8 @@ def problems_of(case: str, done, words: list[str]) -> list[str]:
 
 
 def run_all(cli: Cli, calls: list[tuple[list[str], str | None]]) -> list:
-    """Run independent calls four at a time (each is mostly interpreter start-up); results in order."""
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        return list(pool.map(lambda call: cli(*call[0], input=call[1]), calls))
+    """Run independent calls; results in order."""
+    return [cli(*args, input=text) for args, text in calls]
 
 
 def test_every_argument_refuses_bad_input_naming_it(cli, task_id):

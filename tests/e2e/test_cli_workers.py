@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.conftest import wait_for
+from tests.conftest import IDLE_RUN, wait_for
 from tests.e2e.test_cli import Cli
 
 pytestmark = pytest.mark.usefixtures("stack")
@@ -40,7 +40,7 @@ def test_the_overview_shows_each_worker_s_pool_numbers_heartbeat_and_walls(stack
 def test_a_running_run_counts_as_active_and_unacked_on_its_queue_then_as_processed(stack):
     before = by_prefix(stack.workers(), "code@").processed or 0
     task = stack.create({"name": f"busy-{time.time_ns() % 10**9}", "cron_expression": FAR_CRON, "timeout": 60,
-                         "function_name": "f", "function_code": "def f():\n    while True:\n        pass"})
+                         "function_name": "f", "function_code": f"def f():\n    {IDLE_RUN}"})
     stack.run_now(task.id)
     view = wait_for(lambda: (v := stack.workers()) and (by_prefix(v, "code@").active or 0) >= 1 and v,
                     message="the code worker to say it runs something")

@@ -80,6 +80,14 @@ def cli_bytes(taskman_env, *args: str, input: bytes | None = None, **env: str) -
                           env=process_env(taskman_env, **env), timeout=30)
 
 
+def cli_bytes_here(taskman_env, *args: str, input: bytes | None = None) -> subprocess.CompletedProcess:
+    """``cli_bytes`` made in this process (click's ``CliRunner``): the bytes the command writes, without an
+    interpreter's start-up per call; the tests that use it make one call through the installed script too."""
+    from tests.e2e.test_cli import InProcessCli
+
+    return InProcessCli(taskman_env).raw(*args, input=input)
+
+
 def assert_no_raw_control(data: bytes, where: str) -> None:
     text = data.replace(b"\n", b"").replace(b"\t", b"")
     found = [byte for byte in RAW_CONTROL if byte in text]
@@ -211,7 +219,7 @@ def test_control_characters_from_task_data_are_made_visible_in_the_cli(taskman_e
     for task in (loud, failing, echoed):
         for args in (("show", task.id), ("logs", task.id, "-n", "200"), ("show", task.id, "--json"),
                      ("logs", task.id, "--json")):
-            done = cli_bytes(taskman_env, *args)
+            done = cli_bytes_here(taskman_env, *args)
             assert done.returncode == 0, done.stderr
             assert_no_raw_control(done.stdout, f"taskman {' '.join(args)}")
             assert_no_raw_control(done.stderr, f"taskman {' '.join(args)} (stderr)")
@@ -219,13 +227,13 @@ def test_control_characters_from_task_data_are_made_visible_in_the_cli(taskman_e
                 shown = json.loads(done.stdout)
                 if task is loud:
                     assert shown["runs"][0]["result"].startswith("\x1b]52;c;"), "--json keeps the value"
-    shown = cli_bytes(taskman_env, "show", loud.id).stdout
+    shown = cli_bytes(taskman_env, "show", loud.id).stdout  # the installed script itself
     assert b"\\x1b]52;c;cm0gLXJmIH4=\\x07" in shown and b"\\x9b2J" in shown and b"\\u202e" in shown
-    logs = cli_bytes(taskman_env, "logs", failing.id, "-n", "200").stdout
+    logs = cli_bytes_here(taskman_env, "logs", failing.id, "-n", "200").stdout
     assert b"\\x1b]0;title\\x07 before" in logs
     assert not any(line.startswith(b"12:00:00.000") for line in logs.splitlines()), "no forged log line"
     assert b"\\n12:00:00.000 forged-line" in logs
-    listed = cli_bytes(taskman_env, "list", "--name", prefix).stdout
+    listed = cli_bytes_here(taskman_env, "list", "--name", prefix).stdout
     assert_no_raw_control(listed, "taskman list")
     assert b"\\u202e" in listed
     for task in (loud, failing, echoed):  # the REST API too: curl'ed into a terminal, it must not drive it
@@ -239,7 +247,7 @@ def test_control_characters_from_task_data_are_made_visible_in_the_cli(taskman_e
                          ("description", "clip \x1b]52;c;eA==\x07"), ("description", "del\x7f"),
                          ("function_code", "def f():\n    return '\x1b[2J'\n")):
         spec = {"name": "ok", "function_code": "def f():\n    return 1", "function_name": "f", field: value}
-        done = cli_bytes(taskman_env, "submit", "-", input=json.dumps(spec).encode())
+        done = cli_bytes_here(taskman_env, "submit", "-", input=json.dumps(spec).encode())
         assert done.returncode == 2 and done.stderr.startswith(f"error: {field}:".encode()), (field, done.stderr)
         assert_no_raw_control(done.stderr, "a refusal")
     for task in (loud, failing, echoed):

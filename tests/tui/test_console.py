@@ -10,6 +10,7 @@ from textual.widgets import DataTable, Input, Select, Static, TextArea
 
 from core.errors import NotFound
 from core.models import RunState
+from tests.conftest import IDLE_RUN
 from tui.app import TaskmanApp
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.detail import DetailScreen
@@ -194,7 +195,7 @@ async def test_edit_and_save_code_with_validation_in_place(stack):
 async def test_run_stop_pause_resume_delete_and_filter(stack):
     name = unique("actions")
     task = stack.create({"name": name, "cron_expression": FAR_CRON, "timeout": 30,
-                         "function_code": "def f():\n    while True:\n        pass", "function_name": "f"})
+                         "function_code": f"def f():\n    {IDLE_RUN}", "function_name": "f"})
     async with TaskmanApp(stack).run_test(size=SIZE) as pilot:
         await select_task(pilot, name)
         table = pilot.app.screen.query_one(TaskTable)
@@ -434,7 +435,6 @@ def cron_task(name: str, body: str = "return 1", **extra) -> dict:
             **extra}
 
 
-LOOP = "while True:\n        pass"
 
 
 def last_shown(table: TaskTable, task_id: str) -> str:
@@ -459,7 +459,7 @@ async def type_text(pilot, text: str) -> None:
 
 async def test_a_running_run_shows_as_running_its_time_ticks_and_its_start_is_logged_at_once(stack):
     name = unique("long-run")
-    task = stack.create(cron_task(name, LOOP, timeout=60))
+    task = stack.create(cron_task(name, IDLE_RUN, timeout=60))
     async with TaskmanApp(stack).run_test(size=SIZE) as pilot:
         await select_task(pilot, name)
         table, logs = pilot.app.screen.table, pilot.app.screen.logs

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from textual.widgets import DataTable, Input, TextArea
 
+from tests.conftest import IDLE_RUN
 from tests.tui.test_console import SIZE, _final, _text, cron_task, select_task, type_text, unique, until
 from tui.app import TaskmanApp
 from tui.screens.audit import AuditScreen
@@ -91,7 +92,7 @@ async def test_w_opens_the_workers_view_with_pools_heartbeats_walls_queues_and_n
 
 
 async def test_the_workers_view_follows_a_run_and_names_each_wall_when_wide(stack):
-    task = stack.create(cron_task(unique("busy"), "while True:\n        pass", timeout=60))
+    task = stack.create(cron_task(unique("busy"), IDLE_RUN, timeout=60))
     async with TaskmanApp(stack).run_test(size=(200, 50)) as pilot:
         await pilot.press("w")
         screen = await until(pilot, lambda: isinstance(pilot.app.screen, WorkersScreen) and pilot.app.screen)
