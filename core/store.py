@@ -227,7 +227,7 @@ class Prepared:
     next_due: float | None
     """The task's next due time (a cron task) as of the due time, or None: a one-shot whose entry goes."""
     batch: str
-    wire: tuple[float | None, str] | None = None
+    wire: tuple[float | None, tuple[str, ...]] | None = None
     """How ``PUBLISH`` reads it, for that ``next_due`` (``Store._wire``)."""
 
 
@@ -469,60 +469,54 @@ return claimed
 # KEYS[1] due set, KEYS[2] scheduler lock, KEYS[3] the batch's staged messages, KEYS[4] its fired runs,
 # KEYS[5..] the queues' lists (kombu's keys)
 # ARGV[1] the publisher's lock token, ARGV[2] queued_at (now), ARGV[3] '1' to hand every fire back,
-# ARGV[4] a JSON array with one array per fire: due member, the score its claim leased it to, its due time,
-# run id, its queue's index among KEYS[5..] (1-based), its next due score ('' = a one-shot: the entry goes).
+# ARGV[4] a JSON array of six arrays, one value per fire in each: its due member, the score its claim leased
+# it to, its due time, its run id, its queue's index among KEYS[5..] (1-based), its next due score ('' = a
+# one-shot: the entry goes).
 # The due instant of prepared fires: for each fire whose entry still holds its claim's lease (an edit, a
 # pause, a delete or another claim all change it) and whose message is still staged, pushes the message
 # onto its queue (as kombu's Redis transport does, so a worker takes it as any Celery message), moves
 # the entry to its next due time (or removes it) and appends the run to the batch's fired list for
-# ``COMMIT`` — all at once,
-# so a fire's message is sent exactly when its entry moves on. A publisher that lost the lock (frozen
-# past it) hands the entries back at their due time for the holder to fire. A fire not published keeps
-# its staged message, which the batch's ``p:`` entry undoes later (its run is then deleted).
-# Returns one flag per fire: 1 published, 0 not.
+# ``COMMIT`` — all at once, so a fire's message is sent exactly when its entry moves on. A publisher that
+# lost the lock (frozen past it) hands the entries back at their due time for the holder to fire. A fire
+# not published keeps its staged message, which the batch's ``p:`` entry undoes later (its run is then
+# deleted). Returns a string of one character per fire: 1 published, 0 not.
 PUBLISH = """
 local fires = cjson.decode(ARGV[4])
-local n = #fires
+local members, leases, dues, runs, queues, nexts = fires[1], fires[2], fires[3], fires[4], fires[5], fires[6]
+local n = #members
 local published = {}
 if ARGV[3] == '1' or redis.call('GET', KEYS[2]) ~= ARGV[1] then
   for i = 1, n do
-    local f = fires[i]
-    local score = redis.call('ZSCORE', KEYS[1], f[1])
-    if score and tonumber(score) == f[2] then redis.call('ZADD', KEYS[1], f[3], f[1]) end
-    published[i] = 0
+    local score = redis.call('ZSCORE', KEYS[1], members[i])
+    if score and tonumber(score) == leases[i] then redis.call('ZADD', KEYS[1], dues[i], members[i]) end
+    published[i] = '0'
   end
-  return published
-end
-local members, runs = {}, {}
-for i = 1, n do
-  members[i] = fires[i][1]
-  runs[i] = fires[i][4]
+  return table.concat(published)
 end
 local scores = redis.call('ZMSCORE', KEYS[1], unpack(members))
 local bodies = redis.call('HMGET', KEYS[3], unpack(runs))
 local pushes, moves, drops, fired, sent = {}, {}, {}, {}, {}
 for i = 1, n do
-  local f = fires[i]
-  if scores[i] and bodies[i] and tonumber(scores[i]) == f[2] then
-    local list = pushes[f[5]]
+  if scores[i] and bodies[i] and tonumber(scores[i]) == leases[i] then
+    local list = pushes[queues[i]]
     if not list then
       list = {}
-      pushes[f[5]] = list
+      pushes[queues[i]] = list
     end
     list[#list + 1] = bodies[i]
-    if f[6] == '' then
-      drops[#drops + 1] = f[1]
-      fired[#fired + 1] = f[4] .. ' ' .. ARGV[2]
+    if nexts[i] == '' then
+      drops[#drops + 1] = members[i]
+      fired[#fired + 1] = runs[i] .. ' ' .. ARGV[2]
     else
-      local next_due = string.format('%.17g', f[6])
+      local next_due = string.format('%.17g', nexts[i])
       moves[#moves + 1] = next_due
-      moves[#moves + 1] = f[1]
-      fired[#fired + 1] = f[4] .. ' ' .. ARGV[2] .. ' ' .. next_due
+      moves[#moves + 1] = members[i]
+      fired[#fired + 1] = runs[i] .. ' ' .. ARGV[2] .. ' ' .. next_due
     end
-    sent[#sent + 1] = f[4]
-    published[i] = 1
+    sent[#sent + 1] = runs[i]
+    published[i] = '1'
   else
-    published[i] = 0
+    published[i] = '0'
   end
 end
 for q, list in pairs(pushes) do redis.call('LPUSH', KEYS[4 + q], unpack(list)) end
@@ -532,7 +526,7 @@ if #sent > 0 then
   redis.call('RPUSH', KEYS[4], unpack(fired))
   redis.call('HDEL', KEYS[3], unpack(sent))
 end
-return published
+return table.concat(published)
 """
 
 # KEYS[1] due set; ARGV[1] due member, ARGV[2] the score a claim leased it to, ARGV[3] its due time
@@ -1075,19 +1069,22 @@ class Store:
         if not fires:
             return []
         batch = fires[0].batch
-        wire = ",".join(self._wire(fire) for fire in fires)
         assert all(fire.batch == batch for fire in fires), "one batch per call"
+        columns = zip(*(self._wire(fire) for fire in fires), strict=True)
+        wire = "[" + ",".join("[" + ",".join(column) + "]" for column in columns) + "]"
         keys = [self.keys.due, self.keys.scheduler_lock, self.keys.fire_staged(batch), self.keys.fire_fired(batch),
                 *(self.keys.celery_queue(queue) for queue in self._queues)]
-        answer = self._publish(keys=keys, args=[token, repr(now), "1" if hand_back else "0", f"[{wire}]"])
-        return [bool(flag) for flag in answer]
+        answer = self._publish(keys=keys, args=[token, repr(now), "1" if hand_back else "0", wire])
+        return [flag == "1" for flag in answer]
 
-    def _wire(self, fire: Prepared) -> str:
-        """A prepared fire as ``PUBLISH`` reads it (made once: a burst's due instant only joins them)."""
+    def _wire(self, fire: Prepared) -> tuple[str, ...]:
+        """A prepared fire's six values as ``PUBLISH`` reads them, in JSON (made once: a burst's due instant only
+        joins them)."""
         if fire.wire is None or fire.wire[0] != fire.next_due:
             index = self._queues.setdefault(fire.queue, len(self._queues) + 1)
-            fire.wire = (fire.next_due, json.dumps([fire.member, fire.leased_to, fire.due_at, fire.run.id, index,
-                                                    "" if fire.next_due is None else fire.next_due]))
+            values = (fire.member, fire.leased_to, fire.due_at, fire.run.id, index,
+                      "" if fire.next_due is None else fire.next_due)
+            fire.wire = (fire.next_due, tuple(json.dumps(value) for value in values))
         return fire.wire[1]
 
     def hand_back(self, member: str, due_at: float, leased_to: float) -> bool:
