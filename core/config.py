@@ -3,22 +3,19 @@
 One ``Settings`` object is built at the edge (command line, worker, scheduler) and passed in; code
 deeper down never reads the environment itself. The TOML file is ``$TASKMAN_CONFIG`` or
 ``~/.config/taskman/taskman.toml``; its keys are the field names below.
+
+``Settings`` is a plain pydantic model that reads the two sources itself (``TASKMAN_<FIELD>``, any case, over
+the file; keyword arguments over both), as pydantic-settings did for it: that package and what it loads
+(dotenv, argparse, its providers) cost every ``taskman`` command about a tenth of a bare Python's start.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Any
 
-from pydantic import Field, field_validator, model_validator
-from pydantic_settings import (
-    BaseSettings,
-    NoDecode,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
-)
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from core.allowed_imports import SANDBOX_IMPORTS
 
@@ -38,10 +35,38 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "taskman"
 
 
-class Settings(BaseSettings):
+ENV_PREFIX = "TASKMAN_"
+
+
+def _from_environment(fields: Any) -> dict[str, str]:
+    """The ``TASKMAN_<FIELD>`` variables (any case) that name one of ``fields``, by field name."""
+    found: dict[str, str] = {}
+    for name, value in os.environ.items():
+        if name[:len(ENV_PREFIX)].upper() == ENV_PREFIX and (field := name[len(ENV_PREFIX):].lower()) in fields:
+            found[field] = value
+    return found
+
+
+def _from_file(path: Path) -> dict[str, Any]:
+    """The TOML file's keys and values; nothing when there is no such file."""
+    try:
+        text = path.read_bytes()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return {}
+    import tomllib
+
+    return tomllib.loads(text.decode("utf-8"))
+
+
+class Settings(BaseModel):
     """Everything taskman can be told; each field is also ``TASKMAN_<FIELD>`` in the environment."""
 
-    model_config = SettingsConfigDict(env_prefix="TASKMAN_", extra="ignore")
+    model_config = ConfigDict(extra="ignore", validate_default=True)
+
+    def __init__(self, **values: Any) -> None:
+        """The TOML file's values, the environment's over them, ``values`` over both; then validated."""
+        fields = type(self).model_fields
+        super().__init__(**{**_from_file(_config_file()), **_from_environment(fields), **values})
 
     redis_url: str | None = None
     """Redis to use. Unset: the one ``taskman up`` started (found through ``data_dir``)."""
@@ -49,9 +74,9 @@ class Settings(BaseSettings):
     """Prefix of every Redis key, Celery's queues included, so several installs share one Redis."""
     data_dir: Path = Field(default_factory=default_data_dir)
     """Folder for the embedded Redis (its AOF) and the file that tells other commands its address."""
-    http_allow: Annotated[list[str], NoDecode] = []
+    http_allow: list[str] = []
     """Hosts or CIDRs that API tasks may reach despite the SSRF guard (comma-separated in env)."""
-    imports: Annotated[list[str], NoDecode] = []
+    imports: list[str] = []
     """Modules the worker imports so their Celery tasks become registered tasks."""
 
     default_timeout: float = Field(60.0, gt=0)
@@ -79,7 +104,7 @@ class Settings(BaseSettings):
     """Nested calls a code run may make when its spec sets no ``recursion_limit``."""
     max_recursion_limit: int = Field(1000, ge=1)
     """Upper bound on a code task's ``recursion_limit`` (the worker also lowers it to what its C stack holds)."""
-    sandbox_imports: Annotated[list[str], NoDecode] = list(SANDBOX_IMPORTS)
+    sandbox_imports: list[str] = list(SANDBOX_IMPORTS)
     """Modules code tasks may import (comma-separated in env); each is handed over as a proxy of its
     public functions, classes and constants. ``a.b`` allows the submodule only. Every name added here
     widens the sandbox: never list modules that reach the OS (os, sys, subprocess, io, operator ...)."""
@@ -162,14 +187,3 @@ class Settings(BaseSettings):
         return {"timeout": self.max_timeout, "max_retries": self.max_retries_cap,
                 "memory_limit_mb": self.max_memory_limit_mb, "output_cap": self.max_output_cap,
                 "result_cap": self.max_result_cap, "recursion_limit": self.max_recursion_limit}
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=_config_file()))
