@@ -639,3 +639,34 @@ async def test_the_cursor_lands_on_a_new_task_and_on_a_copy_scrolled_into_view(s
 def _row_in_view(table: TaskTable) -> bool:
     rows_shown = table.scrollable_content_region.height - table.header_height
     return table.scroll_y <= table.cursor_row < table.scroll_y + rows_shown
+
+
+async def test_the_newest_tasks_are_drawn_first_and_older_pages_follow_below_up_to_the_most_held(settings, monkeypatch):
+    """The first paint waits only for the newest page; the rest arrive below it, newest first, up to MOST."""
+    from core.service import Service
+    from tui.screens import main
+
+    monkeypatch.setattr(main, "FIRST_PAGE", 20)
+    monkeypatch.setattr(main, "PAGE", 50)
+    monkeypatch.setattr(main, "MOST", 150)
+    service = Service.from_settings(settings.model_copy(update={"namespace": f"paged{time.time_ns() % 10**9}"}))
+    made = service.create_many([cron_task(f"paged-{n:03}") for n in range(160)])
+    newest_first = [task.id for task in sorted(made, key=lambda task: -task.created_at)]
+    reads: list[tuple[int, int]] = []
+    list_tasks = service.list_tasks
+
+    def recorded(*, limit: int = 100, offset: int = 0):
+        reads.append((limit, offset))
+        return list_tasks(limit=limit, offset=offset)
+
+    monkeypatch.setattr(service, "list_tasks", recorded)
+    async with TaskmanApp(service).run_test(size=SIZE) as pilot:
+        screen = pilot.app.screen
+        table = screen.table
+        await until(pilot, lambda: table.row_count == 150, message="the most held")
+        assert [key.value for key in table.rows] == newest_first[:150], "newest first, pages below, no repeats"
+        assert reads == [(20, 0), (50, 20), (50, 70), (30, 120)], reads
+        assert screen.query_one("#list").border_title == "Tasks (150)"
+        later = service.create(cron_task("paged-new"))
+        await until(pilot, lambda: table.selected is not None and later.id in table.tasks, message="a new task")
+        assert next(iter(table.rows)).value == later.id

@@ -38,7 +38,12 @@ from tui.widgets.task_table import TaskTable
 if TYPE_CHECKING:
     from tui.app import TaskmanApp
 
-PAGE = 20_000
+FIRST_PAGE = 500
+"""Tasks read before the list is first drawn: the newest, so the first paint does not wait for the rest."""
+PAGE = 5_000
+"""Tasks read per message after the first page, each added below the rows already shown."""
+MOST = 20_000
+"""Tasks the console holds (the newest); past that, ``taskman list`` and the API page through the rest."""
 STATUS_EVERY = 3.0
 """Seconds between reads of the status line (one round trip, ~8 commands): with the two blocking stream
 reads, an idle console costs Redis under 5 commands per second (`bench/console.py`)."""
@@ -50,6 +55,14 @@ class TasksLoaded(Message):
     """Every task was read (first load or after Redis came back)."""
 
     tasks: list[Task]
+
+
+@dataclass
+class TasksMore(Message):
+    """The next page of older tasks, read after the first paint; ``last`` when no more will come."""
+
+    tasks: list[Task]
+    last: bool
 
 
 @dataclass
@@ -139,7 +152,7 @@ class MainScreen(CarriesOn, Screen):
             try:
                 activity, cursor = self.service.recent_activity()
                 self.activity = activity
-                self.post_message(TasksLoaded(self.service.list_tasks(limit=PAGE)))
+                self._load_pages(worker)
                 delay = 0.5
                 while not worker.is_cancelled:
                     batch = self.service.events_since(cursor)
@@ -165,6 +178,20 @@ class MainScreen(CarriesOn, Screen):
                 self.post_message(StatusRead(None, exc.cause or exc.message))
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    def _load_pages(self, worker) -> None:
+        """The newest tasks first (drawn at once), then older pages below them, up to ``MOST``. A task created
+        meanwhile shifts the pages by one (read twice, kept once); the events read afterwards bring every
+        change made meanwhile."""
+        first = self.service.list_tasks(limit=FIRST_PAGE)
+        self.post_message(TasksLoaded(first))
+        offset, last = len(first), len(first) < FIRST_PAGE
+        while not last and not worker.is_cancelled:
+            size = min(PAGE, MOST - offset)
+            page = self.service.list_tasks(limit=size, offset=offset) if size > 0 else []
+            offset += len(page)
+            last = len(page) < size or offset >= MOST
+            self.post_message(TasksMore(page, last))
 
     @work(thread=True, exclusive=True, group="logs")
     def tail_logs(self) -> None:
@@ -203,6 +230,12 @@ class MainScreen(CarriesOn, Screen):
         self.logs.names = {task.id: task.name for task in message.tasks}
         scoped = self.table.tasks.get(self.logs.scope) if self.logs.scope else None
         self.logs.show_scope(self.logs.scope, self._log_title(scoped))
+        self._show_count()
+
+    @on(TasksMore)
+    def _more(self, message: TasksMore) -> None:
+        self.table.extend(message.tasks, last=message.last)
+        self.logs.names.update({task.id: task.name for task in message.tasks})
         self._show_count()
 
     @on(TasksChanged)

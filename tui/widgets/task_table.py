@@ -113,6 +113,8 @@ class TaskTable(CarriesOn, DataTable):
         self.query_filter = filters.TaskFilter()
         self.columns_shown: tuple[str, ...] = COLUMNS
         self._longest_name = 4
+        self._grown_name = 4
+        self._name_cap = NAME_WIDTH
 
     @property
     def wide(self) -> bool:
@@ -136,12 +138,13 @@ class TaskTable(CarriesOn, DataTable):
         """Columns with explicit widths (the name column as wide as the longest shown name, up to 32; in a
         wide list up to the room left), so the layout depends only on what is shown and the list's width,
         never on the order rows arrived in."""
-        self._longest_name = max([4, *(cell_len(one_line(task.name)) for task in tasks)])
+        self._longest_name = self._grown_name = max([4, *(cell_len(one_line(task.name)) for task in tasks)])
         wide = self._fits_wide(self._longest_name)
         self.columns_shown = WIDE_COLUMNS if wide else COLUMNS
         most = NAME_WIDTH
         if wide:
             most = max(NAME_WIDTH, min(WIDE_NAME_WIDTH, self._room() - WIDE_OTHERS - PADDING))
+        self._name_cap = most
         for column in self.columns_shown:
             width = min(most, self._longest_name) if column == "NAME" else WIDTHS[column]
             self.add_column(column, key=column.lower(), width=width)
@@ -168,6 +171,23 @@ class TaskTable(CarriesOn, DataTable):
         if selected is not None and selected in self.rows:
             self.move_cursor(row=self.get_row_index(selected))
         self._announce()
+
+    def extend(self, tasks: list[Task], *, last: bool) -> None:
+        """Add older tasks below the rows shown (the pages read after the first paint); a task already held
+        keeps the newer copy. With the ``last`` page the rows are laid out again if a name came that is
+        longer than the name column."""
+        now = clock()
+        for task in tasks:
+            if task.id in self.tasks:
+                continue
+            self.tasks[task.id] = task
+            if self.query_filter.matches(task):
+                self.add_row(*self._cells(task, now), key=task.id)
+                self._grown_name = max(self._grown_name, cell_len(one_line(task.name)))
+        if last and min(self._grown_name, self._name_cap) > min(self._longest_name, self._name_cap):
+            self.load(self.newest_first())
+        else:
+            self._announce()
 
     def upsert(self, tasks: list[Task]) -> None:
         """Update rows in place; a task not shown yet means a reload, since the list is newest first."""
