@@ -7,8 +7,11 @@ leaves a run ``queued`` with nothing behind it:
 
 - a submit or "run now" writes the run and its guard in one transaction, sends, and removes the
   guard; a send that raises fails the run at once (someone is waiting for the answer);
-- a scheduler fire writes the run and its guard in the ``FIRE`` script; a send that raises leaves
-  the guard, so the run is sent again after the lease (the broker is likely in Redis's outage);
+- a scheduler fire prepared ahead (``core.scheduler``'s look-ahead) needs no guard: ``PUBLISH`` pushes
+  its message in the same script that moves its due entry on, and a prepared run never published is
+  undone by its batch's entry; a fire made the plain way (Celery's task events on, or a message that could
+  not be prepared) writes the run and its guard in the ``FIRE`` script, and a send that raises leaves the
+  guard, so the run is sent again after the lease (the broker is likely in Redis's outage);
 - a retry is written by the ``RETRY`` script in the transaction that records the failed attempt,
   its due entry (the backoff's end) being its guard;
 - a dead worker's run is requeued under a new fence with a guard in the ``REQUEUE`` script.
