@@ -234,3 +234,22 @@ def test_a_burst_prepared_ahead_is_published_in_batches_exactly_once(service):
         pipe.zcard(service.store.keys.task_runs(task.id))
     assert pipe.execute() == [1] * 2500
     assert leftovers(service) == [] and not sched.held
+
+
+@pytest.mark.parametrize(("seconds_per_batch", "claimed_early"), [(0.01, False), (5.0, True)])
+def test_a_burst_too_big_to_prepare_within_the_look_ahead_is_claimed_earlier(service, seconds_per_batch,
+                                                                              claimed_early):
+    tasks = service.create_many([{"name": f"big {i}", "task_name": "taskman.echo", "delay_seconds": 60}
+                                 for i in range(600)])
+    due = min(task.next_run_at for task in tasks)
+    clock = Clock(due - 8.0)  # beyond the 2 s look-ahead, within the hold (look-ahead + the lock's 10 s)
+    sched = Scheduler(service.store, service.dispatcher, clock=clock, lookahead=2.0, lock_ttl=10.0)
+    sched.prepare_seconds = seconds_per_batch  # as if it had measured preparing 1,000 fires to take so long
+    sched.tick()
+    assert len(sched.held) == (600 if claimed_early else 0)
+    clock.now = max(task.next_run_at for task in tasks)
+    for _ in range(10):
+        sched.tick()
+        if not sched.held:
+            break
+    assert len(queued(service)) == 600 and leftovers(service) == []
