@@ -374,8 +374,10 @@ class Scheduler:
         """Record published fires (``COMMIT``), oldest first, a chunk at a time, unless a held fire falls due
         soon (they then wait, at most ``RECORD_WITHIN``; ``now``: do not wait). Should a chunk fail, the batch's
         ``p:`` entry records it later."""
+        give_up = time.monotonic() + self.lock_ttl / 3  # the rest in the next tick, after the lock is renewed
         while self.unrecorded:
-            if not now and self._due_soon() and time.monotonic() - self.unrecorded_since < RECORD_WITHIN:
+            if not now and (time.monotonic() > give_up or self._due_soon()
+                            and time.monotonic() - self.unrecorded_since < RECORD_WITHIN):
                 return
             group = self.unrecorded[0]
             chunk, rest = group[:COMMIT_BATCH], group[COMMIT_BATCH:]
