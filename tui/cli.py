@@ -58,6 +58,20 @@ def _service():
     return Service.from_settings(Settings()).acting_as(f"cli:{_user()}")
 
 
+def _sized_by_the_terminal() -> None:
+    """Let the console take its size from the terminal, and its resizes. Textual asks
+    ``shutil.get_terminal_size``, which prefers exported ``COLUMNS``/``LINES`` to the terminal: such values,
+    stale once the window changes, held the console at their size and it ignored every resize."""
+    import os
+
+    try:
+        os.get_terminal_size(sys.__stdout__.fileno())  # type: ignore[union-attr]
+    except (AttributeError, OSError, ValueError):
+        return  # no terminal to ask: the variables are all there is
+    for name in ("COLUMNS", "LINES"):
+        os.environ.pop(name, None)
+
+
 def handles_errors(func):
     """Turn taskman's errors into a message on stderr and the contract's exit code."""
 
@@ -471,6 +485,7 @@ def tui() -> None:
 
     service = _service()
     service.ping()
+    _sized_by_the_terminal()
     TaskmanApp(service.acting_as(f"console:{_user()}")).run()
 
 
@@ -512,6 +527,7 @@ def up(no_console) -> None:
 
             for signum in (signal.SIGTERM, signal.SIGHUP):
                 signal.signal(signum, stop_console)
+            _sized_by_the_terminal()
             try:
                 app.run()
                 crashed = bool(app.return_code)

@@ -1,7 +1,8 @@
 """README's console section, key by key, in tmux: what each key of its table says happens, on the screen.
 
 ``taskman up`` runs in a private tmux session (its own data dir, so its own embedded Redis, worker and
-scheduler; its own namespace) at 120x35, wide enough for the editor beside the list. Two tasks come from
+scheduler; its own namespace) at 120x35, wide enough for the editor beside the list, with a stale
+``COLUMNS=80 LINES=24`` exported that the console must not take for its size. Two tasks come from
 ``taskman submit`` in "another terminal" first, so there is a list to move in, a delayed task and a cron
 task to run, pause and copy. Then the keys go in README's order and after each the test waits for what
 README promises to be on the screen (``capture-pane``; never a fixed sleep as the check): ``n`` with its
@@ -150,12 +151,12 @@ def console(tmp_path) -> Iterator[tuple[Pane, dict[str, str]]]:
     data = tmp_path / "data"
     env = _process_env({"TASKMAN_DATA_DIR": str(data), "TASKMAN_NAMESPACE": f"readme{uuid.uuid4().hex[:6]}",
                         "TASKMAN_CONFIG": str(tmp_path / "none.toml")})
-    for name in ("TASKMAN_REDIS_URL", "COLUMNS", "LINES"):  # its own Redis; the pane's real size, not the caller's
-        env.pop(name, None)
+    env.pop("TASKMAN_REDIS_URL", None)  # its own Redis
     passed = [arg for key, value in env.items() if key.startswith(("TASKMAN_", "PYTHON")) or key == "PATH"
               for arg in ("-e", f"{key}={value}")]
-    # The tmux server may be older than this test and hold variables of its own: the command drops them.
-    command = (f"cd {ROOT} && env -u TASKMAN_REDIS_URL -u COLUMNS -u LINES TERM=xterm-256color "
+    # The tmux server may be older than this test and hold variables of its own: the command drops them. It
+    # also exports a stale terminal size (as a shell's profile may): the console must take the pane's instead.
+    command = (f"cd {ROOT} && env -u TASKMAN_REDIS_URL COLUMNS=80 LINES=24 TERM=xterm-256color "
                f"{sys.executable} -m tui.cli up; echo EXITED $?; sleep 60")
     subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", str(WIDTH), "-y", str(HEIGHT), *passed,
                     command], check=True, timeout=10)
@@ -183,6 +184,8 @@ def submit(env: dict[str, str], specs: list[dict]) -> None:
 def test_readme_console_keys_one_by_one(console, tmp_path):
     pane, env = console
     pane.wait("Tasks (0)", "No tasks yet. Press n to create one", timeout=60, message="the console, empty")
+    # at the pane's 120 columns, not the COLUMNS=80 it was given: wide enough for the editor beside the list
+    pane.wait(pattern=r"^╭─ Tasks \(0\) ─+╮╭─ editor ─+╮$", message="the console as wide as the pane")
     submit(env, TASKS)
     pane.listed("readme-later", "readme-cron", title="Tasks (2)", message="the submitted tasks, newest first")
 
