@@ -6,7 +6,7 @@ scheduler; its own namespace) at 120x35, wide enough for the editor beside the l
 ``taskman submit`` in "another terminal" first, so there is a list to move in, a delayed task and a cron
 task to run, pause and copy. Then the keys go in README's order and after each the test waits for what
 README promises to be on the screen (``capture-pane``; never a fixed sleep as the check): ``n`` with its
-tab/esc/ctrl+s, moving, ``enter``, ``r``, ``p``, ``e``/``esc``, ``c``, ``d``, ``/`` with README's words and
+tab/esc/ctrl+s, moving, ``enter``, ``r``, ``p``, ``s``, ``e``/``esc``, ``c``, ``d``, ``/`` with README's words and
 the ``Tasks (n/m)`` title, ``l``/``f`` and the lines that wait, ``L`` with ``/``, ``enter``, ``N`` and ``w``,
 ``w``, ``?``, and ``q``, after which no process the console started is left.
 
@@ -231,11 +231,16 @@ def test_readme_console_keys_one_by_one(console, tmp_path):
     pane.row("readme-cron", r"code\s+cron\s+active\s+Jan 01\s+✔ \d+(\.\d)? m?s\b", "the run now in LAST")
     pane.wait(pattern=r"readme-cron nightly ran\s", message="its printed line in the log pane")
 
-    # p: pause, then resume.
+    # p: pause, then resume; s: stop, which pauses a cron task too (p resumes it).
     pane.keys("p")
     pane.row("readme-cron", r"code\s+cron\s+paused\s+–", "the task paused, nothing next")
     pane.keys("p")
     pane.row("readme-cron", r"code\s+cron\s+active\s+Jan 01", "the task resumed")
+    pane.keys("s")
+    pane.wait("stopped readme-cron", message="the stop's notice")
+    pane.row("readme-cron", r"code\s+cron\s+paused\s+–", "the stopped cron task paused")
+    pane.keys("p")
+    pane.row("readme-cron", r"code\s+cron\s+active\s+Jan 01", "the task resumed again")
 
     # e: edit in place; esc discards at once and goes back to the list.
     pane.keys("e")
