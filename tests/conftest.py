@@ -62,6 +62,22 @@ def pytest_terminal_summary(terminalreporter) -> None:
             terminalreporter.write_line(f"{name:58} {figure}")
 
 
+LONG_FIRST = ("tests/faults/test_redis_trouble.py", "tests/faults/test_many_runs.py", "tests/faults/test_schedulers.py",
+              "tests/tui/test_tmux_readme.py", "tests/e2e/test_api_fuzz.py", "tests/faults/", "tests/packaging/",
+              "tests/tui/test_tmux.py")
+"""Files whose tests take longest (mostly waiting: a 30 s Redis stall, a storm, cron slots passing), run first."""
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Long tests first: pytest-xdist hands tests out in this order, so none of them starts last and keeps
+    the run going while the other processes sit idle. (Every process sorts alike, as xdist requires.)"""
+    def rank(item) -> int:
+        return next((index for index, start in enumerate(LONG_FIRST) if item.nodeid.startswith(start)),
+                    len(LONG_FIRST))
+
+    items.sort(key=rank)
+
+
 def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, message: str = "condition"):
     """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
     deadline = time.monotonic() + timeout
