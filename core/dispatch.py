@@ -9,9 +9,11 @@ Celery protocol-2 message (headers, properties, base64 JSON body) as kombu's Red
 in a queue's list, from parts made once per dispatcher, in tens of microseconds rather than a
 millisecond; ``tests/core/test_messages.py`` holds it equal to what ``send_task`` makes. The broker is
 taskman's own Redis (``core.store.Keys.celery_queue`` names a queue's list), so a message is published
-by an ``LPUSH``: in a pipeline for a batch (:meth:`Dispatcher.send_many`), or inside the scheduler's
-``PUBLISH`` script, atomically with the fire it belongs to. With Celery's task events on
-(``celery_events``, for Flower) messages go through ``send_task``, which also sends the task-sent event.
+by an ``LPUSH``: in a transaction for a batch (:meth:`Dispatcher.send_many`) that also records on each
+run the fence and queue its message was sent with (``core.store.MARK_SENT``: its send guard then knows it
+was sent), or inside the scheduler's ``PUBLISH`` script, atomically with the fire it belongs to. With
+Celery's task events on (``celery_events``, for Flower) messages go through ``send_task``, which also sends
+the task-sent event (and the sends are recorded on the runs just after).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from core.models import (
     internal_task_refusal,
     queue_refusal,
 )
-from core.store import Keys
+from core.store import MARK_SENT, Keys
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -200,30 +202,56 @@ class Dispatcher:
     def _reply_to(self) -> str:
         return self.app.thread_oid
 
-    def publish(self, messages: list[tuple[str, str]]) -> None:
-        """Push ``messages`` ((queue, message) pairs, in order) onto their queues' lists in one round trip."""
+    def publish(self, messages: list[tuple[str, str, str, int]]) -> None:
+        """Push ``messages`` ((queue, message, run id, fence), in order) onto their queues' lists and record
+        each run's ``sent_fence`` and ``sent_queue``, in one transaction (one round trip)."""
         if not messages:
             return
         by_queue: dict[str, list[str]] = defaultdict(list)
-        for queue, body in messages:
+        for queue, body, _, _ in messages:
             by_queue[queue].append(body)
         with self.app.producer_or_acquire() as producer:
             with producer.channel.conn_or_acquire() as client:  # kombu's client: it adds the key prefix
-                pipe = client.pipeline(transaction=False)
+                pipe = client.pipeline(transaction=True)
                 for queue, bodies in by_queue.items():
                     pipe.lpush(queue, *bodies)
+                self._mark_sent(pipe, [(run_id, fence, queue) for queue, _, run_id, fence in messages])
                 pipe.execute()
 
+    def _mark_sent(self, pipe: Any, sent: list[tuple[str, int, str]]) -> None:
+        """Queue in ``pipe`` (kombu's: it leaves EVAL's keys alone, so they are given whole) the record of the
+        fence and queue each run's message was sent with ((run id, fence, queue) triples)."""
+        keys = Keys(self.settings.namespace)
+        for start in range(0, len(sent), 1000):
+            chunk = sent[start:start + 1000]
+            pipe.eval(MARK_SENT, len(chunk), *(keys.run(run_id) for run_id, _, _ in chunk),
+                      *(item for _, fence, queue in chunk for item in (str(int(fence)), queue)))
+
     def send(self, task: Task, run: Run, fence: int = 0, *, producer: Any = None) -> None:
-        """Queue ``run`` of ``task`` on the queue that serves its kind, under ``fence``. ``producer``: a
-        list collecting (queue, message) pairs to :meth:`publish` together (:meth:`send_many`), or a kombu
-        producer (with Celery's task events on)."""
+        """Queue ``run`` of ``task`` on the queue that serves its kind, under ``fence``, and record on the run
+        that it was (``core.store.MARK_SENT``). ``producer``: a list collecting (queue, message, run id, fence)
+        to :meth:`publish` together (:meth:`send_many`), or a kombu producer (with Celery's task events on:
+        the caller records the sends, :meth:`mark_sent`)."""
         if self.builds_messages:
+            queue, message = self.message(task, run, fence)
             if isinstance(producer, list):
-                producer.append(self.message(task, run, fence))
+                producer.append((queue, message, run.id, fence))
             else:
-                self.publish([self.message(task, run, fence)])
+                self.publish([(queue, message, run.id, fence)])
             return
+        self._send_task(task, run, fence, producer)
+        if producer is None:
+            self.mark_sent([(task, run, fence)])
+
+    def mark_sent(self, sent: list[tuple[Task, Run, int]]) -> None:
+        """Record that these runs' messages were sent (by ``send_task``) under these fences, in one round trip."""
+        with self.app.producer_or_acquire() as producer:
+            with producer.channel.conn_or_acquire() as client:
+                pipe = client.pipeline(transaction=False)
+                self._mark_sent(pipe, [(run.id, fence, self.route(task, run)[1]) for task, run, fence in sent])
+                pipe.execute()
+
+    def _send_task(self, task: Task, run: Run, fence: int, producer: Any) -> None:
         timeout = self.timeout_for(task)
         headers = {FENCE_HEADER: fence}
         # declare=[]: every message goes straight to its queue's list (the anonymous exchange), which needs no
@@ -252,7 +280,7 @@ class Dispatcher:
         if not batch:
             return
         if self.builds_messages:
-            messages: list[tuple[str, str]] = []
+            messages: list[tuple[str, str, str, int]] = []
             for task, run in batch:
                 self.send(task, run, producer=messages)
             self.publish(messages)
@@ -260,6 +288,7 @@ class Dispatcher:
         with self.app.producer_or_acquire() as producer, producer.batch(max_size=len(batch) + 1):
             for task, run in batch:
                 self.send(task, run, producer=producer)
+        self.mark_sent([(task, run, 0) for task, run in batch])
 
     def revoke(self, run_id: str, *, terminate: bool) -> None:
         """Tell every worker to drop ``run_id``; with ``terminate``, kill the process running it."""

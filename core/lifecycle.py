@@ -1,17 +1,29 @@
 """A run's life up to its Celery message: the one place runs are made, guarded, sent or failed.
 
 Every run is written together with its *send guard*: its own due entry (``r:<run>``), due when the
-claim lease ends. A process that dies between writing a run and sending its message leaves the
-guard behind, and the scheduler sends the run when it comes up; a sent run removes it. So no path
-leaves a run ``queued`` with nothing behind it:
+claim lease ends, and kept until a worker **starts** the run (the start's transition removes it) or the run
+ends or is stopped. Sending a message records on the run the fence it carries (``sent_fence``, in the
+transaction that pushes it: ``core.store.MARK_SENT``). When a guard comes up, the scheduler
+(``core.store.CHECK_SENT``) tells apart:
 
-- a submit or "run now" writes the run and its guard in one transaction, sends, and removes the
-  guard; a send that raises fails the run at once (someone is waiting for the answer);
-- a scheduler fire prepared ahead (``core.scheduler``'s look-ahead) needs no guard: ``PUBLISH`` pushes
-  its message in the same script that moves its due entry on, and a prepared run never published is
-  undone by its batch's entry; a fire made the plain way (Celery's task events on, or a message that could
-  not be prepared) writes the run and its guard in the ``FIRE`` script, and a send that raises leaves the
-  guard, so the run is sent again after the lease (the broker is likely in Redis's outage);
+- *never sent* under the run's fence (its sender died before sending, its send raised, a retry's backoff
+  ended): the fence moves on and the run is sent;
+- *sent, not started yet*: its message may be waiting behind a backlog (its queue's list is not empty) or
+  be reserved by a worker (kombu's ``unacked`` hash names the run): the guard waits another lease;
+- *sent and lost*: neither — a worker took the message off the list and died before kombu recorded it in
+  ``unacked`` (its Redis transport's ack emulation leaves that window). The fence moves on (a stray copy is
+  refused on arrival), the run is sent again with a warning in its log, and the guard waits another lease.
+
+So no path leaves a run ``queued`` with nothing behind it:
+
+- a submit or "run now" writes the run and its guard in one transaction, then sends; a send that
+  raises fails the run at once (someone is waiting for the answer) and drops its guard;
+- a scheduler fire prepared ahead (``core.scheduler``'s look-ahead) is staged with its ``sent_fence``, and
+  ``PUBLISH`` pushes its message and writes its guard in the same script that moves its due entry on (a
+  prepared run never published is undone by its batch's entry); a fire made the plain way (Celery's task
+  events on, or a message that could not be prepared) writes the run and its guard in the ``FIRE`` script,
+  and a send that raises leaves the run unsent, so it is sent when the guard comes up (the broker is likely
+  in Redis's outage);
 - a retry is written by the ``RETRY`` script in the transaction that records the failed attempt,
   its due entry (the backoff's end) being its guard;
 - a dead worker's run is requeued under a new fence with a guard in the ``REQUEUE`` script.
@@ -74,20 +86,19 @@ class Launcher:
         self.store.set_due(due_member_for_run(run.id), now + self.lease, pipe)
 
     def send(self, task: Task, run: Run, fence: int = 0) -> None:
-        """Send ``run``'s message and drop its guard; raises (leaving the guard) if the send fails."""
+        """Send ``run``'s message under ``fence`` (the run records it); its guard stays until the run starts.
+        Raises if the send fails (the guard then sends it)."""
         self.dispatcher.send(task, run, fence=fence)
-        self.store.remove_due(due_member_for_run(run.id))
 
     def send_or_fail(self, batch: list[tuple[Task, Run]]) -> None:
-        """Send every run of ``batch`` (its messages pipelined) and drop their guards; if sending raises,
-        fail every run of the batch that is still queued, then raise. (A message that did leave before the
-        error is refused on arrival: its run is no longer queued.)"""
+        """Send every run of ``batch`` (its messages pushed in one transaction); if sending raises, fail every
+        run of the batch that is still queued, then raise. (A message that did leave before the error is
+        refused on arrival: its run is no longer queued.)"""
         try:
             self.dispatcher.send_many(batch)
         except Exception as exc:
             self._fail_unsent(batch, exc)
             raise
-        self.store.remove_due(*(due_member_for_run(run.id) for _, run in batch))
 
     def _fail_unsent(self, batch: list[tuple[Task, Run]], exc: Exception) -> None:
         now = time.time()

@@ -20,13 +20,15 @@ holds: an edit, pause, stop or delete made while a fire was held changes or remo
 fire does not happen (and its staged run is undone); a scheduler that lost the lock publishes nothing
 and hands the entries back; one that dies holding fires leaves their entries to come back soon after
 they were due, and the batch's ``p:`` entry to commit what was published and undo what was not. A fire
-is published exactly when its entry moves on, in one script, so it needs no send guard.
+is published exactly when its entry moves on, in one script, which also writes its run's send guard: a
+message can still be lost after it was pushed (a worker killed between taking it off the list and kombu
+recording it), and the guard, kept until the run starts, sends it again then (``core.lifecycle``).
 
 Redis trouble is weather, not a crash: a tick that cannot reach Redis (refused, reset, timed out,
 loading, read-only) logs one line when the outage starts and one when it ends, backs off, and
 leaves leadership to be proven again. Nothing is lost meanwhile: claimed entries come back after
-their lease, and a fired run carries a send guard (its own due entry at the end of the lease), so
-a run whose message was never sent is sent again then.
+their lease, and a fired run carries a send guard (its own due entry at the end of the lease, kept until
+the run starts), so a run whose message was never sent, or was lost after it was, is sent again then.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from core.dispatch import Dispatcher
 from core.events import EventType
 from core.lifecycle import Launcher, new_run, run_event
 from core.models import Mode, Run, RunState, Task
-from core.store import Fire, Prepared, Store, due_member_for_run
+from core.store import Fire, Prepared, Store
 
 log = logging.getLogger("taskman.scheduler")
 
@@ -69,6 +71,8 @@ PUBLISH_BATCH = 1000
 """Prepared fires published by one ``PUBLISH`` script."""
 COMMIT_BATCH = 250
 """Published fires recorded by one ``COMMIT`` script (Redis serves nothing else while it runs)."""
+GUARD_BATCH = 500
+"""Send guards looked at together (``Store.check_sent``: two round trips for the lot)."""
 PREPARE_GUESS = 0.25e-3
 """Seconds to prepare one fire, until this scheduler has measured it (a burst's size decides how early it is
 claimed: ``CLAIM``)."""
@@ -212,15 +216,19 @@ class Scheduler:
             claimed = self.store.claim_ahead(now, self.lease, self.token, CLAIM_LIMIT, ahead,
                                              self._hold, per_fire)
             tasks_due: list[tuple[str, float, float]] = []
+            guarded: list[str] = []
             for member, due_at, leased_to in claimed:
                 kind = member[:2]
                 if kind == "t:":
                     tasks_due.append((member, due_at, leased_to))
                 elif kind == "p:":
                     self._finish_batch(member[2:])
+                elif kind == "r:":
+                    guarded.append(member)
+                    lags.append(max(0.0, now - due_at))
                 else:
                     self._fire_one(member, due_at, now)
-                    lags.append(max(0.0, now - due_at))
+            self._check_guards(guarded)
             for start in range(0, len(tasks_due), PUBLISH_BATCH):
                 began = time.monotonic()
                 chunk = tasks_due[start:start + PUBLISH_BATCH]
@@ -243,7 +251,8 @@ class Scheduler:
             lags.extend(now - due_at + elapsed for _, due_at in entries)
 
         tasks_due: list[tuple[str, float]] = []
-        for member, due_at in claimed:  # in due order: tasks' entries in batches, a run's entry on its own
+        guarded: list[str] = []
+        for member, due_at in claimed:  # in due order: tasks' entries in batches, runs' guards after them
             if member.startswith("t:"):
                 tasks_due.append((member, due_at))
                 if len(tasks_due) == FIRE_BATCH:
@@ -251,12 +260,13 @@ class Scheduler:
                     tasks_due = []
             elif member.startswith("p:"):
                 self._finish_batch(member[2:])
-            else:
-                fire_batch(tasks_due)
-                tasks_due = []
-                self._fire_one(member, due_at, now)
+            elif member.startswith("r:"):
+                guarded.append(member)
                 lags.append(now - due_at + self.clock() - started)
+            else:
+                self._fire_one(member, due_at, now)
         fire_batch(tasks_due)
+        self._check_guards(guarded)
 
     def _read_tasks(self, task_ids: list[str]) -> tuple[dict[str, Task], set[str]]:
         """The tasks of ``task_ids`` that exist, in one round trip; if one no longer reads, the others one at a
@@ -347,7 +357,7 @@ class Scheduler:
                 for fire in group:  # a fire published past its next slot (the clock jumped) skips to after now
                     if fire.next_due is not None and fire.next_due <= at:
                         fire.next_due = self._next_due(fire.task, at)
-                flags = self.store.publish(group, at, token=self.token)
+                flags = self.store.publish(group, at, token=self.token, guard_at=at + self.lease)
                 self.last_lag = max(0.0, at - group[-1].due_at)
                 lags.extend(max(0.0, at - fire.due_at) for fire, sent in zip(group, flags, strict=True) if sent)
                 published.append([fire for fire, sent in zip(group, flags, strict=True) if sent])
@@ -422,7 +432,7 @@ class Scheduler:
         kind, _, ident = member.partition(":")
         self.last_lag = max(0.0, now - due_at)
         if kind == "r":
-            self._send_queued(member, ident)
+            self._check_guards([member])
             return
         task = self.store.get_task(ident)
         if task is None:
@@ -483,9 +493,9 @@ class Scheduler:
         self._send_fired(batch)
 
     def _send_fired(self, batch: list[tuple[Task, Run]]) -> None:
-        """Send fired runs' messages in one batch and drop their send guards; if the batch is refused for a
-        reason other than Redis trouble, send them one by one, so only a run whose own send fails keeps
-        its guard (and is sent again when the guard comes up). No message of a refused batch was sent
+        """Send fired runs' messages in one batch (their send guards stay until they start); if the batch is
+        refused for a reason other than Redis trouble, send them one by one, so only a run whose own send
+        fails is left unsent (and is sent when its guard comes up). No message of a refused batch was sent
         (kombu discards an unflushed batch); one sent twice is refused on arrival, its run no longer queued."""
         if not batch:
             return
@@ -496,7 +506,6 @@ class Scheduler:
         except Exception:
             pass  # one of them is refused: find out which below, one at a time
         else:
-            self.store.remove_due(*(due_member_for_run(run.id) for _, run in batch))
             return
         for task, run in batch:
             try:
@@ -542,27 +551,43 @@ class Scheduler:
             handed += 1
         return handed
 
-    def _send_queued(self, member: str, run_id: str) -> None:
-        """Send a queued run whose due entry came up: a retry's backoff ended, or a send guard's lease did.
+    def _check_guards(self, members: list[str]) -> None:
+        """Queued runs' send guards (``r:`` entries) came up: a retry's backoff ended, or a run sent (or meant
+        to be) a lease ago has not started. Sends each run never sent under its fence; leaves one whose message
+        may still be waiting (its claim already moved the guard a lease on); sends again, under a new fence and
+        with a warning, one whose message was lost after it was sent (``core.store.CHECK_SENT``)."""
+        for start in range(0, len(members), GUARD_BATCH):
+            chunk = members[start:start + GUARD_BATCH]
+            verdicts = self.store.check_sent([member[2:] for member in chunk], self.token)
+            for member, (verdict, fence) in zip(chunk, verdicts, strict=True):
+                if verdict in ("unsent", "lost"):
+                    try:
+                        self._send_queued(member, member[2:], fence, lost=verdict == "lost")
+                    except REDIS_TROUBLE:
+                        raise
+                    except Exception:
+                        log.exception("could not send run %s; it is sent again after the lease", member[2:])
 
-        The run's fence moves on first, so if an earlier message for it does exist (its sender died
-        before dropping the guard), that one is refused on arrival and the run runs once.
-        """
+    def _send_queued(self, member: str, run_id: str, fence: int, *, lost: bool = False) -> None:
+        """Send a queued run whose guard came up under ``fence``, which ``CHECK_SENT`` just moved on: if an
+        earlier message for it does exist after all, that one is refused on arrival and the run runs once.
+        ``lost``: its earlier message was sent and vanished (said in the run's log)."""
         run = self.store.get_run(run_id)
         if run is None or run.state is not RunState.QUEUED:
-            self.store.remove_due(member)
-            return
+            return  # gone, or started or stopped meanwhile (a start or stop removes the guard)
         task = self.store.get_task(run.task_id)
         if task is None:
             self.store.transition(run.id, (RunState.QUEUED,), RunState.STOPPED,
                                   fields={"error": "the task was deleted", "finished_at": self.clock()})
             self.store.remove_due(member)
             return
-        fence = self.store.refence_queued(run_id, self.token)
-        if fence == -1:
-            self.store.remove_due(member)
-        elif fence >= 0:
-            self.launcher.send(task, run, fence=fence)  # a failed send leaves the entry to come back
+        self.launcher.send(task, run, fence=fence)  # a failed send leaves the guard to come back
+        if lost:
+            msg = (f"run {run_id}: its message was sent but never reached a worker (lost by a worker that died "
+                   "taking it); sent again")
+            self.store.add_logs([{"ts": repr(self.clock()), "task": run.task_id, "run": run_id, "level": "warning",
+                                  "msg": msg}])
+            log.warning("%s", msg)
 
     def close(self) -> None:
         """Give up the lock so a standby scheduler takes over at once (held fires' entries go back first)."""

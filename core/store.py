@@ -13,7 +13,8 @@ Layout (every key under the namespace prefix ``{ns}:``, see ``Keys``):
                        ``s DURATION_MS`` (succeeded) or ``f DURATION_MS`` (failed or timed out).
 - ``run:{id}``         hash: one run record (see ``core.models.Run``); the Celery task id is the run id.
 - ``due``              sorted set scored by due time: ``t:{task_id}`` fires a task (delay or cron),
-                       ``r:{run_id}`` sends an already recorded run (a retry after its backoff),
+                       ``r:{run_id}`` a queued run's send guard (a retry's backoff; otherwise kept until the
+                       run starts, see ``CHECK_SENT``),
                        ``p:{batch}`` finishes or undoes a batch of prepared fires (see ``PUBLISH``).
 - ``fire:{batch}:staged`` hash: run id → its Celery message, for fires prepared ahead of their due time.
 - ``fire:{batch}:fired``  list of "run_id queued_at [next_due]" of fires published and not yet committed.
@@ -39,6 +40,8 @@ Layout (every key under the namespace prefix ``{ns}:``, see ``Keys``):
 A run's hash carries ``fence``: how many times the run was handed to another worker because its
 worker fell silent. Every message carries the fence it was sent with, and every transition a worker
 makes checks it, so a stale message or a worker that was only slow can never start or end the run.
+It also carries ``sent_fence`` and ``sent_queue``: the fence and queue of the last message sent for it
+(written with the push, ``MARK_SENT``), so a send guard that comes up tells "never sent" from "sent".
 
 Every state change that depends on what is stored is one Lua script (KEYS/ARGV documented with
 each), so two actors (a worker finishing, an operator stopping) can never interleave.
@@ -236,7 +239,8 @@ class Prepared:
 # the script fills in its task_id and state),
 # ARGV[4] events maxlen, ARGV[5] the fence the caller acts under ('' = unchecked), ARGV[6] 'add' or
 # 'rem' to enter or leave the running set (KEYS[3]) with the transition ('' = neither),
-# ARGV[7..] field, value pairs to set with the new state.
+# ARGV[7..] field, value pairs to set with the new state. KEYS[4] due set: a run entering the running set
+# (a worker starts it) leaves its send guard (``r:<run>``) there, so a started run is never sent again.
 # Returns the previous state if the transition happened, false otherwise (missing run: false).
 TRANSITION = """
 local current = redis.call('HGET', KEYS[1], 'state')
@@ -252,7 +256,9 @@ for i = 7, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
 end
 if ARGV[6] == 'add' then
-  redis.call('ZADD', KEYS[3], redis.call('TIME')[1], redis.call('HGET', KEYS[1], 'id'))
+  local id = redis.call('HGET', KEYS[1], 'id')
+  redis.call('ZADD', KEYS[3], redis.call('TIME')[1], id)
+  redis.call('ZREM', KEYS[4], 'r:' .. id)
 elseif ARGV[6] == 'rem' then
   redis.call('ZREM', KEYS[3], redis.call('HGET', KEYS[1], 'id'))
 end
@@ -265,15 +271,48 @@ end
 return current
 """
 
-# KEYS[1] run hash, KEYS[2] scheduler lock; ARGV[1] the sender's lock token
-# Before a queued run's message is sent again (its send guard or its retry's backoff came up), moves
-# its fence on: a message sent earlier (the process that sent it died before dropping the guard) is
-# then refused on arrival, so two messages never run it twice at once. Returns the new fence, -1 if
-# the run is no longer queued (nothing to send), -2 if the sender lost the lock (leave it).
-REFENCE = """
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -2 end
-if redis.call('HGET', KEYS[1], 'state') ~= 'queued' then return -1 end
-return redis.call('HINCRBY', KEYS[1], 'fence', 1)
+# KEYS: the hashes of runs whose messages were just pushed (in the same transaction as the pushes)
+# ARGV: per run, the fence its message carries and the queue it was pushed onto
+# Records on each run (that still exists) the fence and queue its message was sent with (``sent_fence``,
+# ``sent_queue``): when its send guard comes up, ``CHECK_SENT`` tells a run never sent under its fence from
+# one sent and not started yet. Keys are whole (the dispatcher runs it through kombu's client, which does
+# not prefix EVAL's keys).
+MARK_SENT = """
+for i = 1, #KEYS do
+  if redis.call('HEXISTS', KEYS[i], 'state') == 1 then
+    redis.call('HSET', KEYS[i], 'sent_fence', ARGV[2 * i - 1], 'sent_queue', ARGV[2 * i])
+  end
+end
+return #KEYS
+"""
+
+# KEYS[1] run hash, KEYS[2] scheduler lock, KEYS[3] due set, KEYS[4] the list of the queue the run's message
+# was sent to (as read just before: ARGV[3]), KEYS[5] kombu's unacked hash
+# ARGV[1] the checker's lock token, ARGV[2] the run's due member (r:), ARGV[3] the queue read with the run
+# ('' = none), ARGV[4] the most unacked entries searched, ARGV[5] the run id
+# A queued run's send guard came up (its lease ran out, or a retry's backoff ended). Returns {verdict, fence}:
+# 'lock' the checker lost the lock (leave it); 'gone' the run is no longer queued (its guard goes);
+# 'unsent' no message was sent under its fence (a retry, a send that raised or whose sender died): its fence
+# moves on (so a message sent after all is refused on arrival) and the caller sends it under the new one;
+# 'waiting' its message was sent and may still be waiting: its queue's list is not empty (a backlog), or
+# kombu's unacked hash (reserved or running messages only, so small) holds a message naming the run, or
+# holds more than ARGV[4] (too many to search: looked at again after a lease); 'lost' its message was sent
+# but is nowhere (a worker took it off the list and died before recording it in unacked): its fence moves on
+# and the caller sends it again; 'moved' it was sent again to another queue since it was read (look later).
+CHECK_SENT = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return {'lock', 0} end
+local f = redis.call('HMGET', KEYS[1], 'state', 'fence', 'sent_fence', 'sent_queue')
+if f[1] ~= 'queued' then
+  redis.call('ZREM', KEYS[3], ARGV[2])
+  return {'gone', 0}
+end
+if f[3] ~= (f[2] or '0') then return {'unsent', redis.call('HINCRBY', KEYS[1], 'fence', 1)} end
+if (f[4] or '') ~= ARGV[3] then return {'moved', 0} end
+if redis.call('LLEN', KEYS[4]) > 0 or redis.call('HLEN', KEYS[5]) > tonumber(ARGV[4]) then return {'waiting', 0} end
+for _, value in ipairs(redis.call('HVALS', KEYS[5])) do
+  if string.find(value, ARGV[5], 1, true) then return {'waiting', 0} end
+end
+return {'lost', redis.call('HINCRBY', KEYS[1], 'fence', 1)}
 """
 
 # KEYS[1] run hash, KEYS[2] running set, KEYS[3] events stream, KEYS[4] due set
@@ -345,7 +384,8 @@ return 1
 # claiming it after the lease ran out all change it) and the firer must still hold the lock; a firer
 # that lost the lock (frozen past it) hands the entry back at its due time for the holder to fire.
 # The send guard is the run's own due entry, due when the lease ends: if the message is never sent
-# (the scheduler dies, or the send fails), the run is sent again then; a sent run removes it.
+# (the scheduler dies, or the send fails), or is lost after it was, the run is sent again then (see
+# ``CHECK_SENT``); the run's start removes it.
 # Fires a task only while it is active, so a pause or delete racing the scheduler always wins.
 # Returns 1 if a run was created, 0 if not: the claim or lock was lost, or the task is gone or not
 # active (its due entry is then dropped).
@@ -471,12 +511,14 @@ return claimed
 # ARGV[1] the publisher's lock token, ARGV[2] queued_at (now), ARGV[3] '1' to hand every fire back,
 # ARGV[4] a JSON array of six arrays, one value per fire in each: its due member, the score its claim leased
 # it to, its due time, its run id, its queue's index among KEYS[5..] (1-based), its next due score ('' = a
-# one-shot: the entry goes).
+# one-shot: the entry goes), ARGV[5] the score of each published run's send guard (now + the lease).
 # The due instant of prepared fires: for each fire whose entry still holds its claim's lease (an edit, a
 # pause, a delete or another claim all change it) and whose message is still staged, pushes the message
 # onto its queue (as kombu's Redis transport does, so a worker takes it as any Celery message), moves
-# the entry to its next due time (or removes it) and appends the run to the batch's fired list for
-# ``COMMIT`` — all at once, so a fire's message is sent exactly when its entry moves on. A publisher that
+# the entry to its next due time (or removes it), writes the run's send guard (``r:<run>``: its message
+# may still be lost by a worker that dies taking it, see ``CHECK_SENT``; the run was staged with its
+# ``sent_fence`` and ``sent_queue``) and appends the run to the batch's fired list for ``COMMIT`` — all at
+# once, so a fire's message is sent exactly when its entry moves on. A publisher that
 # lost the lock (frozen past it) hands the entries back at their due time for the holder to fire. A fire
 # not published keeps its staged message, which the batch's ``p:`` entry undoes later (its run is then
 # deleted). Returns a string of one character per fire: 1 published, 0 not.
@@ -495,7 +537,7 @@ if ARGV[3] == '1' or redis.call('GET', KEYS[2]) ~= ARGV[1] then
 end
 local scores = redis.call('ZMSCORE', KEYS[1], unpack(members))
 local bodies = redis.call('HMGET', KEYS[3], unpack(runs))
-local pushes, moves, drops, fired, sent = {}, {}, {}, {}, {}
+local pushes, moves, drops, fired, sent, guards = {}, {}, {}, {}, {}, {}
 for i = 1, n do
   if scores[i] and bodies[i] and tonumber(scores[i]) == leases[i] then
     local list = pushes[queues[i]]
@@ -514,6 +556,8 @@ for i = 1, n do
       fired[#fired + 1] = runs[i] .. ' ' .. ARGV[2] .. ' ' .. next_due
     end
     sent[#sent + 1] = runs[i]
+    guards[#guards + 1] = ARGV[5]
+    guards[#guards + 1] = 'r:' .. runs[i]
     published[i] = '1'
   else
     published[i] = '0'
@@ -523,6 +567,7 @@ for q, list in pairs(pushes) do redis.call('LPUSH', KEYS[4 + q], unpack(list)) e
 if #moves > 0 then redis.call('ZADD', KEYS[1], unpack(moves)) end
 if #drops > 0 then redis.call('ZREM', KEYS[1], unpack(drops)) end
 if #sent > 0 then
+  redis.call('ZADD', KEYS[1], unpack(guards))
   redis.call('RPUSH', KEYS[4], unpack(fired))
   redis.call('HDEL', KEYS[3], unpack(sent))
 end
@@ -823,7 +868,7 @@ class Store:
         self.audit_retention = max(1, int(audit_retention))
         self._transition = client.register_script(TRANSITION)
         self._requeue = client.register_script(REQUEUE)
-        self._refence = client.register_script(REFENCE)
+        self._check_sent = client.register_script(CHECK_SENT)
         self._epoch = client.register_script(EPOCH)
         self._fire = client.register_script(FIRE)
         self._claim = client.register_script(CLAIM)
@@ -1011,7 +1056,7 @@ class Store:
                            "" if fence is None else str(fence), running]
         for key, value in (fields or {}).items():
             argv += [key, json.dumps(value) if key in RUN_FIELDS_JSON else _encode(value)]
-        keys = [self.keys.run(run_id), self.keys.events, self.keys.running]
+        keys = [self.keys.run(run_id), self.keys.events, self.keys.running, self.keys.due]
         if pipe is not None:
             pipe.eval(TRANSITION, len(keys), *keys, *argv)
             return None
@@ -1057,15 +1102,18 @@ class Store:
         pipe = self.batch()
         for fire in fires:  # a field with nothing in it reads as its default: a burst writes half the fields
             fields = {key: value for key, value in self.run_fields(fire.run).items() if value not in ("", "null")}
+            fields |= {"sent_fence": "0", "sent_queue": fire.queue}  # so it is, if published (``PUBLISH``)
             pipe.hset(self.keys.run(fire.run.id), mapping=fields)
             self._wire(fire)
         pipe.hset(self.keys.fire_staged(batch), mapping={fire.run.id: fire.message for fire in fires})
         pipe.zadd(self.keys.due, {due_member_for_batch(batch): recover_at})
         pipe.execute()
 
-    def publish(self, fires: list[Prepared], now: float, *, token: str, hand_back: bool = False) -> list[bool]:
-        """Publish prepared fires of one batch that are due (see ``PUBLISH``): whether each was published.
-        With ``hand_back`` (or if ``token`` no longer holds the lock) their entries go back to their due times."""
+    def publish(self, fires: list[Prepared], now: float, *, token: str, hand_back: bool = False,
+                guard_at: float | None = None) -> list[bool]:
+        """Publish prepared fires of one batch that are due (see ``PUBLISH``): whether each was published, each
+        with its send guard due at ``guard_at`` (``now`` if not given). With ``hand_back`` (or if ``token`` no
+        longer holds the lock) their entries go back to their due times."""
         if not fires:
             return []
         batch = fires[0].batch
@@ -1074,7 +1122,8 @@ class Store:
         wire = "[" + ",".join("[" + ",".join(column) + "]" for column in columns) + "]"
         keys = [self.keys.due, self.keys.scheduler_lock, self.keys.fire_staged(batch), self.keys.fire_fired(batch),
                 *(self.keys.celery_queue(queue) for queue in self._queues)]
-        answer = self._publish(keys=keys, args=[token, repr(now), "1" if hand_back else "0", wire])
+        answer = self._publish(keys=keys, args=[token, repr(now), "1" if hand_back else "0", wire,
+                                                repr(now if guard_at is None else guard_at)])
         return [flag == "1" for flag in answer]
 
     def _wire(self, fire: Prepared) -> tuple[str, ...]:
@@ -1139,8 +1188,8 @@ class Store:
         the entry no longer holds the claim that leased it to ``leased_to``, the lock ``token`` was lost
         (the entry is handed back at ``due_at``), or the task is not active.
 
-        The run's own due entry (its send guard) is set for ``send_guard_at`` in the same script: the run
-        is sent again at that time unless the caller removes the entry after sending it.
+        The run's own due entry (its send guard) is set for ``send_guard_at`` in the same script: unless the
+        run has started by then, the scheduler looks at it again at that time (``CHECK_SENT``).
         """
         keys, args = self._fire_call(Fire(task, run, next_due, event, leased_to, due_at, send_guard_at), now, token)
         return bool(self._fire(keys=keys, args=args))
@@ -1275,10 +1324,21 @@ class Store:
         nodes, lives = pipe.execute()
         return {**dict(nodes), **dict(lives)}
 
-    def refence_queued(self, run_id: str, token: str) -> int:
-        """Move a queued run's fence on before sending it again (see ``REFENCE``): the new fence, -1 if the
-        run is not queued, -2 if the lock ``token`` is not held."""
-        return int(self._refence(keys=[self.keys.run(run_id), self.keys.scheduler_lock], args=[token]))
+    def check_sent(self, run_ids: list[str], token: str, most_unacked: int = 2000) -> list[tuple[str, int]]:
+        """What to do with queued runs whose send guards came up (see ``CHECK_SENT``), in two round trips:
+        (verdict, new fence) per run, in order."""
+        if not run_ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for run_id in run_ids:
+            pipe.hget(self.keys.run(run_id), "sent_queue")
+        queues = cast(list[str | None], pipe.execute())
+        pipe = self.redis.pipeline(transaction=False)
+        for run_id, queue in zip(run_ids, queues, strict=True):
+            self._check_sent(keys=[self.keys.run(run_id), self.keys.scheduler_lock, self.keys.due,
+                                   self.keys.celery_queue(queue or ""), self.keys.celery_unacked],
+                             args=[token, due_member_for_run(run_id), queue or "", most_unacked, run_id], client=pipe)
+        return [(str(verdict), int(fence)) for verdict, fence in pipe.execute()]
 
     def requeue(self, run_id: str, fence: int, event: dict, send_guard_at: float) -> int | None:
         """Hand a running run back to the queue under a new fence; the new fence, or None if it moved on."""

@@ -130,7 +130,7 @@ def test_gauges_read_the_real_celery_queue_the_due_set_and_heartbeats(service):
     service.store.heartbeat("http@stale", time.time() - 60)
     snap = metrics.snapshot(service.store, heartbeat_ttl=10)
     assert snap.queues["http"] == 3 and snap.queues["code"] == 0 and snap.queued == 3
-    assert snap.due == 2 and snap.tasks == 2
+    assert snap.due == 2 + 3 and snap.tasks == 2, "two tasks' entries, and the three queued runs' send guards"
     assert snap.workers == 1
     service.store.worker_gone("code@alive")
     assert metrics.snapshot(service.store).workers == 0

@@ -3,7 +3,7 @@
 ``Service.create_many`` hands its writes to ``Store.batch()`` (one JSON document, run as one command) rather
 than a MULTI pipeline. What a created task leaves must not change: its hash (an immediate one with its
 latest run), its run and history, its due entry, one ``task.created`` event and one audit entry per task,
-the messages queued and no send guard left behind.
+the messages queued, each run recorded as sent, and its send guard kept until it starts.
 """
 
 from __future__ import annotations
@@ -45,7 +45,9 @@ def test_a_bulk_create_leaves_every_record_a_create_did(service):
             assert stored["state"] == TaskState.DONE.value and stored["last_run_id"] == run.id
             assert stored["last_run_state"] == "queued" and run.state is RunState.QUEUED and run.trigger == "now"
             assert run.id in run_ids
-            assert store.due_score(f"r:{run.id}") is None, "its send guard went once its message was sent"
+            assert store.due_score(f"r:{run.id}") == run.queued_at + service.settings.claim_lease, \
+                "its send guard stays until it starts"
+            assert store.redis.hget(keys.run(run.id), "sent_fence") == "0", "it is known to be sent"
         else:
             assert service.runs(task.id) == [] and stored["state"] == TaskState.ACTIVE.value
             assert store.due_score(due_member_for_task(task.id)) == float(stored["next_run_at"]) == task.next_run_at

@@ -151,16 +151,20 @@ def test_a_queued_run_sent_again_moves_its_fence_so_the_first_message_is_refused
     clock = Clock(time.time() + service.settings.claim_lease + 1)
     sched = scheduler(service, clock)
     guard = due_member_for_run(run.id)
+    # as if its sender had died after pushing the message and before recording it (send_task, then the record)
+    service.store.redis.hdel(service.store.keys.run(run.id), "sent_fence")
     pipe = service.store.pipeline()
-    service.store.set_due(guard, time.time(), pipe)  # as if the sender had died before dropping the guard
+    service.store.set_due(guard, time.time(), pipe)
     pipe.execute()
     sched.tick()
     assert service.store.run_owner(run.id)[2] == 1, "the resend carries a new fence"
-    assert service.store.due_score(guard) is None
+    assert service.store.redis.hget(service.store.keys.run(run.id), "sent_fence") == "1"
+    assert service.store.due_score(guard) == clock.now + sched.lease, "its guard waits until it starts"
     runner = Runner(service.store, service.settings, "test-worker", unrestricted_code=True)
     assert runner.begin(run.id, fence=0) is None, "the first message is refused on arrival"
     started = runner.begin(run.id, fence=1)
     assert started is not None and service.get_run(run.id).state is RunState.RUNNING
+    assert service.store.due_score(guard) is None, "the start removes its guard"
 
 
 def echo_tasks(service, count: int, delay: float = 30) -> list:
@@ -170,6 +174,10 @@ def echo_tasks(service, count: int, delay: float = 30) -> list:
 
 def queued_messages(service, queue: str) -> int:
     return service.store.redis.llen(service.store.keys.celery_queue(queue))
+
+
+def sent_fence(service, run_id: str) -> str | None:
+    return service.store.redis.hget(service.store.keys.run(run_id), "sent_fence")
 
 
 def guards(service) -> list[str]:
@@ -187,7 +195,11 @@ def test_a_burst_fires_every_entry_once_in_batches_and_sends_every_message(servi
         [run] = service.runs(task.id)
         assert run.scheduled_for == task.next_run_at and run.queued_at == clock.now
     assert queued_messages(service, "registered") == len(delayed) and queued_messages(service, "code") == len(crons)
-    assert guards(service) == [], "every sent run's guard is dropped"
+    runs = [run for task in delayed + crons for run in service.runs(task.id)]
+    assert sorted(guards(service)) == sorted(due_member_for_run(run.id) for run in runs), \
+        "every sent run keeps its guard until it starts"
+    assert {service.store.due_score(due_member_for_run(run.id)) for run in runs} == {clock.now + sched.lease}
+    assert {sent_fence(service, run.id) for run in runs} == {"0"}, "and is known to be sent"
     for task in crons:
         assert service.get(task.id).next_run_at == math.floor(clock.now / 60) * 60 + 60
     assert service.get(delayed[0].id).state.value == "done"
@@ -205,7 +217,9 @@ def test_a_message_the_dispatcher_refuses_keeps_its_guard_and_the_rest_of_its_ba
     scheduler(service, clock).tick()
     assert queued_messages(service, "registered") == 4
     [bad_run] = service.runs(bad.id)
-    assert guards(service) == [due_member_for_run(bad_run.id)], "only the refused run waits for its guard"
+    assert len(guards(service)) == 5, "every run waits for its start or its guard"
+    unsent = [task.id for task in tasks if sent_fence(service, service.runs(task.id)[0].id) is None]
+    assert unsent == [bad.id], "only the refused run is not sent"
     assert all(len(service.runs(task.id)) == 1 for task in tasks)
 
 
@@ -216,7 +230,7 @@ def test_a_definition_that_no_longer_reads_holds_back_only_its_own_entry(service
     clock = Clock(time.time() + 60)
     sched = scheduler(service, clock)
     sched.tick()
-    assert queued_messages(service, "registered") == 4 and guards(service) == []
+    assert queued_messages(service, "registered") == 4 and len(guards(service)) == 4
     assert [len(service.store.recent_runs(task.id)) for task in tasks] == [1, 0, 1, 1, 1]
     assert service.store.due_score(due_member_for_task(bad.id)) == clock.now + sched.lease, \
         "its entry comes back after the lease"
