@@ -1,0 +1,128 @@
+"""A run whose message was sent and then lost is sent again, once, about a lease later.
+
+kombu's Redis transport takes a message off its queue's list with BRPOP and only then records it in its
+``unacked`` hash: a worker's main process killed between the two loses the message for good. A run's send
+guard (``r:<run>``) therefore stays until a worker starts the run. When it comes up, the scheduler looks
+for the message: still in its queue's list (a backlog) or in ``unacked`` (reserved by a worker), it waits
+another lease; nowhere, it moves the run's fence on and sends the run again.
+
+Each test removes or moves the message in Redis by hand, exactly as the lost BRPOP (or a reservation)
+would, while no worker serves the queue, then starts one. The claim lease (the guard's wait) is 2 s.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+
+from core.models import RunState
+from core.store import due_member_for_run
+from tests.conftest import wait_for
+from tests.faults.conftest import CODE, FIGURES, code_worker
+
+LEASE = 2.0
+
+
+@pytest.fixture
+def stack(private_stack):
+    """The private stack with a 2 s claim lease and a scheduler; no worker yet."""
+    from core.service import Service
+
+    for env in (private_stack.env, private_stack.procs.env):
+        env["TASKMAN_CLAIM_LEASE"] = str(LEASE)
+    private_stack.service = Service.from_settings(private_stack.settings())
+    private_stack.procs.start("beat", "beat", "-l", "INFO", "--pidfile=")
+    return private_stack
+
+
+def queue_key(stack) -> str:
+    return stack.service.store.keys.celery_queue("code")
+
+
+def sent_run(stack, how: str):
+    """A code run whose message waits in the ``code`` queue (no worker serves it yet): submitted, or fired by
+    the scheduler (a delayed task: its message is pushed by ``PUBLISH``, which writes its guard)."""
+    service = stack.service
+    spec = {"name": f"lost {uuid.uuid4().hex[:6]}", "function_code": CODE, "function_name": "main"}
+    if how == "fired":
+        spec["delay_seconds"] = 1
+    task = service.create(spec)
+    run = wait_for(lambda: (runs := service.runs(task.id)) and runs[0], timeout=30, message="the run")
+    wait_for(lambda: service.store.redis.llen(queue_key(stack)) == 1, timeout=30, message="its message queued")
+    assert service.store.due_score(due_member_for_run(run.id)) is not None, "its guard was written with it"
+    assert service.store.redis.hget(service.store.keys.run(run.id), "sent_fence") == "0"
+    return task, run
+
+
+def fence(stack, run_id: str) -> int:
+    return stack.service.store.run_owner(run_id)[2]
+
+
+def ended(stack, run_id: str):
+    return wait_for(lambda: (run := stack.service.get_run(run_id)).state.final and run, timeout=60,
+                    message="the run to end")
+
+
+def starts(stack, run_id: str) -> int:
+    return sum(1 for _, entry in stack.service.store.stream_tail("events", 2000)
+               if (event := json.loads(entry["event"])).get("run_id") == run_id and event["type"] == "run.started")
+
+
+def looked_at_twice(stack, run_id: str, first: float) -> None:
+    """Wait until the scheduler has claimed the run's guard twice (so its first look is over, whatever it did)."""
+    guard = due_member_for_run(run_id)
+    wait_for(lambda: (score := stack.service.store.due_score(guard)) is not None and score >= first + 2 * LEASE,
+             timeout=30, message="the guard to come up twice")
+
+
+@pytest.mark.parametrize("how", ["submitted", "fired"])
+def test_a_message_lost_after_it_was_sent_is_sent_again_and_runs_once(stack, how):
+    task, run = sent_run(stack, how)
+    store = stack.service.store
+    taken = store.redis.rpop(queue_key(stack))  # a worker's BRPOP, the worker killed before recording it
+    assert json.loads(taken)["headers"]["id"] == run.id
+    lost_at = time.monotonic()
+    stack.procs.start("worker", *code_worker("late"))
+    done = ended(stack, run.id)
+    took = time.monotonic() - lost_at
+    assert done.state is RunState.SUCCEEDED and done.result == "ran"
+    assert fence(stack, run.id) == 1, "sent again under a new fence"
+    assert starts(stack, run.id) == 1 and len(stack.service.runs(task.id)) == 1, "it ran once"
+    assert store.due_score(due_member_for_run(run.id)) is None, "its start removed its guard"
+    lines = [entry["msg"] for _, entry in store.stream_tail("logs", 500) if entry.get("run") == run.id]
+    assert any("its message was sent but never reached a worker" in line for line in lines), lines
+    assert f"run {run.id}: its message was sent but never reached a worker" in stack.log("beat")
+    FIGURES[f"lost message ({how}) recovered"] = f"{took:.1f} s (lease {LEASE:.0f} s)"
+
+
+def test_a_message_waiting_behind_a_backlog_is_not_sent_again(stack):
+    _, run = sent_run(stack, "submitted")
+    first = stack.service.store.due_score(due_member_for_run(run.id))
+    looked_at_twice(stack, run.id, first)
+    assert fence(stack, run.id) == 0 and stack.service.store.redis.llen(queue_key(stack)) == 1, "not sent again"
+    stack.procs.start("worker", *code_worker("late"))
+    done = ended(stack, run.id)
+    assert done.state is RunState.SUCCEEDED and fence(stack, run.id) == 0 and starts(stack, run.id) == 1
+
+
+def test_a_message_a_worker_reserved_is_not_sent_again(stack):
+    _, run = sent_run(stack, "submitted")
+    store = stack.service.store
+    first = store.due_score(due_member_for_run(run.id))
+    raw = store.redis.rpop(queue_key(stack))  # taken and recorded by a worker, as kombu's ack emulation does
+    tag = json.loads(raw)["properties"]["delivery_tag"]
+    unacked_index = store.keys.celery_prefix + "unacked_index"
+    store.redis.hset(store.keys.celery_unacked, tag, json.dumps([json.loads(raw), "", "code"]))
+    store.redis.zadd(unacked_index, {tag: time.time()})
+    looked_at_twice(stack, run.id, first)
+    assert fence(stack, run.id) == 0 and store.redis.llen(queue_key(stack)) == 0, "not sent again"
+    # kombu restores an unacknowledged message to its queue (after the visibility window): do it now
+    store.redis.hdel(store.keys.celery_unacked, tag)
+    store.redis.zrem(unacked_index, tag)
+    store.redis.lpush(queue_key(stack), raw)
+    stack.procs.start("worker", *code_worker("late"))
+    done = ended(stack, run.id)
+    assert done.state is RunState.SUCCEEDED and fence(stack, run.id) == 0 and starts(stack, run.id) == 1
