@@ -90,10 +90,10 @@ class Scale:
 
 FULL = Scale(schedules=100_000, delayed=100_000, burst=5_000, baseline_burst=50, tick_sizes=(10, 10_000),
              tick_rounds=5, ticks_per_round=200, worker_seconds=20, console=100_000, console_baseline=10_000,
-             idle_seconds=10, alarm=45 * 60)
+             idle_seconds=30, alarm=45 * 60)
 QUICK = Scale(schedules=10_000, delayed=10_000, burst=500, baseline_burst=50, tick_sizes=(10, 1_000),
               tick_rounds=3, ticks_per_round=100, worker_seconds=6, console=10_000, console_baseline=1_000,
-              idle_seconds=5, alarm=10 * 60)
+              idle_seconds=12, alarm=10 * 60)
 
 
 def say(message: str) -> None:

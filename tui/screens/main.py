@@ -1,17 +1,19 @@
 """The main screen: task list, editor and live logs, with the status line on top.
 
 Every Redis read runs in a thread worker and comes back as a message, one per stream read (a burst of
-events or log lines is one message, not one per entry); the list is loaded once and then kept current
-from the events stream (only the tasks an event names are read again), so a list of ten thousand tasks
-stays responsive and an idle console costs Redis one blocking read. A worker's unexpected error goes
+events or log lines is one message, not one per entry); the list is loaded once, the newest page drawn
+before the older pages are read, and then kept current from the events stream (only the tasks an event
+names are read again), so a list of ten thousand tasks stays responsive and an idle console costs Redis
+one blocking read per stream. A worker's unexpected error goes
 to the app (``TaskmanApp.report_error``); Redis being away is ``NoRedis``, shown in the banner.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 from rich.text import Text
@@ -40,8 +42,9 @@ if TYPE_CHECKING:
 
 FIRST_PAGE = 500
 """Tasks read before the list is first drawn: the newest, so the first paint does not wait for the rest."""
-PAGE = 5_000
-"""Tasks read per message after the first page, each added below the rows already shown."""
+PAGE = 2_000
+"""Tasks read per message after the first page (drawn), each added below the rows already shown; small
+enough that the console answers keys between two pages."""
 MOST = 20_000
 """Tasks the console holds (the newest); past that, ``taskman list`` and the API page through the rest."""
 STATUS_EVERY = 3.0
@@ -52,9 +55,10 @@ NARROW = 110
 
 @dataclass
 class TasksLoaded(Message):
-    """Every task was read (first load or after Redis came back)."""
+    """The newest tasks were read (first load or after Redis came back); ``drawn`` is set once they are."""
 
     tasks: list[Task]
+    drawn: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass
@@ -63,6 +67,7 @@ class TasksMore(Message):
 
     tasks: list[Task]
     last: bool
+    drawn: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass
@@ -184,14 +189,17 @@ class MainScreen(CarriesOn, Screen):
         meanwhile shifts the pages by one (read twice, kept once); the events read afterwards bring every
         change made meanwhile."""
         first = self.service.list_tasks(limit=FIRST_PAGE)
-        self.post_message(TasksLoaded(first))
+        drawn = threading.Event()
+        self.post_message(TasksLoaded(first, drawn))
         offset, last = len(first), len(first) < FIRST_PAGE
         while not last and not worker.is_cancelled:
+            drawn.wait(5.0)  # this thread's reading would otherwise hold the GIL while the first page draws
+            drawn = threading.Event()
             size = min(PAGE, MOST - offset)
             page = self.service.list_tasks(limit=size, offset=offset) if size > 0 else []
             offset += len(page)
             last = len(page) < size or offset >= MOST
-            self.post_message(TasksMore(page, last))
+            self.post_message(TasksMore(page, last, drawn))
 
     @work(thread=True, exclusive=True, group="logs")
     def tail_logs(self) -> None:
@@ -231,12 +239,14 @@ class MainScreen(CarriesOn, Screen):
         scoped = self.table.tasks.get(self.logs.scope) if self.logs.scope else None
         self.logs.show_scope(self.logs.scope, self._log_title(scoped))
         self._show_count()
+        self.call_after_refresh(message.drawn.set)
 
     @on(TasksMore)
     def _more(self, message: TasksMore) -> None:
         self.table.extend(message.tasks, last=message.last)
         self.logs.names.update({task.id: task.name for task in message.tasks})
         self._show_count()
+        self.call_after_refresh(message.drawn.set)
 
     @on(TasksChanged)
     def _changed(self, message: TasksChanged) -> None:
