@@ -202,8 +202,8 @@ def render(snap: Snapshot) -> bytes:
             yield GaugeMetricFamily("taskman_unacked_messages",
                                     "Messages delivered to workers and not yet acknowledged (running or reserved).",
                                     value=snap.unacked)
-            yield GaugeMetricFamily("taskman_due_entries", "Entries waiting in the due set (delays, cron, retries).",
-                                    value=snap.due)
+            yield GaugeMetricFamily("taskman_due_entries", "Entries waiting in the due set (delays, cron, retries, "
+                                    "send guards of queued runs not yet started).", value=snap.due)
             yield GaugeMetricFamily("taskman_tasks", "Task definitions stored.", value=snap.tasks)
             yield GaugeMetricFamily("taskman_workers_alive", "Workers whose heartbeat is recent.", value=snap.workers)
             yield GaugeMetricFamily("taskman_scheduler_leader", "1 while a scheduler holds the lock.",

@@ -57,6 +57,7 @@ def storm_env(base: dict[str, str], name: str) -> dict[str, str]:
     return {**base, "TASKMAN_NAMESPACE": name, "TASKMAN_DEAD_WORKER_GRACE": f"{GRACE:g}",
             "TASKMAN_SCHEDULER_LOCK_TTL": "3", "TASKMAN_SCHEDULER_INTERVAL": "0.05", "TASKMAN_KILL_GRACE": "1",
             "TASKMAN_DEFAULT_TIMEOUT": "10", "TASKMAN_MAX_TIMEOUT": "10", "TASKMAN_REDELIVERY_MARGIN": "5",
+            "TASKMAN_CLAIM_LEASE": "10",  # a message lost on the way to a killed worker is sent again within ~10 s
             "TASKMAN_IMPORTS": "tests.e2e.operator_tasks"}
 
 
