@@ -670,3 +670,30 @@ async def test_the_newest_tasks_are_drawn_first_and_older_pages_follow_below_up_
         later = service.create(cron_task("paged-new"))
         await until(pilot, lambda: table.selected is not None and later.id in table.tasks, message="a new task")
         assert next(iter(table.rows)).value == later.id
+
+
+async def test_the_clock_tick_redraws_the_rows_on_screen_and_a_row_scrolled_into_view_catches_up(settings,
+                                                                                                monkeypatch):
+    """The once-a-second tick looks only at the rows drawn, so it costs the same at 20,000 rows as at 20."""
+    from core.service import Service
+    from tui.widgets import task_table
+
+    service = Service.from_settings(settings.model_copy(update={"namespace": f"tick{time.time_ns() % 10**9}"}))
+    made = service.create_many([{"name": f"tick-{n:02}", "function_name": "f", "delay_seconds": 1800,
+                                 "function_code": "def f():\n    return 1"} for n in range(60)])
+    due = made[0].next_run_at
+    now = [due - 1800]
+    monkeypatch.setattr(task_table, "clock", lambda: now[0])
+    async with TaskmanApp(service).run_test(size=(120, 30)) as pilot:
+        table = pilot.app.screen.table
+        await until(pilot, lambda: table.row_count == 60, message="every row")
+        first, last = (table.coordinate_to_cell_key((row, 0)).row_key for row in (0, 59))
+        assert str(table.get_cell(first, "next")) == str(table.get_cell(last, "next")) == "+30m"
+        now[0] = due - 600
+        table.refresh_due_times()
+        assert str(table.get_cell(first, "next")) == "+10m", "a row on screen is redrawn"
+        assert str(table.get_cell(last, "next")) == "+30m", "a row off screen is left for later"
+        await pilot.press("G")
+        await until(pilot, lambda: table.cursor_row == 59 and table.scroll_offset.y > 0, message="the bottom in view")
+        table.refresh_due_times()
+        assert str(table.get_cell(last, "next")) == "+10m", "scrolled into view, it catches up at the next tick"

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from rich.cells import cell_len
 from rich.text import Text
 from textual.binding import Binding
+from textual.coordinate import Coordinate
 from textual.message import Message
 from textual.widgets import DataTable
+from textual.widgets.data_table import RowKey
 
 from core import filters
 from core.models import Task
@@ -234,10 +236,11 @@ class TaskTable(CarriesOn, DataTable):
         """Redraw what moves with the clock: the NEXT column, how long running runs have run and, in a wide
         list, how long ago the latest runs started (no Redis read needed). A cell is redrawn only when its
         text changes: most do once a minute or less, and at 10,000 rows redrawing them all took most of
-        each second's tick."""
+        each second's tick. Only the rows on screen are looked at (a row scrolled into view catches up at the
+        next tick), so the tick costs the same at 20,000 rows as at 20."""
         now = clock()
         wide = self.wide
-        for key in self.rows:
+        for key in self._rows_on_screen():
             task = self.tasks.get(key.value) if key.value is not None else None
             if task is None:
                 continue
@@ -251,6 +254,12 @@ class TaskTable(CarriesOn, DataTable):
                 started = human_ago(now - task.last_started_at, compact=True)  # changes once a minute, mostly
                 if str(self.get_cell(key, "started")) != started:
                     self.update_cell(key, "started", Text(started))
+
+    def _rows_on_screen(self) -> list[RowKey]:
+        """The keys of the rows drawn now (one line each), and one more on either side."""
+        top = max(0, int(self.scroll_offset.y) - 1)
+        bottom = min(self.row_count, int(self.scroll_offset.y) + self.size.height + 1)
+        return [self.coordinate_to_cell_key(Coordinate(row, 0)).row_key for row in range(top, bottom)]
 
     @property
     def selected_id(self) -> str | None:
