@@ -19,14 +19,7 @@ import pytest
 from core.models import RunState, TaskState
 from core.scheduler import Scheduler
 from core.store import due_member_for_task
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from tests.core.test_scheduler import Clock
 
 
 @pytest.fixture
