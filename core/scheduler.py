@@ -175,6 +175,8 @@ class Scheduler:
         self._record()
         try:
             metrics.record_lags(self.store, lags)
+        except REDIS_TROUBLE:
+            raise  # an outage: the tick's caller says so once, without a traceback
         except Exception:
             log.exception("could not record the scheduler's lag")
         return self._wait()
@@ -397,6 +399,8 @@ class Scheduler:
                 self.unrecorded.pop(0)
             try:
                 self.store.commit(chunk[0].batch, [(fire.run.id, fire.task.id) for fire in chunk])
+            except REDIS_TROUBLE:
+                raise  # an outage, said once by the tick's caller; the batch's entry records these runs later
             except Exception:
                 log.exception("could not record %d published runs; they are recorded when their batch's entry "
                               "comes up", len(chunk))
