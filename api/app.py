@@ -28,8 +28,8 @@ from api.routers import audit, health, logs, metrics, runs, tasks, tokens
 from api.schemas import JSONResponse, TokenIn
 from core.config import Settings
 from core.errors import RateLimited, TaskmanError, Unauthorized
-from core.models import TaskSpec
 from core.service import Service
+from core.spec import TaskSpec
 
 log = logging.getLogger("taskman.api")
 

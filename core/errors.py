@@ -36,6 +36,17 @@ class InvalidSpec(TaskmanError):
         return {"error": "InvalidSpec", "field": self.field, "message": self.message}
 
 
+class InvalidSetting(TaskmanError):
+    """A setting (``core.config.Settings``) does not fit its type or bounds; ``origin`` names it where it was
+    given: the environment variable, the key in the TOML file, or the keyword."""
+
+    title = "Invalid setting"
+
+    def __init__(self, origin: str, message: str) -> None:
+        super().__init__(f"{origin}: {message}")
+        self.origin = origin
+
+
 class NotFound(TaskmanError):
     """The task or run named does not exist (or no longer does)."""
 

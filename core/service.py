@@ -35,24 +35,11 @@ from core.embedded import resolve_redis_url
 from core.errors import Conflict, InvalidSpec, NoRedis, NotFound
 from core.events import EventType
 from core.lifecycle import Launcher, new_id, new_run, run_event
-from core.models import (
-    CODE_QUEUE,
-    HTTP_QUEUE,
-    REGISTERED_QUEUE,
-    Kind,
-    Mode,
-    Run,
-    RunState,
-    Task,
-    TaskSpec,
-    TaskState,
-    check_overrides,
-    merge_changes,
-    parse_spec,
-)
+from core.models import CODE_QUEUE, HTTP_QUEUE, REGISTERED_QUEUE, Kind, Mode, Run, RunState, Task, TaskState
 from core.store import Store, due_member_for_run, due_member_for_task
 
 if TYPE_CHECKING:  # the workers view loads it (and the walls' ctypes under it): reads need neither
+    from core.spec import TaskSpec  # and what validates specs loads pydantic: reads do without it too
     from core.workers import Overview
 
 MAX_BATCH = 1000
@@ -160,6 +147,8 @@ class Service:
 
         ``registry``: what ``store.registered()`` returned, when the caller already read it.
         """
+        from core.spec import parse_spec
+
         spec = parse_spec(data, bounds=self.settings.task_limit_bounds())
         if spec.kind is Kind.REGISTERED:
             self._check_registered(spec, self.store.registered() if registry is None else registry)
@@ -226,8 +215,8 @@ class Service:
             assert spec.kind is not None  # validation always infers it
             self._allow("create", spec.kind, what=f"{spec.kind.value} tasks{where}")
         now = time.time()
-        tasks = [Task(id=new_id(), spec=spec, state=TaskState.ACTIVE, created_at=now + index * 1e-6, updated_at=now)
-                 for index, spec in enumerate(specs)]
+        tasks = [Task.from_spec(spec, id=new_id(), state=TaskState.ACTIVE, created_at=now + index * 1e-6,
+                                updated_at=now) for index, spec in enumerate(specs)]
         pipe = self.store.batch()  # every write of the batch in one command (one JSON document), at once
         to_send: list[tuple[Task, Run]] = []
         first_due: dict[tuple, float] = {}
@@ -351,7 +340,7 @@ class Service:
 
         The one read that returns secrets unmasked, so it needs the admin role."""
         self._allow("export", None)
-        return [task.spec.to_dict() for task in reversed(self.store.get_tasks(self.store.task_ids()))]
+        return [dict(task.stored_spec) for task in reversed(self.store.get_tasks(self.store.task_ids()))]
 
     def registered_tasks(self) -> dict[str, dict]:
         """Celery task names the workers have registered, with the worker and queues that reported them."""
@@ -401,6 +390,8 @@ class Service:
         task = self.get(task_id, runs=0)
         self._allow("edit", task.kind)
         changes = redact.restore_spec(changes, task.spec.to_dict())  # a masked secret sent back stays as it was
+        from core.spec import merge_changes
+
         merged = merge_changes(task.spec, changes)
         spec = self.validate(merged)
         self._allow("edit", spec.kind)
@@ -436,6 +427,8 @@ class Service:
         if overrides is not None:
             if isinstance(overrides, dict):
                 overrides = redact.restore_spec(overrides, task.spec.to_dict())
+            from core.spec import check_overrides
+
             overrides = check_overrides(task.spec, overrides, bounds=self.settings.task_limit_bounds())
         now = time.time()
         run = new_run(task, "manual", now, overrides=overrides)

@@ -58,7 +58,7 @@ from typing import Any, cast
 
 import redis
 
-from core.models import Run, RunState, Task, TaskSpec, TaskState
+from core.models import Run, RunState, Task, TaskState
 
 # The client is made with ``decode_responses=True`` (``connect``), so every reply is ``str``; redis-py's
 # annotations cannot know that and say ``bytes | str``, hence the ``cast``s below. Its ``mapping``
@@ -917,7 +917,7 @@ class Store:
     def _task_fields(task: Task) -> dict[str, str]:
         return {
             "id": task.id,
-            "spec": json.dumps(task.spec.to_dict()),
+            "spec": json.dumps(task.stored_spec),
             "state": task.state.value,
             "created_at": repr(task.created_at),
             "updated_at": repr(task.updated_at),
@@ -962,7 +962,7 @@ class Store:
             return None
         return Task(
             id=fields["id"],
-            spec=TaskSpec.model_validate(json.loads(fields["spec"]), context={"stored": True}),
+            stored_spec=json.loads(fields["spec"]),
             state=TaskState(fields["state"]),
             created_at=float(fields["created_at"]),
             updated_at=float(fields["updated_at"]),

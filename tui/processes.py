@@ -169,7 +169,7 @@ class Stack:
             existing = read_address(data_dir)
             if existing:
                 redis_pid, owner = address_pids(data_dir)
-                self.settings = self.settings.model_copy(update={"redis_url": existing})
+                self.settings = self.settings.replace(redis_url=existing)
                 if owner is not None:
                     self.display_url = f"{existing.rsplit('@', 1)[-1]} (run by the `taskman up` with pid {owner})"
                     return self
@@ -189,7 +189,7 @@ class Stack:
         password = os.urandom(16).hex()
         self.redis = RedisServer(data_dir / "redis", appendonly=True, password=password).start()
         write_address(data_dir, self.redis.url, self.redis.pid, owner=os.getpid())
-        self.settings = self.settings.model_copy(update={"redis_url": self.redis.url})
+        self.settings = self.settings.replace(redis_url=self.redis.url)
         self.display_url = f"127.0.0.1:{self.redis.port} (embedded, data in {data_dir / 'redis'})"
 
     def _start_children(self, data_dir: Path) -> None:

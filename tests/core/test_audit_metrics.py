@@ -24,7 +24,7 @@ FAR = 30 * 24 * 3600
 
 @pytest.fixture()
 def service(settings, redis_server) -> Service:
-    return Service.from_settings(settings.model_copy(update={"namespace": f"mon{uuid.uuid4().hex[:8]}"}))
+    return Service.from_settings(settings.replace(namespace=f"mon{uuid.uuid4().hex[:8]}"))
 
 
 def api_spec(**extra) -> dict:

@@ -23,7 +23,7 @@ FAR = 30 * 24 * 3600
 @pytest.fixture()
 def service(settings, redis_server) -> Service:
     """A service on a namespace of its own (nothing here is meant to run)."""
-    return Service.from_settings(settings.model_copy(update={"namespace": f"auth{uuid.uuid4().hex[:8]}"}))
+    return Service.from_settings(settings.replace(namespace=f"auth{uuid.uuid4().hex[:8]}"))
 
 
 def every_stored_value(service: Service) -> str:

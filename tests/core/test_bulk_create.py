@@ -21,7 +21,7 @@ from core.store import due_member_for_task
 def service(settings, redis_server):
     from core.service import Service
 
-    own = settings.model_copy(update={"namespace": f"bulk{uuid.uuid4().hex[:8]}"})
+    own = settings.replace(namespace=f"bulk{uuid.uuid4().hex[:8]}")
     return Service.from_settings(own).acting_as("cli:tester")
 
 

@@ -6,14 +6,15 @@ import pytest
 
 from core import filters
 from core.errors import InvalidSpec
-from core.models import Kind, Mode, RunState, Task, TaskSpec, TaskState
+from core.models import Kind, Mode, RunState, Task, TaskState
+from core.spec import TaskSpec
 from tui.widgets.task_table import KIND_LABELS, MODE_LABELS
 
 
 def task(name: str, *, mode: Mode = Mode.SCHEDULED, kind: Kind = Kind.CODE, state: TaskState = TaskState.ACTIVE,
          last: str | None = None) -> Task:
     spec = TaskSpec.model_construct(name=name, kind=kind, task_type=mode)
-    return Task(id=name, spec=spec, state=state, created_at=0.0, updated_at=0.0, last_run_state=last)
+    return Task.from_spec(spec, id=name, state=state, created_at=0.0, updated_at=0.0, last_run_state=last)
 
 
 ONE_SHOT_FAILED = task("import-users", mode=Mode.IMMEDIATE, state=TaskState.DONE, last="failed")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -109,6 +110,45 @@ def test_every_core_module_stays_clear_of_the_console(module, redis_server):
     assert console == "[]", f"core.{module} imports {console}"
     if module in ("jail", "walls", "sandbox", "allowed_imports", "errors", "spec_fields"):
         assert heavy == "[]", f"core.{module} (loaded by the jail's template) imports {heavy}"
+    if module in READ_PATH:
+        assert "pydantic" not in heavy, f"core.{module} (every front end's read path) imports pydantic"
+
+
+READ_PATH = ("config", "models", "store", "service", "filters", "events", "audit", "auth", "metrics", "text",
+             "redact", "lifecycle", "dispatch", "embedded")
+"""Modules ``taskman list`` and ``show`` load: pydantic (``core.spec``) stays out of them."""
+
+
+def test_list_and_show_read_tasks_without_pydantic_and_show_what_was_written(redis_server):
+    code = ("import json, sys\n"
+            "from click.testing import CliRunner\n"
+            "from tui.cli import main\n"
+            "from core.config import Settings\n"
+            "from core.service import Service\n"
+            "import core.spec\n"  # the writer validates: then the reader must not need it
+            "service = Service.from_settings(Settings(namespace='readpath'))\n"
+            "task = service.create({'name': 'read me', 'api_url': 'http://127.0.0.1:9/x', "
+            "'headers': {'Authorization': 'Bearer s3cret'}, 'cron_expression': '*/5 * * * *'})\n"
+            "for name in [m for m in sys.modules if m.split('.')[0] == 'pydantic' or m == 'core.spec']:\n"
+            "    del sys.modules[name]\n"
+            "import builtins\n"
+            "real_import = builtins.__import__\n"
+            "def guarded(name, *args, **kwargs):\n"
+            "    if name.split('.')[0] == 'pydantic' or name == 'core.spec':\n"
+            "        raise ImportError(f'the read path imported {name}')\n"
+            "    return real_import(name, *args, **kwargs)\n"
+            "builtins.__import__ = guarded\n"
+            "listed = CliRunner().invoke(main, ['list', '--json'], env={'TASKMAN_NAMESPACE': 'readpath'})\n"
+            "shown = CliRunner().invoke(main, ['show', task.id, '--json'], env={'TASKMAN_NAMESPACE': 'readpath'})\n"
+            "print(json.dumps([listed.exit_code, listed.output, shown.exit_code, shown.output, "
+            "task.to_dict()['spec']]))\n")
+    result = run_python(code, redis_server.url)
+    assert result.returncode == 0, result.stderr
+    list_code, listed, show_code, shown, written = json.loads(result.stdout)
+    assert list_code == 0 and show_code == 0, listed + shown
+    [row] = json.loads(listed)
+    assert (row["name"], row["kind"], row["mode"], row["state"]) == ("read me", "api", "scheduled", "active")
+    assert json.loads(shown)["spec"] == written and written["headers"] == {"Authorization": "Bearer ***"}
 
 
 def test_the_core_module_list_is_the_one_the_readme_names():

@@ -26,7 +26,7 @@ from tests.core.test_scheduler import Clock
 def service(settings, redis_server):
     from core.service import Service
 
-    own = settings.model_copy(update={"namespace": f"ahead{uuid.uuid4().hex[:8]}"})
+    own = settings.replace(namespace=f"ahead{uuid.uuid4().hex[:8]}")
     return Service.from_settings(own)
 
 

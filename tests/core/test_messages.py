@@ -24,7 +24,7 @@ from core.lifecycle import new_run
 def service(settings, redis_server):
     from core.service import Service
 
-    own = settings.model_copy(update={"namespace": f"msg{uuid.uuid4().hex[:8]}"})
+    own = settings.replace(namespace=f"msg{uuid.uuid4().hex[:8]}")
     return Service.from_settings(own)
 
 
@@ -50,7 +50,7 @@ def comparable(raw: str) -> dict:
 def test_a_built_message_is_the_message_send_task_makes(service, redis_server, kind):
     task = service.create(SPECS[kind])
     run = new_run(task, "delay", time.time())
-    celery_way = Dispatcher(None, service.settings.model_copy(update={"celery_events": True}),
+    celery_way = Dispatcher(None, service.settings.replace(celery_events=True),
                             redis_url=redis_server.url)
     assert not celery_way.builds_messages and service.dispatcher.builds_messages
     celery_way.send(task, run, fence=3)

@@ -9,7 +9,8 @@ import re
 import pytest
 
 from core.errors import InvalidSpec
-from core.models import MAX_CODE, MAX_DELAY, MAX_HEADERS, MAX_NAME, Kind, Mode, TaskSpec, parse_spec
+from core.models import Kind, Mode
+from core.spec import MAX_CODE, MAX_DELAY, MAX_HEADERS, MAX_NAME, TaskSpec, parse_spec
 
 CODE = {"name": "calc", "function_code": "def calc():\n    return 1 + 2 * 3", "function_name": "calc"}
 API = {"name": "fetch", "api_url": "http://127.0.0.1:9/data"}
@@ -256,7 +257,7 @@ def test_only_code_tasks_take_sandbox_limits(spec, field):
 
 
 def test_sandbox_limits_round_trip_and_switching_kind_drops_them():
-    from core.models import merge_changes
+    from core.spec import merge_changes
 
     spec = parse_spec({**CODE, "memory_limit_mb": 64, "output_cap": 10, "result_cap": 20, "recursion_limit": 30})
     assert parse_spec(spec.to_dict()) == spec
@@ -266,7 +267,7 @@ def test_sandbox_limits_round_trip_and_switching_kind_drops_them():
 
 @pytest.mark.parametrize("field", ["data", "json", "args", "kwargs", "params"])
 def test_oversized_payloads_are_refused_naming_the_limit(field):
-    from core.models import MAX_BODY
+    from core.spec import MAX_BODY
 
     big = "x" * MAX_BODY
     value = {"args": [big], "kwargs": {"k": big}, "params": {"k": big}}.get(field, big)
@@ -276,14 +277,14 @@ def test_oversized_payloads_are_refused_naming_the_limit(field):
 
 
 def test_too_many_query_parameters_are_refused():
-    from core.models import MAX_PARAMS
+    from core.spec import MAX_PARAMS
 
     refused({**API, "params": {f"p{i}": i for i in range(MAX_PARAMS + 1)}}, "params", f"at most {MAX_PARAMS}")
 
 
 @pytest.mark.parametrize("field", ["data", "args", "kwargs"])
 def test_deeply_nested_values_are_refused_before_any_parser_recurses(field):
-    from core.models import MAX_DEPTH
+    from core.spec import MAX_DEPTH
 
     value: object = 1
     for _ in range(100_000):  # deep enough to exhaust any recursive walk
@@ -409,7 +410,7 @@ def test_shown_tasks_mask_secrets_but_export_keeps_them():
 
     spec = parse_spec({"name": "secret", "api_url": "http://127.0.0.1:9/x?token=abc&page=1",
                        "headers": {"Authorization": "Bearer abc", "X-Trace": "1"}})
-    shown = Task(id="t1", spec=spec, state=TaskState.DONE, created_at=0.0, updated_at=0.0).to_dict()
+    shown = Task.from_spec(spec, id="t1", state=TaskState.DONE, created_at=0.0, updated_at=0.0).to_dict()
     assert shown["spec"]["headers"] == {"Authorization": "Bearer ***", "X-Trace": "1"}
     assert shown["spec"]["api_url"] == "http://127.0.0.1:9/x?token=***&page=1"
     assert spec.to_dict()["headers"]["Authorization"] == "Bearer abc"
@@ -421,7 +422,7 @@ def test_shown_tasks_mask_secrets_but_export_keeps_them():
     ({"cron_expression": "* * * * *", "timezone": "A/" * 500_000}, "timezone"),
 ], ids=["method", "header-name", "timezone"])
 def test_a_refusal_never_quotes_megabytes_of_input(extra, field):
-    from core.models import MAX_REFUSAL
+    from core.spec import MAX_REFUSAL
 
     error = refused({**API, **extra}, field)
     assert len(error.reason) < MAX_REFUSAL + 50 and "characters in all" in error.reason

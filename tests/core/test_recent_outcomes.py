@@ -17,7 +17,7 @@ T0 = 1_780_000_000.0
 @pytest.fixture
 def service(settings, redis_server):
     """A namespace of its own, removed afterwards."""
-    service = Service.from_settings(settings.model_copy(update={"namespace": f"recent{uuid.uuid4().hex[:6]}"}))
+    service = Service.from_settings(settings.replace(namespace=f"recent{uuid.uuid4().hex[:6]}"))
     yield service
     keys = service.store.redis.keys(f"{service.store.keys.namespace}:*")
     if keys:

@@ -395,7 +395,7 @@ def test_a_cron_like_series_of_runs_compiles_once(monkeypatch):
 
 def test_limits_for_a_task_take_its_own_values_within_the_bounds():
     from core.config import Settings
-    from core.models import TaskSpec
+    from core.spec import TaskSpec
 
     settings = Settings(memory_limit_mb=512, max_memory_limit_mb=1024, output_cap=100, max_output_cap=1000,
                         result_cap=200, max_result_cap=2000, recursion_limit=50, max_recursion_limit=500)

@@ -33,7 +33,7 @@ class Clock:
 def service(settings, redis_server):
     from core.service import Service
 
-    own = settings.model_copy(update={"namespace": f"sched{uuid.uuid4().hex[:8]}"})
+    own = settings.replace(namespace=f"sched{uuid.uuid4().hex[:8]}")
     return Service.from_settings(own)
 
 

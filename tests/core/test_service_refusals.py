@@ -16,7 +16,8 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from core.errors import InvalidSpec, NotFound
-from core.models import Task, TaskSpec
+from core.models import Task
+from core.spec import TaskSpec
 from core.store import due_member_for_task
 
 CODE = {"name": "calc", "function_code": "def calc():\n    return 1 + 2 * 3", "function_name": "calc"}
@@ -247,7 +248,7 @@ def own_service(settings, redis_server):
     the session (now or later) may pick up."""
     from core.service import Service
 
-    own = Service.from_settings(settings.model_copy(update={"namespace": f"{settings.namespace}-prop"}))
+    own = Service.from_settings(settings.replace(namespace=f"{settings.namespace}-prop"))
     yield own
     redis = own.store.redis
     leftovers = redis.keys(own.store.keys.namespace + ":*")

@@ -44,7 +44,7 @@ def fuzz_server(taskman_env, fuzz_namespace, redis_server, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fuzz_token(settings, fuzz_namespace) -> str:
-    service = Service.from_settings(settings.model_copy(update={"namespace": fuzz_namespace}))
+    service = Service.from_settings(settings.replace(namespace=fuzz_namespace))
     secret, _ = auth.create(service.store, f"fuzzer-{uuid.uuid4().hex}", "admin")
     return secret
 

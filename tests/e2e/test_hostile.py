@@ -162,7 +162,7 @@ def test_registry_check_fails_closed_and_ignores_a_poisoned_registry(taskman_env
     """A namespace no worker has reported in: only the built-ins are known. Then a registry that claims
     internal names and broker keys as queues: still refused. Through the command line."""
     namespace = f"{settings.namespace}-fresh{uuid.uuid4().hex[:6]}"
-    fresh = Service.from_settings(settings.model_copy(update={"namespace": namespace}))
+    fresh = Service.from_settings(settings.replace(namespace=namespace))
     try:
         def submit(spec: dict) -> subprocess.CompletedProcess:
             return cli_bytes(taskman_env, "submit", "-", "--json", input=json.dumps(spec).encode(),

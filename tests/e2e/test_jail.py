@@ -97,7 +97,7 @@ def test_a_worker_with_a_wall_down_is_named_everywhere(settings, redis_server):
     """What front ends say when a code worker reports a missing wall (its real report is tested above)."""
     from core.service import Service
 
-    service = Service.from_settings(settings.model_copy(update={"namespace": f"weak{uuid.uuid4().hex[:6]}"}))
+    service = Service.from_settings(settings.replace(namespace=f"weak{uuid.uuid4().hex[:6]}"))
     service.store.record_registered([], "code@weak", ["code"], isolation={
         "up": {"landlock": False}, "why": {"landlock": "the kernel offers no Landlock"}, "missing": ["landlock"],
         "accept_weak": False})

@@ -285,7 +285,7 @@ async def test_a_banner_while_redis_is_down_and_recovery_by_itself(settings, tmp
 
     first = RedisServer(tmp_path / "redis", appendonly=True).start()
     port = first.port
-    service = Service.from_settings(settings.model_copy(update={"redis_url": first.url, "namespace": "down"}))
+    service = Service.from_settings(settings.replace(redis_url=first.url, namespace="down"))
     service.create({"name": "survives", "cron_expression": FAR_CRON, "function_code": "def f():\n    return 1",
                     "function_name": "f"})
     second = None
@@ -524,7 +524,7 @@ async def test_the_filter_count_stays_right_when_an_event_arrives(stack):
 async def test_an_empty_list_says_to_press_n_and_an_empty_filter_says_how_to_clear_it(settings):
     from core.service import Service
 
-    service = Service.from_settings(settings.model_copy(update={"namespace": f"empty{time.time_ns() % 10**9}"}))
+    service = Service.from_settings(settings.replace(namespace=f"empty{time.time_ns() % 10**9}"))
     async with TaskmanApp(service).run_test(size=SIZE) as pilot:
         screen = pilot.app.screen
         hint = screen.query_one("#empty", Static)
@@ -649,7 +649,7 @@ async def test_the_newest_tasks_are_drawn_first_and_older_pages_follow_below_up_
     monkeypatch.setattr(main, "FIRST_PAGE", 20)
     monkeypatch.setattr(main, "PAGE", 50)
     monkeypatch.setattr(main, "MOST", 150)
-    service = Service.from_settings(settings.model_copy(update={"namespace": f"paged{time.time_ns() % 10**9}"}))
+    service = Service.from_settings(settings.replace(namespace=f"paged{time.time_ns() % 10**9}"))
     made = service.create_many([cron_task(f"paged-{n:03}") for n in range(160)])
     newest_first = [task.id for task in sorted(made, key=lambda task: -task.created_at)]
     reads: list[tuple[int, int]] = []
@@ -678,7 +678,7 @@ async def test_the_clock_tick_redraws_the_rows_on_screen_and_a_row_scrolled_into
     from core.service import Service
     from tui.widgets import task_table
 
-    service = Service.from_settings(settings.model_copy(update={"namespace": f"tick{time.time_ns() % 10**9}"}))
+    service = Service.from_settings(settings.replace(namespace=f"tick{time.time_ns() % 10**9}"))
     made = service.create_many([{"name": f"tick-{n:02}", "function_name": "f", "delay_seconds": 1800,
                                  "function_code": "def f():\n    return 1"} for n in range(60)])
     due = made[0].next_run_at

@@ -112,7 +112,7 @@ async def test_the_workers_view_says_when_redis_is_away_and_reads_again_when_it_
     from core.service import Service
 
     first = RedisServer(tmp_path / "redis", appendonly=True).start()
-    service = Service.from_settings(settings.model_copy(update={"redis_url": first.url, "namespace": "wdown"}))
+    service = Service.from_settings(settings.replace(redis_url=first.url, namespace="wdown"))
     second = None
     try:
         async with TaskmanApp(service).run_test(size=SIZE) as pilot:

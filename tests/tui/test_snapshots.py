@@ -71,7 +71,7 @@ def pinned_clock(monkeypatch):
 @pytest.fixture
 def fixed(settings, redis_server):
     """A namespace holding the same three tasks every time, nothing running."""
-    service = Service.from_settings(settings.model_copy(update={"namespace": f"snap{uuid.uuid4().hex[:6]}"}))
+    service = Service.from_settings(settings.replace(namespace=f"snap{uuid.uuid4().hex[:6]}"))
     specs = [
         {"name": "ping-billing", "api_url": "http://billing.internal/health", "cron_expression": "*/5 * * * *",
          "headers": {"Authorization": "Bearer secret"}},

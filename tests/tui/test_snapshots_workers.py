@@ -27,7 +27,7 @@ WALLS_UP = {"fresh_process": True, "clean_env": True, "user": True, "no_new_priv
 @pytest.fixture
 def workers_namespace(settings, redis_server):
     """Three workers as they report themselves, two queues with messages; Redis's clock pinned at T0."""
-    service = Service.from_settings(settings.model_copy(update={"namespace": f"snapw{uuid.uuid4().hex[:6]}"}))
+    service = Service.from_settings(settings.replace(namespace=f"snapw{uuid.uuid4().hex[:6]}"))
     store = service.store
     names = ["ops.add", "ops.fail", "taskman.echo", "taskman.prune_history", "taskman.sleep"]
     reports = {

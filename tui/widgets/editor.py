@@ -23,7 +23,8 @@ from textual.widgets import Static, TextArea
 
 from core import redact
 from core.errors import InvalidSpec
-from core.models import Kind, Task, TaskSpec
+from core.models import Kind, Task
+from core.spec import TaskSpec
 from tui.guard import CarriesOn
 from tui.safe import json_text, one_line, plain, visible
 
