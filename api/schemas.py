@@ -1,7 +1,7 @@
 """What the OpenAPI document says the API answers: response models, error shapes and request bodies.
 
 Responses are rendered by ``core``'s own ``to_dict`` methods, so these models only describe them (they
-validate nothing on the way out); the task spec's schema comes from ``core.models.TaskSpec`` itself
+validate nothing on the way out); the task spec's schema comes from ``core.spec.TaskSpec`` itself
 (``api.app``), so the docs cannot drift from validation.
 
 No ``from __future__ import annotations`` here: pydantic reads the annotations at runtime.

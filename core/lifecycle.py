@@ -54,7 +54,7 @@ def new_id() -> str:
 def new_run(task: Task, trigger: str, now: float, *, scheduled_for: float | None = None,
             overrides: dict | None = None) -> Run:
     """A task's first attempt, queued at ``now`` (``trigger``: now, manual, cron or delay); ``overrides``:
-    the arguments or request body this run gets instead of the task's (``core.models.check_overrides``)."""
+    the arguments or request body this run gets instead of the task's (``core.spec.check_overrides``)."""
     return Run(id=new_id(), task_id=task.id, state=RunState.QUEUED, attempt=1,
                max_attempts=task.spec.max_retries + 1, trigger=trigger, queued_at=now, scheduled_for=scheduled_for,
                overrides=overrides or None)

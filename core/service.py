@@ -160,7 +160,7 @@ class Service:
 
         Never fails open: with no worker reported yet only the built-ins are known, and the queue may
         only be the default one or a queue that a worker running this task consumes from (taskman's
-        own ``code`` and ``http`` queues and the broker's keys are refused by ``core.models`` already).
+        own ``code`` and ``http`` queues and the broker's keys are refused by ``core.spec`` already).
         """
         name = spec.task_name or ""
         if not known:
@@ -419,7 +419,7 @@ class Service:
         """Queue a run of the task at once, whatever its mode or state.
 
         ``overrides``: other arguments for this run only (``args``, ``kwargs``; ``data`` or ``json`` for an
-        API task's request body), checked as a spec's fields are (``core.models.check_overrides``); the
+        API task's request body), checked as a spec's fields are (``core.spec.check_overrides``); the
         task is not changed. A masked secret sent back unchanged (``***``) stands for the stored one.
         """
         task = self.get(task_id, runs=0)
