@@ -267,7 +267,9 @@ class MainScreen(CarriesOn, Screen):
             hint = "No task matches the filter; esc clears it."
         else:
             hint = "No tasks yet. Press n to create one, or i to import a JSON file."
-        self.query_one("#empty", Static).update(hint)
+        empty = self.query_one("#empty", Static)
+        if str(empty.render()) != hint:  # an update lays the whole screen out again: only when it says more
+            empty.update(hint)
         box.set_class(not table.row_count, "empty")
 
     @on(LogsArrived)

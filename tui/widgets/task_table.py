@@ -23,6 +23,7 @@ from core.models import Task
 from core.text import human_ago, human_duration, relative_time, run_time
 from tui.guard import CarriesOn
 from tui.safe import one_line, plain
+from tui.widgets.one_line_table import OneLineTable
 
 STATE_STYLES = {
     "active": "green", "paused": "yellow", "done": "dim",
@@ -92,7 +93,7 @@ def last_cell(task: Task, now: float | None = None) -> Text:
     return Text(f"{mark} {took}".rstrip(), style=STATE_STYLES.get(task.last_run_state, ""))
 
 
-class TaskTable(CarriesOn, DataTable):
+class TaskTable(CarriesOn, OneLineTable):
     """Tasks keyed by id; ``upsert`` and ``remove`` keep rows in place so the cursor never jumps."""
 
     BINDINGS = [
