@@ -49,6 +49,13 @@ async def test_it_draws_as_datatable_does_through_every_kind_of_change():
         on_both(lambda table: table.update_cell("t3", "name", "renamed"))
         await pilot.pause()
         same()
+        on_both(lambda table: table.move_cursor(row=5))
+        await pilot.pause()
+        for row in ("t5", "t6", "t11"):  # under the cursor, beside it, at the bottom: each drawn anew alone
+            on_both(lambda table, row=row: table.update_cell(row, "n", f"u{row}"))
+            await pilot.pause()
+            same()
+        assert "ut6" in _lines(tables[1])[7]
         order = tables[1].ordered_rows
         on_both(lambda table: table.update_cell("t4", "n", "9"))
         assert tables[1].ordered_rows is order  # a cell update does not rebuild the row order

@@ -2,10 +2,11 @@
 
 Textual's ``DataTable`` keys its caches of row order and line offsets on a counter that every cell
 update bumps, so changing one cell rebuilds both, a pass over every row (about 35 ms at 10,000 rows
-here, on each change an event brings), and it measures every new cell to size auto-width columns
-(about 0.2 ms a row as the list fills). With every column given a width and every row one line high,
-none of that can change what is drawn: the offsets are the row order itself, the row order changes
-only when rows are added, removed, cleared or sorted, and there is nothing to measure.
+here, on each change an event brings) and draws every line on screen again; and it measures every
+new cell to size auto-width columns (about 0.2 ms a row as the list fills). With every column given
+a width and every row one line high, none of that can change what is drawn: the offsets are the row
+order itself, the row order changes only when rows are added, removed, cleared or sorted, a changed
+cell needs only its own row drawn again, and there is nothing to measure.
 
 These overrides lean on ``DataTable``'s private attributes (Textual 8); the console's snapshot and
 pilot tests draw and drive the list with them, so a Textual that changes them fails there first.
@@ -13,12 +14,12 @@ pilot tests draw and drive the list with them, so a Textual that changes them fa
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, cast
 
 from textual.geometry import Size
 from textual.widgets import DataTable
-from textual.widgets.data_table import Row, RowKey
+from textual.widgets.data_table import CellDoesNotExist, ColumnKey, Row, RowKey
 
 
 class _OneLinePerRow(Sequence[tuple[RowKey, int]]):
@@ -89,6 +90,30 @@ class OneLineTable(DataTable):
         super().sort(*columns, **kwargs)
         self._reordered()
         return self
+
+    def update_cell(self, row_key: RowKey | str, column_key: ColumnKey | str, value: Any, *,
+                    update_width: bool = False) -> None:
+        """DataTable's ``update_cell``, drawing only the row it changed again: DataTable bumps the counter that
+        every cache of drawn cells, rows and lines is keyed on, so one changed cell drew every line anew."""
+        if update_width:  # a column sized to its cells (not one of ours): DataTable's way
+            super().update_cell(row_key, column_key, value, update_width=True)
+            return
+        row_key = RowKey(row_key) if isinstance(row_key, str) else row_key
+        column_key = ColumnKey(column_key) if isinstance(column_key, str) else column_key
+        if row_key not in self._row_locations or column_key not in self._column_locations:
+            raise CellDoesNotExist(f"No cell exists for row_key={row_key!r}, column_key={column_key!r}.")
+        self._data[row_key][column_key] = value
+        index = cast(int, self._row_locations.get(row_key))  # present: checked above
+        line = index + (self.header_height if self.show_header else 0)
+        caches: tuple[tuple[Any, Callable[[Any], bool]], ...] = (
+            (self._cell_render_cache, lambda key: key[0] == row_key),
+            (self._row_render_cache, lambda key: key[0] == row_key),
+            (self._row_renderable_cache, lambda key: key[1] == index),
+            (self._line_cache, lambda key: key[0] == line))
+        for cache, drawn_from in caches:
+            for key in [key for key in cache.keys() if drawn_from(key)]:
+                cache.discard(key)
+        self.refresh_row(index)
 
     def _update_dimensions(self, new_rows: Iterable[RowKey]) -> None:
         """The table's size as new rows change it, without measuring them (every column has its width)."""
