@@ -102,7 +102,8 @@ async def measure(service, n: int, *, idle_seconds: float = 10.0, load_timeout: 
     than ``n``), ``load_s`` (all of ``n`` shown, None if it never showed them all), ``update_ms`` /
     ``update_max_ms`` (a pause made elsewhere reaching its row), ``filter_ms`` / ``filter_rows`` (the
     ``state:paused`` filter applied) and ``clear_ms`` (the filter cleared, every row back),
-    ``oldest_found`` (the oldest task's name as a filter shows its row), ``idle_calls_per_s`` and
+    ``oldest_found`` / ``oldest_found_s`` (the oldest task's name as a filter shows its row, searched
+in Redis when the console does not hold it; and after how long), ``idle_calls_per_s`` and
     ``idle_by_command`` (Redis commands per second, whole server, while the console sits idle).
     ``timed_out`` names the step that gave up, if one did.
     """
@@ -154,9 +155,11 @@ async def measure(service, n: int, *, idle_seconds: float = 10.0, load_timeout: 
                 figures["filter_rows"] = table.row_count
         oldest = service.store.task_ids(-1, -1)
         if oldest:
+            begin = time.perf_counter()
             box.value = service.get(oldest[0], runs=0).name
             await _until(pilot, lambda: table.filtered, 60)
-            figures["oldest_found"] = table.row_count > 0
+            figures["oldest_found"] = await _until(pilot, lambda: table.row_count > 0, 60, 0.01)
+            figures["oldest_found_s"] = time.perf_counter() - begin
             box.value = ""
             await _until(pilot, lambda: not table.filtered, 60)
         await pilot.press("escape")

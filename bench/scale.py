@@ -616,7 +616,8 @@ def print_report(scale: Scale, report: dict) -> None:
               ", ".join(f"{name} {rate:.2f}" for name, rate in sorted(idle.items(), key=lambda item: -item[1])))
     if big.get("oldest_found") is not None:
         print(f"console at {large:,}: filtering by the oldest task's name "
-              f"{'shows its row' if big['oldest_found'] else 'shows nothing (the task is not in the loaded list)'}")
+              + (f"shows its row after {big['oldest_found_s']:.1f} s (the console holds the newest 20,000; a filter "
+                 "searches the rest in Redis)" if big["oldest_found"] else "shows nothing within 60 s"))
     for n, figures in consoles.items():
         if figures.get("timed_out"):
             print(f"console at {n:,}: gave up: {figures['timed_out']}")

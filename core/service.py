@@ -21,7 +21,7 @@ import copy
 import inspect
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -260,12 +260,19 @@ class Service:
         _check_page(limit, offset)
         if not query:
             return self.with_running(self.store.get_tasks(self.store.task_ids(offset, offset + limit - 1)))
+        return self.matching_tasks(query, limit=limit, offset=offset)
+
+    def matching_tasks(self, query: filters.TaskFilter, *, limit: int, offset: int = 0, older_than: int = 0,
+                       cancelled: Callable[[], bool] = lambda: False) -> list[Task]:
+        """The tasks ``query`` picks, newest first: ``limit`` of them after skipping ``offset`` matches, among
+        the tasks past the newest ``older_than`` (the console searches what it does not hold). Reads every
+        task's record in pages of 500 until enough match; ``cancelled`` is asked between pages."""
         matches: list[Task] = []
         skipped = 0
         page = 500
-        start = 0
+        start = older_than
         running = self._running_ids()
-        while len(matches) < limit:
+        while len(matches) < limit and not cancelled():
             ids = self.store.task_ids(start, start + page - 1)
             if not ids:
                 break

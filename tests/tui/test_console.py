@@ -672,6 +672,51 @@ async def test_the_newest_tasks_are_drawn_first_and_older_pages_follow_below_up_
         assert next(iter(table.rows)).value == later.id
 
 
+async def test_a_filter_also_searches_the_tasks_older_than_the_most_held(settings, monkeypatch):
+    """At 100,000 tasks the console holds the newest MOST; a filter finds the older ones in Redis too, once it
+    has stopped changing, and they stay held below the others."""
+    from core.service import Service
+    from tui.screens import main
+
+    monkeypatch.setattr(main, "FIRST_PAGE", 20)
+    monkeypatch.setattr(main, "PAGE", 50)
+    monkeypatch.setattr(main, "MOST", 120)
+    monkeypatch.setattr(main, "SEARCH_AFTER", 0.05)
+    service = Service.from_settings(settings.replace(namespace=f"older{time.time_ns() % 10**9}"))
+    service.create_many([cron_task(f"older-{n:03}") for n in range(140)])
+    searches: list[int] = []
+    matching_tasks = service.matching_tasks
+
+    def recorded(query, **options):
+        searches.append(options["older_than"])
+        return matching_tasks(query, **options)
+
+    monkeypatch.setattr(service, "matching_tasks", recorded)
+    async with TaskmanApp(service).run_test(size=SIZE) as pilot:
+        screen = pilot.app.screen
+        table = screen.table
+        await until(pilot, lambda: table.row_count == 120 and screen.truncated, message="the most held")
+        assert "older-019" not in {task.name for task in table.tasks.values()}
+        await pilot.press("slash")
+        await type_text(pilot, "older-01")  # older-010 .. older-019: none of them is held
+        await until(pilot, lambda: table.row_count == 10, message="the older matches found")
+        assert sorted(task.name for task in table.tasks.values() if task.name.startswith("older-01")) == [
+            f"older-01{n}" for n in range(10)]
+        assert searches and all(older == 70 for older in searches), searches  # MOST - PAGE: a margin
+        held = len(table.tasks)  # what the searches of the words typed so far ("o", "older-01") brought
+        assert 130 <= held <= 140 and screen.query_one("#list").border_title == f"Tasks (10/{held})"
+        await pilot.press("escape")
+        await until(pilot, lambda: table.row_count == held, message="the found tasks kept below the others")
+        assert [key.value for key in table.rows] == [task.id for task in sorted(
+            table.tasks.values(), key=lambda task: -task.created_at)], "newest first, the found ones below"
+        before = len(searches)
+        await pilot.press("slash")
+        await type_text(pilot, "older-13")  # held already: found at once, and the search finds nothing new
+        await until(pilot, lambda: table.row_count == 10 and len(searches) > before, message="held matches")
+        await pilot.pause(0.2)
+        assert table.row_count == 10
+
+
 async def test_the_clock_tick_redraws_the_rows_on_screen_and_a_row_scrolled_into_view_catches_up(settings,
                                                                                                 monkeypatch):
     """The once-a-second tick looks only at the rows drawn, so it costs the same at 20,000 rows as at 20."""

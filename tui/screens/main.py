@@ -25,6 +25,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input, Static
 from textual.worker import get_current_worker
 
+from core import filters
 from core.errors import NoRedis, TaskmanError
 from core.metrics import Activity
 from core.models import Mode, Task, TaskState
@@ -46,7 +47,12 @@ PAGE = 2_000
 """Tasks read per message after the first page (drawn), each added below the rows already shown; small
 enough that the console answers keys between two pages."""
 MOST = 20_000
-"""Tasks the console holds (the newest); past that, ``taskman list`` and the API page through the rest."""
+"""Tasks the console holds (the newest); a filter also searches the older ones (``search_older``), and
+``taskman list`` and the API page through them all."""
+FOUND_MOST = 1_000
+"""Older tasks one search brings in (they stay held, below the others, and are followed like them)."""
+SEARCH_AFTER = 0.3
+"""Seconds the filter must stay unchanged before the older tasks are searched (they are read from Redis)."""
 STATUS_EVERY = 3.0
 """Seconds between reads of the status line (one round trip, ~8 commands): with the two blocking stream
 reads, an idle console costs Redis under 5 commands per second (`bench/console.py`)."""
@@ -63,11 +69,21 @@ class TasksLoaded(Message):
 
 @dataclass
 class TasksMore(Message):
-    """The next page of older tasks, read after the first paint; ``last`` when no more will come."""
+    """The next page of older tasks, read after the first paint; ``last`` when no more will come, and
+    ``truncated`` when that is because the console holds ``MOST`` and older ones may exist."""
 
     tasks: list[Task]
     last: bool
     drawn: threading.Event = field(default_factory=threading.Event)
+    truncated: bool = False
+
+
+@dataclass
+class OlderFound(Message):
+    """What a search of the tasks the console does not hold found for the filter ``text``."""
+
+    text: str
+    tasks: list[Task]
 
 
 @dataclass
@@ -104,6 +120,9 @@ class MainScreen(CarriesOn, Screen):
         self.service = service
         self.activity = Activity()
         self.redis_ok = True
+        self.truncated = False
+        """The console holds ``MOST`` tasks and older ones may exist: a filter searches them too."""
+        self.searching = False
 
     def compose(self) -> ComposeResult:
         yield StatusBar(id="status")
@@ -199,7 +218,24 @@ class MainScreen(CarriesOn, Screen):
             page = self.service.list_tasks(limit=size, offset=offset) if size > 0 else []
             offset += len(page)
             last = len(page) < size or offset >= MOST
-            self.post_message(TasksMore(page, last, drawn))
+            self.post_message(TasksMore(page, last, drawn, truncated=len(page) == size and offset >= MOST))
+
+    @work(thread=True, exclusive=True, group="search")
+    def search_older(self, text: str) -> None:
+        """The tasks past the ones held that the filter ``text`` picks (at most ``FOUND_MOST``), once it has
+        stayed as it is for ``SEARCH_AFTER`` seconds; a newer filter cancels this search."""
+        worker = get_current_worker()
+        time.sleep(SEARCH_AFTER)
+        if worker.is_cancelled:
+            return
+        try:
+            found = self.service.matching_tasks(filters.parse(text, partial=True), limit=FOUND_MOST,
+                                                older_than=max(0, MOST - PAGE),
+                                                cancelled=lambda: worker.is_cancelled)
+        except NoRedis:
+            found = []
+        if not worker.is_cancelled:
+            self.post_message(OlderFound(text, found))
 
     @work(thread=True, exclusive=True, group="logs")
     def tail_logs(self) -> None:
@@ -234,6 +270,7 @@ class MainScreen(CarriesOn, Screen):
 
     @on(TasksLoaded)
     def _loaded(self, message: TasksLoaded) -> None:
+        self.truncated = False  # until the last page says otherwise
         self.table.load(message.tasks)
         self.logs.names = {task.id: task.name for task in message.tasks}
         scoped = self.table.tasks.get(self.logs.scope) if self.logs.scope else None
@@ -244,6 +281,7 @@ class MainScreen(CarriesOn, Screen):
     @on(TasksMore)
     def _more(self, message: TasksMore) -> None:
         self.table.extend(message.tasks, last=message.last)
+        self.truncated = message.truncated
         self.logs.names.update({task.id: task.name for task in message.tasks})
         self._show_count()
         self.call_after_refresh(message.drawn.set)
@@ -256,6 +294,15 @@ class MainScreen(CarriesOn, Screen):
         self.logs.names.update({task.id: task.name for task in message.tasks})
         self._show_count()
 
+    @on(OlderFound)
+    def _older_found(self, message: OlderFound) -> None:
+        if message.text != self.query_one("#filter", Input).value:
+            return  # the filter changed since: its own search is on its way
+        self.searching = False
+        self.table.extend(message.tasks, last=False)
+        self.logs.names.update({task.id: task.name for task in message.tasks})
+        self._show_count()
+
     def _show_count(self) -> None:
         """The list's title counts the tasks (shown/all while a filter is on); an empty list says what to do."""
         table, box = self.table, self.query_one("#list")
@@ -263,6 +310,8 @@ class MainScreen(CarriesOn, Screen):
         box.border_title = f"Tasks ({table.row_count}/{total})" if table.filtered else f"Tasks ({total})"
         if table.row_count:
             hint = ""
+        elif table.filtered and self.searching:
+            hint = f"No task of the newest {total:,} matches; searching the older ones…"
         elif table.filtered:
             hint = "No task matches the filter; esc clears it."
         else:
@@ -442,6 +491,11 @@ class MainScreen(CarriesOn, Screen):
     @on(Input.Changed, "#filter")
     def _filter_typed(self, event: Input.Changed) -> None:
         self.table.apply_filter(event.value)
+        self.searching = self.truncated and bool(event.value.strip())
+        if self.searching:
+            self.search_older(event.value)
+        else:
+            self.workers.cancel_group(self, "search")
         self._show_count()
 
     @on(Input.Submitted, "#filter")
