@@ -58,7 +58,7 @@ from typing import Any, cast
 
 import redis
 
-from core.models import Run, RunState, Task, TaskState
+from core.models import CODE_QUEUE, HTTP_QUEUE, Run, RunState, Task, TaskState
 
 # The client is made with ``decode_responses=True`` (``connect``), so every reply is ``str``; redis-py's
 # annotations cannot know that and say ``bytes | str``, hence the ``cast``s below. Its ``mapping``
@@ -1280,14 +1280,17 @@ class Store:
         self.redis.hset(self.keys.registered, worker, json.dumps(detail))
 
     def registered(self) -> dict[str, dict]:
-        """Registered task name → the workers that reported it and the queues those workers serve."""
+        """Registered task name → the workers that reported it and the queues those workers serve that such a
+        task may be sent to: taskman's own ``code`` and ``http`` queues never carry one (``core.spec``), though
+        a worker serving them registers every task its app knows."""
         names: dict[str, dict] = {}
         for worker, raw in sorted(cast(dict[str, str], self.redis.hgetall(self.keys.registered)).items()):
             detail = json.loads(raw)
+            sendable = set(detail.get("queues", ())) - {CODE_QUEUE, HTTP_QUEUE}
             for name in detail.get("tasks", ()):
                 entry = names.setdefault(name, {"workers": [], "queues": []})
                 entry["workers"].append(worker)
-                entry["queues"] = sorted(set(entry["queues"]) | set(detail.get("queues", ())))
+                entry["queues"] = sorted(set(entry["queues"]) | sendable)
         return dict(sorted(names.items()))
 
     def worker_reports(self) -> dict[str, dict]:
