@@ -50,6 +50,13 @@ headers, query parameters and body fields as `***`). A missing or wrong token ge
 """
 
 
+def from_environment() -> FastAPI:
+    """The application as each process of ``taskman api --workers N`` builds it: settings read from the
+    environment and the TOML file, as the command read them, and a service (and Redis pool) of its own."""
+    settings = Settings()
+    return create_app(Service.from_settings(settings), settings)
+
+
 def create_app(service: Service, settings: Settings) -> FastAPI:
     """The FastAPI application serving ``service`` (one Redis namespace) with ``settings``' limits."""
     app = FastAPI(title="taskman", version=VERSION, description=DESCRIPTION, default_response_class=JSONResponse,

@@ -91,6 +91,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--workers", type=int, default=1, help="serving processes (`taskman api --workers`)")
     options = parser.parse_args()
     load_start = os.getloadavg()
     namespace = "benchapi"
@@ -104,7 +105,7 @@ def main() -> None:
         secret, _ = auth.create(service.store, "bench", "operator", actor="bench")
         env = {**os.environ, "TASKMAN_REDIS_URL": server.url, "TASKMAN_NAMESPACE": namespace,
                "TASKMAN_API_RATE_PER_MINUTE": "10000000", "TASKMAN_HTTP_ALLOW": "127.0.0.1", "PYTHONPATH": str(ROOT)}
-        api = ApiServer(env, Path(folder) / "api.log").start()
+        api = ApiServer(env, Path(folder) / "api.log", "--workers", str(options.workers)).start()
         try:
             load(api.url, secret, options.clients, 2.0, mix=True)  # warm-up, not counted
             base = load(api.url, None, options.clients, options.seconds, mix=False)
@@ -113,7 +114,7 @@ def main() -> None:
         finally:
             api.stop()
     print(f"bench/api.py: {os.cpu_count()} cores, load average {load_start[0]:.1f} at the start, "
-          f"{os.getloadavg()[0]:.1f} at the end; one `taskman api` process, {options.clients} clients, "
+          f"{os.getloadavg()[0]:.1f} at the end; `taskman api --workers {options.workers}`, {options.clients} clients, "
           f"{options.seconds:g} s each")
     print(f"{'what':44} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
     for label, result in (("GET /api/health (baseline)", base), ("mix: 80% list of 20, 20% creates", mixed)):

@@ -569,8 +569,10 @@ def _say_isolation(settings: Settings, within: float = 60.0) -> None:
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 @click.option("--access-log/--no-access-log", default=True, show_default=True, help="Log every request.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Processes serving the one port; they share only Redis (tokens, the rate limit, the audit trail).")
 @handles_errors
-def api(host, port, log_level, access_log) -> None:
+def api(host, port, log_level, access_log, workers) -> None:
     """Serve the REST API (OpenAPI docs at /docs); every endpoint but /api/health needs a token."""
     import uvicorn
 
@@ -580,8 +582,12 @@ def api(host, port, log_level, access_log) -> None:
     settings = Settings()
     service = Service.from_settings(settings)
     service.ping()
-    uvicorn.run(create_app(service, settings), host=host, port=port, log_level=log_level, access_log=access_log,
-                server_header=False, timeout_graceful_shutdown=3)
+    options = {"host": host, "port": port, "log_level": log_level, "access_log": access_log, "server_header": False,
+               "timeout_graceful_shutdown": 3}
+    if workers == 1:
+        uvicorn.run(create_app(service, settings), **options)
+    else:  # each process builds its own app, reading the same settings (the environment it inherits)
+        uvicorn.run("api.app:from_environment", factory=True, workers=workers, **options)
 
 
 @main.group()

@@ -35,9 +35,10 @@ def process_env(taskman_env: dict[str, str], **overrides: str) -> dict[str, str]
 class ApiServer:
     """One ``taskman api`` child process on 127.0.0.1."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, *options: str) -> None:
         self.env = env
         self.log_path = log_path
+        self.options = options  # more of ``taskman api``'s options, e.g. ``--workers 2``
         self.process: subprocess.Popen | None = None
         self.port = 0
 
@@ -48,7 +49,7 @@ class ApiServer:
     def start(self, timeout: float = 30.0) -> ApiServer:
         log = open(self.log_path, "wb")
         self.process = subprocess.Popen([*taskman_command(), "api", "--host", "127.0.0.1", "--port", "0",
-                                         "--log-level", "info", "--no-access-log"],
+                                         "--log-level", "info", "--no-access-log", *self.options],
                                         cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
@@ -64,8 +65,15 @@ class ApiServer:
         else:
             self.stop()
             raise AssertionError(f"taskman api did not start: {self.log_path.read_text(errors='replace')}")
-        httpx.get(f"{self.url}/api/health", timeout=5).raise_for_status()
-        return self
+        while True:  # with --workers the port is bound (and logged) before a process listens on it
+            try:
+                httpx.get(f"{self.url}/api/health", timeout=5).raise_for_status()
+                return self
+            except httpx.ConnectError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise
+                time.sleep(0.05)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
