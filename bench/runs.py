@@ -6,8 +6,9 @@ Starts a private redis-server, a prefork worker (2 processes) and measures, on 1
 1. raw Celery: N no-op messages sent with ``send_task``, no bookkeeping (the baseline);
 2. taskman registered runs of the same no-op: spec stored, run records, events and logs;
 3. taskman code runs (sandboxed ``return 1``);
-4. the scheduler's idle tick with 10 and with 10,000 future entries in the due set;
-5. lateness of 200 delayed runs all due at the same moment (fire time minus due time).
+4. one immediate task at a time, submit → its run's final event (code and registered);
+5. the scheduler's idle tick with 10 and with 10,000 future entries in the due set;
+6. lateness of 200 delayed runs all due at the same moment (fire time minus due time).
 Prints figures and ratios; asserts nothing.
 """
 
@@ -26,6 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from core.config import Settings  # noqa: E402
+
+FINAL_EVENTS = ("run.succeeded", "run.failed", "run.timed_out", "run.stopped")
 from core.embedded import RedisServer  # noqa: E402
 
 
@@ -91,6 +94,25 @@ def main() -> None:
             registered = taskman_rate({"task_name": "bench.noop"})
             code = taskman_rate({"function_code": "def f():\n    return 1", "function_name": "f"})
 
+            def one_by_one(spec: dict, count: int = 50) -> list[float]:
+                """Milliseconds from ``create`` of one immediate task to its run's final event, one at a time."""
+                took = []
+                for i in range(count):
+                    cursor = service.events_cursor()
+                    begin = time.perf_counter()
+                    run_id = service.create(dict(spec, name=f"one{i}")).runs[0].id
+                    final = False
+                    while not final and time.perf_counter() - begin < 30:
+                        batch = service.events_since(cursor, wait_ms=1000)
+                        cursor = batch.cursor
+                        final = any(event.get("run_id") == run_id and event.get("type") in FINAL_EVENTS
+                                    for _, event in batch.entries)
+                    took.append((time.perf_counter() - begin) * 1000)
+                return sorted(took)
+
+            one_code = one_by_one({"function_code": "def f():\n    return 1", "function_name": "f"})
+            one_registered = one_by_one({"task_name": "bench.noop"})
+
             scheduler = Scheduler(store, service.dispatcher, interval=0.05)
             tick_ms = {}
             for size in (10, 10_000):
@@ -126,6 +148,10 @@ def main() -> None:
     print(f"raw Celery no-op (baseline)      {raw:8.0f} runs/s")
     print(f"taskman registered no-op         {registered:8.0f} runs/s   ratio {registered / raw:.2f}x of raw")
     print(f"taskman sandboxed code run       {code:8.0f} runs/s   ratio {code / raw:.2f}x of raw")
+    for label, took, goal in (("code", one_code, "; issue 13's target: p50 ≤ 5 ms"),
+                              ("registered", one_registered, "")):
+        print(f"one {label + ' task,':16} submit → final {took[len(took) // 2]:6.1f} ms p50, {took[-2]:.1f} ms p98 "
+              f"({len(took)} one at a time{goal})")
     print(f"scheduler idle tick, 10 due      {tick_ms[10]:8.3f} ms (median)")
     print(f"scheduler idle tick, 10,000 due  {tick_ms[10_000]:8.3f} ms (median)"
           f"   ratio {tick_ms[10_000] / tick_ms[10]:.2f}x")
