@@ -717,6 +717,37 @@ async def test_a_filter_also_searches_the_tasks_older_than_the_most_held(setting
         assert table.row_count == 10
 
 
+async def test_a_long_list_is_filtered_once_the_typing_pauses_and_never_drawn_again_for_the_same_rows(settings,
+                                                                                                   monkeypatch):
+    """At 20,000 rows each drawing of the list takes over a second: keys typed in a row cost one drawing, and
+    a word that picks the rows already shown (``t``, ``ta`` ... of names that all start so) costs none."""
+    from core.service import Service
+    from tui.screens import main
+
+    monkeypatch.setattr(main, "FILTER_AT_ONCE", 50)
+    monkeypatch.setattr(main, "FILTER_PAUSE", 2.0)  # longer than any key takes here, even under load
+    service = Service.from_settings(settings.replace(namespace=f"pause{time.time_ns() % 10**9}"))
+    service.create_many([cron_task(f"deb-{n:03}") for n in range(60)])
+    async with TaskmanApp(service).run_test(size=SIZE) as pilot:
+        table = pilot.app.screen.table
+        await until(pilot, lambda: table.row_count == 60, message="every row")
+        drawn: list[int] = []
+        load = table.load
+        monkeypatch.setattr(table, "load", lambda tasks: (drawn.append(len(tasks)), load(tasks)))
+        await pilot.press("slash", *"deb-001")
+        assert table.row_count == 60 and not drawn, "nothing drawn while the keys come"
+        await until(pilot, lambda: table.row_count == 1, message="the filter, after the pause")
+        assert drawn == [60], drawn
+        monkeypatch.setattr(main, "FILTER_AT_ONCE", 1_000)  # a short list: filtered at every key
+        await pilot.press("escape")
+        await until(pilot, lambda: table.row_count == 60, message="every row back")
+        drawn.clear()
+        await pilot.press("slash", "d", "e", "b")
+        assert table.row_count == 60 and drawn == [], "every key picks the rows shown already: none drawn again"
+        await pilot.press("-", "0", "5")  # "deb-" and "deb-0" pick all 60 still; "deb-05" picks 10
+        assert table.row_count == 10 and drawn == [60], drawn
+
+
 async def test_the_clock_tick_redraws_the_rows_on_screen_and_a_row_scrolled_into_view_catches_up(settings,
                                                                                                 monkeypatch):
     """The once-a-second tick looks only at the rows drawn, so it costs the same at 20,000 rows as at 20."""

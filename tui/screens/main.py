@@ -22,6 +22,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import Screen
+from textual.timer import Timer
 from textual.widgets import Footer, Input, Static
 from textual.worker import get_current_worker
 
@@ -54,6 +55,10 @@ FOUND_MOST = 1_000
 SEARCH_AFTER = 0.3
 """Seconds the filter must stay unchanged before the older tasks are searched (they are read from Redis,
 about 2.5 s of CPU for 80,000 here)."""
+FILTER_AT_ONCE = 2_000
+"""Up to this many tasks held, the list is filtered at every key typed; past it, at a pause in the typing."""
+FILTER_PAUSE = 0.15
+"""Seconds without a key after which a long list is filtered (drawing 20,000 rows takes over a second)."""
 SEARCH_YIELD = 0.01
 """Seconds the search pauses after each page of 500, so the keys and the list stay quick meanwhile."""
 STATUS_EVERY = 3.0
@@ -126,6 +131,7 @@ class MainScreen(CarriesOn, Screen):
         self.truncated = False
         """The console holds ``MOST`` tasks and older ones may exist: a filter searches them too."""
         self.searching = False
+        self._filter_timer: Timer | None = None
 
     def compose(self) -> ComposeResult:
         yield StatusBar(id="status")
@@ -305,7 +311,7 @@ class MainScreen(CarriesOn, Screen):
         if message.text != self.query_one("#filter", Input).value:
             return  # the filter changed since: its own search is on its way
         self.searching = False
-        self.table.extend(message.tasks, last=False)
+        self.table.extend(message.tasks, last=True)  # last: the name column widens for longer names found
         self.logs.names.update({task.id: task.name for task in message.tasks})
         self._show_count()
 
@@ -496,10 +502,20 @@ class MainScreen(CarriesOn, Screen):
 
     @on(Input.Changed, "#filter")
     def _filter_typed(self, event: Input.Changed) -> None:
-        self.table.apply_filter(event.value)
-        self.searching = self.truncated and bool(event.value.strip())
+        if self._filter_timer is not None:
+            self._filter_timer.stop()
+            self._filter_timer = None
+        if len(self.table.tasks) <= FILTER_AT_ONCE:
+            self._filter(event.value)
+        else:  # each key would draw the list again: wait for a pause in the typing
+            self._filter_timer = self.set_timer(FILTER_PAUSE, lambda text=event.value: self._filter(text))
+
+    def _filter(self, text: str) -> None:
+        self._filter_timer = None
+        self.table.apply_filter(text)
+        self.searching = self.truncated and bool(text.strip())
         if self.searching:
-            self.search_older(event.value)
+            self.search_older(text)
         else:
             self.workers.cancel_group(self, "search")
         self._show_count()
@@ -511,9 +527,10 @@ class MainScreen(CarriesOn, Screen):
     def _close_filter(self, *, clear: bool) -> None:
         box = self.query_one("#filter", Input)
         if clear:
+            if self._filter_timer is not None:
+                self._filter_timer.stop()
             box.value = ""
-            self.table.apply_filter("")
-            self._show_count()
+            self._filter("")
         box.display = bool(box.value)
         self.table.focus()
 
