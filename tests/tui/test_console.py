@@ -748,6 +748,43 @@ async def test_a_long_list_is_filtered_once_the_typing_pauses_and_never_drawn_ag
         assert table.row_count == 10 and drawn == [60], drawn
 
 
+async def test_o_sorts_by_each_column_in_turn_O_reverses_and_a_header_click_sorts_by_its_column(settings):
+    """Sorting keeps the cursor on its task and says in the list's title how the rows are ordered."""
+    from core.service import Service
+
+    service = Service.from_settings(settings.replace(namespace=f"sort{time.time_ns() % 10**9}"))
+    made = service.create_many([cron_task("bravo"), cron_task("alpha"), cron_task("charlie")])
+    service.pause(made[2].id)  # charlie, the newest: paused sorts after active
+    async with TaskmanApp(service).run_test(size=SIZE) as pilot:
+        screen = pilot.app.screen
+        table = screen.table
+        box = screen.query_one("#list")
+        await until(pilot, lambda: table.row_count == 3, message="every row")
+
+        def names() -> list[str]:
+            return [table.tasks[key.value].name for key in table.rows]
+
+        assert names() == ["charlie", "alpha", "bravo"] and box.border_title == "Tasks (3)"
+        table.focus()
+        await pilot.press("o")
+        assert names() == ["alpha", "bravo", "charlie"] and box.border_title == "Tasks (3) · by NAME ▲"
+        table.select(made[0].id)  # bravo
+        await pilot.press("O")
+        assert names() == ["charlie", "bravo", "alpha"] and box.border_title == "Tasks (3) · by NAME ▼"
+        assert table.selected is not None and table.selected.id == made[0].id, "the cursor stays on its task"
+        await pilot.press("o", "o", "o")  # KIND, MODE (all alike: newest first), then STATE
+        assert table.sort_by == "STATE" and names() == ["alpha", "bravo", "charlie"]
+        await pilot.press("o", "o", "o")  # NEXT, LAST, then newest first again
+        assert table.sort_by is None and names() == ["charlie", "alpha", "bravo"] and box.border_title == "Tasks (3)"
+        await pilot.click(TaskTable, offset=(3, 0))  # the NAME header
+        assert names() == ["alpha", "bravo", "charlie"]
+        await pilot.click(TaskTable, offset=(3, 0))
+        assert names() == ["charlie", "bravo", "alpha"] and box.border_title == "Tasks (3) · by NAME ▼"
+        later = service.create(cron_task("delta"))
+        await until(pilot, lambda: later.id in table.tasks, message="a new task")
+        assert names() == ["delta", "charlie", "bravo", "alpha"], "a new task is drawn in its sorted place"
+
+
 async def test_the_clock_tick_redraws_the_rows_on_screen_and_a_row_scrolled_into_view_catches_up(settings,
                                                                                                 monkeypatch):
     """The once-a-second tick looks only at the rows drawn, so it costs the same at 20,000 rows as at 20."""

@@ -319,7 +319,8 @@ class MainScreen(CarriesOn, Screen):
         """The list's title counts the tasks (shown/all while a filter is on); an empty list says what to do."""
         table, box = self.table, self.query_one("#list")
         total = len(table.tasks)
-        box.border_title = f"Tasks ({table.row_count}/{total})" if table.filtered else f"Tasks ({total})"
+        counted = f"Tasks ({table.row_count}/{total})" if table.filtered else f"Tasks ({total})"
+        box.border_title = f"{counted} · {table.sort_label}" if table.sort_label else counted
         if table.row_count:
             hint = ""
         elif table.filtered and self.searching:
@@ -361,6 +362,10 @@ class MainScreen(CarriesOn, Screen):
                                              failed_hour=self.activity.failures_last_hour(),
                                              walls=values.get("walls", ""), restarts=app.restarts())
         self.set_timer(STATUS_EVERY, self.poll_status)
+
+    @on(TaskTable.Sorted)
+    def _sorted(self) -> None:
+        self._show_count()
 
     @on(TaskTable.Selected)
     def _selected(self, message: TaskTable.Selected) -> None:

@@ -8,7 +8,9 @@ it is read (``Task.recent_*``, kept by the store as runs end), so the wide list 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from rich.cells import cell_len
 from rich.text import Text
@@ -45,6 +47,19 @@ SCROLLBAR = 2
 WIDE_OTHERS = sum(WIDTHS[column] + PADDING for column in WIDE_COLUMNS[1:])
 """What the wide columns but the name's take: with a 14-character name the wide list needs 90 columns (a
 200-column terminal gives it 116, a 150-column one 86)."""
+SORT_KEYS: dict[str, Callable[[Task], Any]] = {
+    "NAME": lambda task: one_line(task.name).lower(),
+    "KIND": lambda task: task.kind.value,
+    "MODE": lambda task: task.mode.value,
+    "STATE": lambda task: task.state.value,
+    "NEXT": lambda task: (task.next_run_at is None, task.next_run_at or 0.0),
+    "STARTED": lambda task: (task.last_started_at is None, -(task.last_started_at or 0.0)),
+    "LAST": lambda task: (task.last_run_state is None, task.last_run_state or "", task.last_duration_ms or 0.0),
+    "SUCCESS": lambda task: (not task.recent_runs, task.recent_ok / task.recent_runs if task.recent_runs else 0.0),
+    "P95": lambda task: (task.recent_p95_ms is None, task.recent_p95_ms or 0.0),
+}
+"""What each column sorts by (``o`` / a click on its header); rows without a value go last, ties stay newest
+first. STARTED puts the latest start first."""
 KIND_LABELS = {"code": "code", "api": "api", "registered": "reg"}
 MODE_LABELS = {"immediate": "now", "delayed": "delay", "scheduled": "cron"}
 
@@ -97,12 +112,19 @@ class TaskTable(CarriesOn, OneLineTable):
     """Tasks keyed by id; ``upsert`` and ``remove`` keep rows in place so the cursor never jumps."""
 
     BINDINGS = [
+        Binding("o", "sort_next", "sort", show=False, id="list.sort",
+                tooltip="Sort by the next column; after the last one, newest first again"),
+        Binding("O", "sort_reverse", "reverse", show=False, id="list.reverse",
+                tooltip="Reverse the sort (a click on a header sorts by its column, again reverses)"),
         Binding("j", "cursor_down", "down", show=False, id="list.down", tooltip="Move down the list (↓ too)"),
         Binding("k", "cursor_up", "up", show=False, id="list.up", tooltip="Move up the list (↑ too)"),
         Binding("g,home", "scroll_top", "first", show=False, id="list.first", tooltip="Go to the first task"),
         Binding("G,end", "scroll_bottom", "last", show=False, id="list.last", tooltip="Go to the last task"),
     ]
     """The list's own keys (they act only while it has focus); the help screen lists them too."""
+
+    class Sorted(Message):
+        """The rows were sorted another way (``sort_label`` says how)."""
 
     @dataclass
     class Selected(Message):
@@ -118,6 +140,9 @@ class TaskTable(CarriesOn, OneLineTable):
         self._longest_name = 4
         self._grown_name = 4
         self._name_cap = NAME_WIDTH
+        self.sort_by: str | None = None
+        """The column the rows are sorted by; None: newest first."""
+        self.sort_reverse = False
 
     @property
     def wide(self) -> bool:
@@ -129,7 +154,7 @@ class TaskTable(CarriesOn, OneLineTable):
     def on_resize(self) -> None:
         """A list that becomes wide enough for the wide columns (or no longer is) is drawn again with them."""
         if self._fits_wide(self._longest_name) != self.wide:
-            self.load(self.newest_first())
+            self.load(self.in_order())
 
     def _room(self) -> int:
         return self.size.width - SCROLLBAR
@@ -179,6 +204,14 @@ class TaskTable(CarriesOn, OneLineTable):
         """Add older tasks below the rows shown (the pages read after the first paint); a task already held
         keeps the newer copy. With the ``last`` page the rows are laid out again if a name came that is
         longer than the name column."""
+        if self.sort_by is not None:  # sorted, the rows cannot just go below: drawn again with the last page
+            for task in tasks:
+                self.tasks.setdefault(task.id, task)
+            if last:
+                self.load(self.in_order())
+            else:
+                self._announce()
+            return
         now = clock()
         for task in tasks:
             if task.id in self.tasks:
@@ -188,7 +221,7 @@ class TaskTable(CarriesOn, OneLineTable):
                 self.add_row(*self._cells(task, now), key=task.id)
                 self._grown_name = max(self._grown_name, cell_len(one_line(task.name)))
         if last and min(self._grown_name, self._name_cap) > min(self._longest_name, self._name_cap):
-            self.load(self.newest_first())
+            self.load(self.in_order())
         else:
             self._announce()
 
@@ -204,12 +237,47 @@ class TaskTable(CarriesOn, OneLineTable):
             elif task.id in self.rows or visible:
                 reload = True
         if reload:
-            self.load(self.newest_first())
+            self.load(self.in_order())
         else:
             self._announce()
 
-    def newest_first(self) -> list[Task]:
-        return sorted(self.tasks.values(), key=lambda task: -task.created_at)
+    def in_order(self) -> list[Task]:
+        """The tasks held, newest first, then sorted by ``sort_by`` (if set; a stable sort keeps ties newest
+        first). The order is taken when the list is drawn: a row that changes keeps its place until then."""
+        newest = sorted(self.tasks.values(), key=lambda task: -task.created_at)
+        if self.sort_by is None or self.sort_by not in SORT_KEYS:
+            return newest
+        return sorted(newest, key=SORT_KEYS[self.sort_by], reverse=self.sort_reverse)
+
+    @property
+    def sort_label(self) -> str:
+        """How the list is sorted, for its title: ``by NAME ▲`` (empty when newest first)."""
+        if self.sort_by is None:
+            return ""
+        return f"by {self.sort_by} {'▼' if self.sort_reverse else '▲'}"
+
+    def sort_rows(self, column: str | None, *, reverse: bool = False) -> None:
+        """Sort by ``column`` (None: newest first) and draw the list again; the cursor stays on its task."""
+        self.sort_by, self.sort_reverse = column, reverse if column is not None else False
+        self.load(self.in_order())
+        self.post_message(self.Sorted())
+
+    def action_sort_next(self) -> None:
+        order = [None, *self.columns_shown]
+        position = order.index(self.sort_by) if self.sort_by in order else 0
+        self.sort_rows(order[(position + 1) % len(order)])
+
+    def action_sort_reverse(self) -> None:
+        if self.sort_by is None:
+            self.sort_rows("NAME", reverse=True)
+        else:
+            self.sort_rows(self.sort_by, reverse=not self.sort_reverse)
+
+    def on_data_table_header_selected(self, event: DataTable.HeaderSelected) -> None:
+        event.stop()
+        column = str(event.column_key.value).upper()
+        if column in SORT_KEYS:
+            self.sort_rows(column, reverse=column == self.sort_by and not self.sort_reverse)
 
     def remove_task(self, task_id: str) -> None:
         self.tasks.pop(task_id, None)
@@ -222,12 +290,12 @@ class TaskTable(CarriesOn, OneLineTable):
         the rows shown already (``t``, ``ta``, ``task`` ... all pick every task), the list is left as it is:
         drawing 20,000 rows again costs over a second."""
         self.query_filter = filters.parse(text, partial=True)
-        newest = self.newest_first()
-        shown = [task.id for task in newest if self.query_filter.matches(task)]
+        ordered = self.in_order()
+        shown = [task.id for task in ordered if self.query_filter.matches(task)]
         if len(shown) == self.row_count and shown == [key.value for key in self.rows]:
             self._announce()
             return
-        self.load(newest)
+        self.load(ordered)
 
     @property
     def filtered(self) -> bool:
