@@ -681,7 +681,6 @@ async def test_a_filter_also_searches_the_tasks_older_than_the_most_held(setting
     monkeypatch.setattr(main, "FIRST_PAGE", 20)
     monkeypatch.setattr(main, "PAGE", 50)
     monkeypatch.setattr(main, "MOST", 120)
-    monkeypatch.setattr(main, "SEARCH_AFTER", 0.05)
     service = Service.from_settings(settings.replace(namespace=f"older{time.time_ns() % 10**9}"))
     service.create_many([cron_task(f"older-{n:03}") for n in range(140)])
     searches: list[int] = []

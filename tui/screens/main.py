@@ -51,12 +51,11 @@ MOST = 20_000
 """Tasks the console holds (the newest); a filter also searches the older ones (``search_older``), and
 ``taskman list`` and the API page through them all."""
 FOUND_MOST = 1_000
-"""Older tasks one search brings in (they stay held, below the others, and are followed like them)."""
-SEARCH_AFTER = 0.3
-"""Seconds the filter must stay unchanged before the older tasks are searched (they are read from Redis,
-about 2.5 s of CPU for 80,000 here)."""
+"""Older tasks one search brings in (they stay held, below the others, and are followed like them). They are
+read from Redis, about 2.5 s of CPU for 80,000 here."""
 FILTER_AT_ONCE = 2_000
-"""Up to this many tasks held, the list is filtered at every key typed; past it, at a pause in the typing."""
+"""Up to this many tasks held, the list is filtered at every key typed; past it (so whenever the console holds
+``MOST`` and searches the older tasks too), at a pause in the typing."""
 FILTER_PAUSE = 0.15
 """Seconds without a key after which a long list is filtered (drawing 20,000 rows takes over a second)."""
 SEARCH_YIELD = 0.01
@@ -231,12 +230,10 @@ class MainScreen(CarriesOn, Screen):
 
     @work(thread=True, exclusive=True, group="search")
     def search_older(self, text: str) -> None:
-        """The tasks past the ones held that the filter ``text`` picks (at most ``FOUND_MOST``), once it has
-        stayed as it is for ``SEARCH_AFTER`` seconds; a newer filter cancels this search."""
+        """The tasks past the ones held that the filter ``text`` picks (at most ``FOUND_MOST``); a newer filter
+        cancels this search."""
         worker = get_current_worker()
-        time.sleep(SEARCH_AFTER)
-        if worker.is_cancelled:
-            return
+
         def stop_or_yield() -> bool:
             time.sleep(SEARCH_YIELD)  # between two pages read, the console's own thread gets the processor
             return worker.is_cancelled
@@ -330,7 +327,7 @@ class MainScreen(CarriesOn, Screen):
         else:
             hint = "No tasks yet. Press n to create one, or i to import a JSON file."
         empty = self.query_one("#empty", Static)
-        if str(empty.render()) != hint:  # an update lays the whole screen out again: only when it says more
+        if empty.content != hint:  # an update lays the whole screen out again: only when it says more
             empty.update(hint)
         box.set_class(not table.row_count, "empty")
 

@@ -64,29 +64,28 @@ class OneLineTable(DataTable):
         return self._ordered[1]
 
     def _reordered(self) -> None:
+        """After rows came, went or were sorted: the next read of the row order builds it again. (Adding and
+        removing change the row count, which the cache is keyed on too; ``DataTable.sort`` reads the order
+        only before it changes it.)"""
         self._rows_version += 1
 
     def add_row(self, *cells: Any, height: int | None = 1, **kwargs: Any) -> RowKey:
         if height != 1:
             raise ValueError("a OneLineTable's rows are one line high")
-        self._reordered()
         key = super().add_row(*cells, height=1, **kwargs)
         self._reordered()
         return key
 
     def remove_row(self, row_key: RowKey | str) -> None:
-        self._reordered()
         super().remove_row(row_key)
         self._reordered()
 
     def clear(self, columns: bool = False) -> OneLineTable:
-        self._reordered()
         super().clear(columns)
         self._reordered()
         return self
 
     def sort(self, *columns: Any, **kwargs: Any) -> OneLineTable:
-        self._reordered()
         super().sort(*columns, **kwargs)
         self._reordered()
         return self

@@ -245,7 +245,7 @@ class TaskTable(CarriesOn, OneLineTable):
         """The tasks held, newest first, then sorted by ``sort_by`` (if set; a stable sort keeps ties newest
         first). The order is taken when the list is drawn: a row that changes keeps its place until then."""
         newest = sorted(self.tasks.values(), key=lambda task: -task.created_at)
-        if self.sort_by is None or self.sort_by not in SORT_KEYS:
+        if self.sort_by is None:
             return newest
         return sorted(newest, key=SORT_KEYS[self.sort_by], reverse=self.sort_reverse)
 
