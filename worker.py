@@ -179,14 +179,22 @@ _beating = threading.Event()
 
 def _beat_forever(node: str, facts: dict) -> None:
     """Mark this worker alive in Redis every 2 s, whether or not Celery's own events are on: the
-    scheduler hands a silent worker's running runs to another worker after ``dead_worker_grace``.
+    scheduler hands a silent worker's runs, running or prefetched, to another worker after ``dead_worker_grace``.
     Each beat carries a few numbers for the workers view (``_stats``)."""
     store = runner().store
     while not _beating.wait(HEARTBEAT_SECONDS):
         try:
-            store.heartbeat(node, stats=_stats(facts), life=_life(node))
+            store.heartbeat(node, stats=_stats(facts), life=_life(node), holds=_holds())
         except Exception:  # a missed beat only makes the worker look late; never let it disturb the consumer
             pass
+
+
+def _holds() -> list[str]:
+    """The ids of the messages this worker has taken and not finished: prefetched or running (a dict copied
+    whole, under the GIL, while the consumer thread changes it)."""
+    from celery.worker import state
+
+    return list(state.requests.copy())
 
 
 def _stats(facts: dict) -> dict:
@@ -211,7 +219,7 @@ def _start_heartbeat(sender=None, **_):
     node = sender.hostname if sender is not None else socket.gethostname()
     facts = _facts(sender)
     try:
-        runner().store.heartbeat(node, stats=_stats(facts), life=_life(node))
+        runner().store.heartbeat(node, stats=_stats(facts), life=_life(node), holds=_holds())
     except Exception:
         pass
     threading.Thread(target=_beat_forever, args=(node, facts), name="taskman-heartbeat", daemon=True).start()

@@ -2,8 +2,12 @@
 
     python3 boot.py python bench/runs.py [--runs 1000]
 
-Starts a private redis-server, a prefork worker (2 processes) and measures, on 127.0.0.1 only:
-1. raw Celery: N no-op messages sent with ``send_task``, no bookkeeping (the baseline);
+Starts a private redis-server and measures, on 127.0.0.1 only:
+0. plain Celery with its default configuration (``bench/plain_celery.py``: prefetch 4, acks on receipt,
+   results in Redis), a prefork worker of 2 processes, N no-op tasks sent and their results collected:
+   issue 13's baseline;
+then, with taskman's prefork worker (2 processes; ``--prefetch`` sets its prefetch multiplier):
+1. raw Celery: N no-op messages sent with ``send_task``, no bookkeeping, taskman's Celery settings;
 2. taskman registered runs of the same no-op: spec stored, run records, events and logs;
 3. taskman code runs (sandboxed ``return 1``);
 4. one immediate task at a time, submit → its run's final event (code and registered);
@@ -40,9 +44,32 @@ def wait(predicate, timeout: float, what: str) -> None:
         time.sleep(0.01)
 
 
+def plain_celery_rate(n: int, url: str, env: dict, log) -> float:
+    """Tasks per second of plain Celery with its default configuration on ``url`` (a database of its own): a
+    prefork worker of 2 processes, ``n`` no-op tasks sent, then every result collected."""
+    os.environ["BENCH_PLAIN_REDIS"] = url
+    from bench.plain_celery import noop
+
+    worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "bench.plain_celery", "worker", "-P", "prefork",
+                               "-c", "2", "-l", "WARNING", "--without-mingle", "--without-gossip"], cwd=ROOT,
+                              env={**env, "BENCH_PLAIN_REDIS": url}, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        noop.delay().get(timeout=60)  # the worker is up
+        started = time.perf_counter()
+        results = [noop.delay() for _ in range(n)]
+        for result in results:
+            result.get(timeout=300)
+        return n / (time.perf_counter() - started)
+    finally:
+        worker.terminate()
+        worker.wait(30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=1000)
+    parser.add_argument("--prefetch", type=int, default=None,
+                        help="the taskman worker's prefetch multiplier (default: the setting for each queue)")
     options = parser.parse_args()
     n = options.runs
     with tempfile.TemporaryDirectory() as folder, RedisServer(Path(folder), appendonly=False) as server:
@@ -58,9 +85,12 @@ def main() -> None:
         service = Service.from_settings(settings)
         store = service.store
         log = open(Path(folder) / "worker.log", "wb")
+        plain = plain_celery_rate(n, server.url.rsplit("/", 1)[0] + "/5", env, log)
+        prefetch = ["--prefetch-multiplier", str(options.prefetch)] if options.prefetch else []
         worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", "code,registered",
                                    "-P", "prefork", "-c", "2", "-l", "WARNING", "--without-mingle",
-                                   "--without-gossip"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+                                   "--without-gossip", *prefetch], cwd=ROOT, env=env, stdout=log,
+                                  stderr=subprocess.STDOUT)
         try:
             wait(lambda: "bench.noop" in service.registered_tasks(), 60, "the worker")
             time.sleep(1)
@@ -145,9 +175,13 @@ def main() -> None:
             worker.wait(30)
 
     print(f"runs per measurement: {n}, prefork worker with 2 processes, Redis on 127.0.0.1")
-    print(f"raw Celery no-op (baseline)      {raw:8.0f} runs/s")
-    print(f"taskman registered no-op         {registered:8.0f} runs/s   ratio {registered / raw:.2f}x of raw")
-    print(f"taskman sandboxed code run       {code:8.0f} runs/s   ratio {code / raw:.2f}x of raw")
+    print(f"taskman worker's prefetch multiplier: {options.prefetch or 'its settings'}")
+    print(f"plain Celery, default configuration, results collected (issue 13's baseline) {plain:8.0f} tasks/s")
+    print(f"raw Celery no-op, taskman's Celery settings {raw:8.0f} runs/s   {raw / plain:.2f}x of plain")
+    print(f"taskman registered no-op         {registered:8.0f} runs/s   {registered / plain:.2f}x of plain, "
+          f"{registered / raw:.2f}x of raw")
+    print(f"taskman sandboxed code run       {code:8.0f} runs/s   {code / plain:.2f}x of plain, "
+          f"{code / raw:.2f}x of raw; issue 13's target: ≥ 1.0x of plain")
     for label, took, goal in (("code", one_code, "; issue 13's target: p50 ≤ 5 ms"),
                               ("registered", one_registered, "")):
         print(f"one {label + ' task,':16} submit → final {took[len(took) // 2]:6.1f} ms p50, {took[-2]:.1f} ms p98 "

@@ -235,8 +235,20 @@ class Settings:
     celery_events: bool = False
     """Send Celery's task events (for Flower and ``celery events``). Off, as in Celery: taskman's own
     events stream feeds its console, and workers mark themselves alive without them."""
+    prefetch_code: int = _bounded(1, ge=1)
+    """Code runs each process of a code worker takes ahead of the one it runs (Celery's prefetch multiplier).
+    1: a code run, which may be long, never holds another back that an idle worker could run."""
+    prefetch_registered: int = _bounded(4, ge=1)
+    """The same for the registered queue's worker: short tasks then never wait for a round trip to Redis
+    between two. A run prefetched by a worker that dies is sent again after ``dead_worker_grace``; but one
+    prefetched by a worker whose every process runs a long task waits for one of them to end, even if another
+    worker is idle. Set it to 1 if your registered tasks are long, or send those to a queue of their own
+    (their spec's ``queue``) served by ``taskman worker --queue NAME --prefetch 1``."""
+    prefetch_http: int = _bounded(1, ge=1)
+    """The same for the http queue's worker, per thread (with 20 threads it holds up to 20 requests ahead)."""
     dead_worker_grace: float = _bounded(30.0, gt=0)
-    """Seconds a worker may stay silent (no heartbeat) before its running runs are handed to another worker."""
+    """Seconds a worker may stay silent (no heartbeat) before its runs, running or prefetched, are handed to
+    another worker."""
     heartbeat_ttl: float = 10.0
     """Seconds after a worker's last heartbeat that it still counts as alive (workers beat every 2 s)."""
     api_max_body: int = 2 * 1024 * 1024

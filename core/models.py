@@ -31,6 +31,10 @@ BROKER_KEYS = frozenset({"unacked", "unacked_index", "unacked_mutex"})
 would push onto a hash and take every worker down with WRONGTYPE."""
 
 
+QUEUE_NAME_PATTERN = r"^[A-Za-z0-9_.:-]{1,100}$"
+"""What a queue's name may be (a registered task's spec ``queue``, ``taskman worker --queue``)."""
+
+
 def queue_refusal(queue: str) -> str | None:
     """Why ``queue`` may never carry a registered task, or None. The static half of the rule; the
     service adds the dynamic half (only queues the workers serve)."""

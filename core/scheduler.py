@@ -83,6 +83,13 @@ RECORD_WITHIN = 2.0
 """Seconds after which published fires are recorded even if held fires keep falling due."""
 
 
+LOST_WHY = {
+    "lost": "was sent but never reached a worker (lost by a worker that died taking it)",
+    "orphaned": "was taken by a worker that fell silent before starting it",
+}
+"""What became of a run's earlier message, by ``CHECK_SENT``'s verdict, as its log says it."""
+
+
 class Scheduler:
     """Claims due entries and sends their runs; ``tick`` returns how long to sleep."""
 
@@ -172,6 +179,7 @@ class Scheduler:
             self.next_watch = time.monotonic() + min(2.0, self.dead_worker_grace / 4)
             self._check_epoch()
             self.hand_over_silent_workers_runs(self.store.server_time())
+            self.store.hasten_held(self.dead_worker_grace, self.clock())
         self._record()
         try:
             metrics.record_lags(self.store, lags)
@@ -562,20 +570,21 @@ class Scheduler:
         with a warning, one whose message was lost after it was sent (``core.store.CHECK_SENT``)."""
         for start in range(0, len(members), GUARD_BATCH):
             chunk = members[start:start + GUARD_BATCH]
-            verdicts = self.store.check_sent([member[2:] for member in chunk], self.token)
+            verdicts = self.store.check_sent([member[2:] for member in chunk], self.token,
+                                             dead_after=self.dead_worker_grace)
             for member, (verdict, fence) in zip(chunk, verdicts, strict=True):
-                if verdict in ("unsent", "lost"):
+                if verdict in ("unsent", "lost", "orphaned"):
                     try:
-                        self._send_queued(member, member[2:], fence, lost=verdict == "lost")
+                        self._send_queued(member, member[2:], fence, why=LOST_WHY.get(verdict))
                     except REDIS_TROUBLE:
                         raise
                     except Exception:
                         log.exception("could not send run %s; it is sent again after the lease", member[2:])
 
-    def _send_queued(self, member: str, run_id: str, fence: int, *, lost: bool = False) -> None:
+    def _send_queued(self, member: str, run_id: str, fence: int, *, why: str | None = None) -> None:
         """Send a queued run whose guard came up under ``fence``, which ``CHECK_SENT`` just moved on: if an
         earlier message for it does exist after all, that one is refused on arrival and the run runs once.
-        ``lost``: its earlier message was sent and vanished (said in the run's log)."""
+        ``why``: what became of its earlier message, which was sent (said in the run's log)."""
         run = self.store.get_run(run_id)
         if run is None or run.state is not RunState.QUEUED:
             return  # gone, or started or stopped meanwhile (a start or stop removes the guard)
@@ -586,9 +595,8 @@ class Scheduler:
             self.store.remove_due(member)
             return
         self.launcher.send(task, run, fence=fence)  # a failed send leaves the guard to come back
-        if lost:
-            msg = (f"run {run_id}: its message was sent but never reached a worker (lost by a worker that died "
-                   "taking it); sent again")
+        if why:
+            msg = f"run {run_id}: its message {why}; sent again"
             self.store.add_logs([{"ts": repr(self.clock()), "task": run.task_id, "run": run_id, "level": "warning",
                                   "msg": msg}])
             log.warning("%s", msg)

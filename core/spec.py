@@ -17,7 +17,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from core import cron
 from core.config import MIN_MEMORY_LIMIT_MB
 from core.errors import InvalidSpec
-from core.models import CODE_QUEUE, HTTP_QUEUE, Kind, Mode, internal_task_refusal, queue_refusal
+from core.models import (
+    CODE_QUEUE,
+    HTTP_QUEUE,
+    QUEUE_NAME_PATTERN,
+    Kind,
+    Mode,
+    internal_task_refusal,
+    queue_refusal,
+)
 from core.spec_fields import HTTP_METHODS, TASK_LIMIT_FIELDS
 from core.text import has_control, has_surrogate
 
@@ -55,7 +63,7 @@ class TaskSpec(BaseModel):
     json_body: Any = Field(default=None, alias="json")
 
     task_name: str | None = None
-    queue: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,100}$")
+    queue: str | None = Field(default=None, pattern=QUEUE_NAME_PATTERN)
 
     args: list[Any] = []
     kwargs: dict[str, Any] = {}

@@ -33,6 +33,9 @@ Layout (every key under the namespace prefix ``{ns}:``, see ``Keys``):
                        pool, concurrency, runs active, messages processed).
 - ``workers:lives``    sorted set: ``node#id`` of each start of a worker scored by its last heartbeat (a run
                        records the life that runs it; the dead-worker watch follows that).
+- ``workers:held``     hash: ``node#id`` of a worker's life → the ids of the messages it holds (reserved or
+                       running), space-separated, as of its last heartbeat (``CHECK_SENT`` tells a message
+                       a live worker holds from one a dead worker prefetched).
 - ``running``          sorted set: id of each running run scored by when it started (the dead-worker watch).
 - ``epoch``            a random id written once into a Redis; if it vanishes or changes, Redis lost its data.
 - ``data-lost``        JSON {at, was, now}: when the scheduler found the epoch gone or changed.
@@ -138,6 +141,11 @@ class Keys:
         return self.celery_prefix + "unacked"
 
     @property
+    def celery_unacked_index(self) -> str:
+        """kombu's sorted set of those messages' delivery tags, scored by when they were delivered."""
+        return self.celery_prefix + "unacked_index"
+
+    @property
     def tokens(self) -> str:
         return self._key("tokens")
 
@@ -172,6 +180,10 @@ class Keys:
     @property
     def worker_stats(self) -> str:
         return self._key("workers", "stats")
+
+    @property
+    def worker_held(self) -> str:
+        return self._key("workers", "held")
 
     @property
     def running(self) -> str:
@@ -287,18 +299,27 @@ return #KEYS
 """
 
 # KEYS[1] run hash, KEYS[2] scheduler lock, KEYS[3] due set, KEYS[4] the list of the queue the run's message
-# was sent to (as read just before: ARGV[3]), KEYS[5] kombu's unacked hash
+# was sent to (as read just before: ARGV[3]), KEYS[5] kombu's unacked hash, KEYS[6] kombu's unacked index,
+# KEYS[7] the worker lives zset, KEYS[8] the hash of what each life holds
 # ARGV[1] the checker's lock token, ARGV[2] the run's due member (r:), ARGV[3] the queue read with the run
-# ('' = none), ARGV[4] the most unacked entries searched, ARGV[5] the run id
-# A queued run's send guard came up (its lease ran out, or a retry's backoff ended). Returns {verdict, fence}:
+# ('' = none), ARGV[4] the most unacked entries searched, ARGV[5] the run id, ARGV[6] seconds after a message's
+# delivery (by the worker's clock) from which a heartbeat (by Redis's) surely lists it if that worker holds it,
+# ARGV[7] seconds of silence after which a worker is dead
+# A queued run's send guard came up (its lease ran out, or a retry's backoff ended, or a dead worker's watch
+# brought it forward). Returns {verdict, fence}:
 # 'lock' the checker lost the lock (leave it); 'gone' the run is no longer queued (its guard goes);
 # 'unsent' no message was sent under its fence (a retry, a send that raised or whose sender died): its fence
 # moves on (so a message sent after all is refused on arrival) and the caller sends it under the new one;
-# 'waiting' its message was sent and may still be waiting: its queue's list is not empty (a backlog), or
-# kombu's unacked hash (reserved or running messages only, so small) holds a message naming the run, or
-# holds more than ARGV[4] (too many to search: looked at again after a lease); 'lost' its message was sent
-# but is nowhere (a worker took it off the list and died before recording it in unacked): its fence moves on
-# and the caller sends it again; 'moved' it was sent again to another queue since it was read (look later).
+# 'waiting' its message was sent and may still be waiting: kombu's unacked hash (reserved or running messages
+# only, so small) holds a message naming the run that a live worker may hold (its heartbeat lists it, or it
+# has not beaten since the message was delivered, or it lists nothing: a worker from before the list); or no
+# such message is there but the queue's list is not empty (a backlog); or the hash holds more than ARGV[4]
+# (too many to search: looked at again after a lease);
+# 'orphaned' its message is in the unacked hash but held by no live worker (a worker prefetched it, then died):
+# that entry goes (so kombu never redelivers it), its fence moves on and the caller sends it again;
+# 'lost' its message was sent but is nowhere (a worker took it off the list and died before recording it in
+# unacked): its fence moves on and the caller sends it again; 'moved' it was sent again to another queue since
+# it was read (look later).
 CHECK_SENT = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return {'lock', 0} end
 local f = redis.call('HMGET', KEYS[1], 'state', 'fence', 'sent_fence', 'sent_queue')
@@ -308,10 +329,27 @@ if f[1] ~= 'queued' then
 end
 if f[3] ~= (f[2] or '0') then return {'unsent', redis.call('HINCRBY', KEYS[1], 'fence', 1)} end
 if (f[4] or '') ~= ARGV[3] then return {'moved', 0} end
-if redis.call('LLEN', KEYS[4]) > 0 or redis.call('HLEN', KEYS[5]) > tonumber(ARGV[4]) then return {'waiting', 0} end
-for _, value in ipairs(redis.call('HVALS', KEYS[5])) do
-  if string.find(value, ARGV[5], 1, true) then return {'waiting', 0} end
+if redis.call('HLEN', KEYS[5]) > tonumber(ARGV[4]) then return {'waiting', 0} end
+local entries = redis.call('HGETALL', KEYS[5])
+for i = 1, #entries, 2 do
+  if string.find(entries[i + 1], ARGV[5], 1, true) then
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+    local listed_after = tonumber(redis.call('ZSCORE', KEYS[6], entries[i]) or now) + tonumber(ARGV[6])
+    local needle = ' ' .. ARGV[5] .. ' '
+    local lives = redis.call('ZRANGEBYSCORE', KEYS[7], now - tonumber(ARGV[7]), '+inf', 'WITHSCORES')
+    for j = 1, #lives, 2 do
+      local held = redis.call('HGET', KEYS[8], lives[j])
+      if not held or tonumber(lives[j + 1]) < listed_after or string.find(' ' .. held .. ' ', needle, 1, true) then
+        return {'waiting', 0}
+      end
+    end
+    redis.call('HDEL', KEYS[5], entries[i])
+    redis.call('ZREM', KEYS[6], entries[i])
+    return {'orphaned', redis.call('HINCRBY', KEYS[1], 'fence', 1)}
+  end
 end
+if redis.call('LLEN', KEYS[4]) > 0 then return {'waiting', 0} end
 return {'lost', redis.call('HINCRBY', KEYS[1], 'fence', 1)}
 """
 
@@ -658,17 +696,42 @@ end
 return gone
 """
 
-# KEYS[1] workers zset, KEYS[2] lives zset; ARGV[1] worker node name, ARGV[2] this start's life ('' = none).
-# Scores the beat by Redis's own clock, under the node's name and under its life (lives a day silent go).
+# KEYS[1] workers zset, KEYS[2] lives zset, KEYS[3] held hash; ARGV[1] worker node name, ARGV[2] this start's
+# life ('' = none), ARGV[3] the ids of the messages it holds, space-separated ('-' = not said).
+# Scores the beat by Redis's own clock, under the node's name and under its life (lives a day silent go), and
+# records what the life holds.
 HEARTBEAT = """
 local now = redis.call('TIME')
 local at = tonumber(now[1]) + tonumber(now[2]) / 1000000
 redis.call('ZADD', KEYS[1], at, ARGV[1])
 if ARGV[2] ~= '' then
   redis.call('ZADD', KEYS[2], at, ARGV[2])
+  if ARGV[3] ~= '-' then redis.call('HSET', KEYS[3], ARGV[2], ARGV[3]) end
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', at - 86400)
 end
 return 1
+"""
+
+# KEYS[1] held hash, KEYS[2] lives zset, KEYS[3] due set; ARGV[1] seconds of silence after which a worker is
+# dead, ARGV[2] the due time to give (the scheduler's clock), ARGV[3] a run's due member without its id (r:)
+# A worker that fell silent may have prefetched messages it never started: brings their runs' send guards
+# (those that still exist: a started run has none) due at ARGV[2], so ``CHECK_SENT`` looks at them now rather
+# than a lease after they were sent, and forgets what the silent life held. Returns how many were moved.
+HASTEN_HELD = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local entries = redis.call('HGETALL', KEYS[1])
+local moved = 0
+for i = 1, #entries, 2 do
+  local beat = redis.call('ZSCORE', KEYS[2], entries[i])
+  if not beat or now - tonumber(beat) >= tonumber(ARGV[1]) then
+    for id in string.gmatch(entries[i + 1], '%S+') do
+      moved = moved + redis.call('ZADD', KEYS[3], 'XX', 'CH', ARGV[2], ARGV[3] .. id)
+    end
+    redis.call('HDEL', KEYS[1], entries[i])
+  end
+end
+return moved
 """
 
 # KEYS[1] kombu's unacked hash; ARGV[1] the most entries to look at
@@ -869,6 +932,7 @@ class Store:
         self._transition = client.register_script(TRANSITION)
         self._requeue = client.register_script(REQUEUE)
         self._check_sent = client.register_script(CHECK_SENT)
+        self._hasten_held = client.register_script(HASTEN_HELD)
         self._epoch = client.register_script(EPOCH)
         self._fire = client.register_script(FIRE)
         self._claim = client.register_script(CLAIM)
@@ -1327,9 +1391,12 @@ class Store:
         nodes, lives = pipe.execute()
         return {**dict(nodes), **dict(lives)}
 
-    def check_sent(self, run_ids: list[str], token: str, most_unacked: int = 2000) -> list[tuple[str, int]]:
+    def check_sent(self, run_ids: list[str], token: str, most_unacked: int = 2000, *, listed_after: float = 1.0,
+                   dead_after: float = 30.0) -> list[tuple[str, int]]:
         """What to do with queued runs whose send guards came up (see ``CHECK_SENT``), in two round trips:
-        (verdict, new fence) per run, in order."""
+        (verdict, new fence) per run, in order. ``listed_after``: seconds after a message's delivery from which
+        a heartbeat of the worker holding it lists it (the hosts' clocks may differ by that much);
+        ``dead_after``: seconds of silence after which a worker is dead."""
         if not run_ids:
             return []
         pipe = self.redis.pipeline(transaction=False)
@@ -1339,8 +1406,10 @@ class Store:
         pipe = self.redis.pipeline(transaction=False)
         for run_id, queue in zip(run_ids, queues, strict=True):
             self._check_sent(keys=[self.keys.run(run_id), self.keys.scheduler_lock, self.keys.due,
-                                   self.keys.celery_queue(queue or ""), self.keys.celery_unacked],
-                             args=[token, due_member_for_run(run_id), queue or "", most_unacked, run_id], client=pipe)
+                                   self.keys.celery_queue(queue or ""), self.keys.celery_unacked,
+                                   self.keys.celery_unacked_index, self.keys.worker_lives, self.keys.worker_held],
+                             args=[token, due_member_for_run(run_id), queue or "", most_unacked, run_id,
+                                   listed_after, dead_after], client=pipe)
         return [(str(verdict), int(fence)) for verdict, fence in pipe.execute()]
 
     def requeue(self, run_id: str, fence: int, event: dict, send_guard_at: float) -> int | None:
@@ -1350,16 +1419,26 @@ class Store:
                                      due_member_for_run(run_id), repr(send_guard_at)])
         return None if answer is None else int(answer)
 
+    def hasten_held(self, dead_after: float, due_at: float) -> int:
+        """Bring due at ``due_at`` the send guards of runs whose messages a worker silent for ``dead_after``
+        seconds had taken and not started (``HASTEN_HELD``); how many."""
+        return int(self._hasten_held(keys=[self.keys.worker_held, self.keys.worker_lives, self.keys.due],
+                                     args=[dead_after, due_at, due_member_for_run("")]))
+
     def heartbeat(self, worker: str, when: float | None = None, stats: dict[str, Any] | None = None,
-                  life: str = "") -> None:
+                  life: str = "", holds: Iterable[str] | None = None) -> None:
         """Note that ``worker`` is alive (``core.metrics`` counts workers seen recently), by Redis's clock
         unless ``when`` is given: the dead-worker watch compares beats from many hosts, whose clocks may
         differ or jump. ``life`` names this start of the worker (``node#id``: a worker restarted under the
         same name is another life, so its beats do not keep its dead predecessor's runs looking alive).
-        ``stats``: what the worker says about itself (the workers view shows it), in the same round trip."""
+        ``stats``: what the worker says about itself (the workers view shows it), in the same round trip.
+        ``holds``: the ids of the messages the life has taken and not finished (reserved or running), so a run
+        whose message a dead worker prefetched is sent again (``CHECK_SENT``); None: not said."""
         pipe = self.redis.pipeline(transaction=False)
         if when is None:
-            pipe.eval(HEARTBEAT, 2, self.keys.workers, self.keys.worker_lives, worker, life)
+            held = "-" if holds is None else " ".join(holds)
+            pipe.eval(HEARTBEAT, 3, self.keys.workers, self.keys.worker_lives, self.keys.worker_held, worker, life,
+                      held)
         else:
             pipe.zadd(self.keys.workers, {worker: when})
         if stats is not None:
@@ -1389,6 +1468,7 @@ class Store:
         pipe.zrem(self.keys.workers, worker)
         if life:
             pipe.zrem(self.keys.worker_lives, life)
+            pipe.hdel(self.keys.worker_held, life)
         pipe.hdel(self.keys.worker_stats, worker)
         pipe.execute()
 

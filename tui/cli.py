@@ -442,17 +442,34 @@ def logs(task_id, follow, lines, as_json) -> None:
             emit(entry)
 
 
+def _served_queue(_ctx, _param, values: tuple[str, ...]) -> tuple[str, ...]:
+    """``--queue`` values: taskman's three queues, or a queue of the operator's own for registered tasks."""
+    import re
+
+    from core.models import CODE_QUEUE, HTTP_QUEUE, QUEUE_NAME_PATTERN, queue_refusal
+
+    for value in values:
+        if not re.match(QUEUE_NAME_PATTERN, value):
+            raise click.BadParameter(f"{value!r} is not a queue name (1 to 100 letters, digits, '.', '_', ':', '-')")
+        if value not in (CODE_QUEUE, HTTP_QUEUE) and (refusal := queue_refusal(value)):
+            raise click.BadParameter(refusal)
+    return values
+
+
 @main.command()
-@click.option("--queue", "queues", multiple=True, type=click.Choice(["code", "http", "registered"]),
-              help="Serve only this queue (repeatable); default: all three.")
-@click.option("--concurrency", "-c", type=click.IntRange(1, 1024), help="Processes (code) or threads (http).")
+@click.option("--queue", "queues", multiple=True, callback=_served_queue,
+              help="Serve only this queue (repeatable): code, http, registered, or a queue of your own that "
+                   "registered tasks name in their spec; default: the three.")
+@click.option("--concurrency", "-c", type=click.IntRange(1, 1024), help="Processes (prefork) or threads (http).")
+@click.option("--prefetch", type=click.IntRange(1, 1000),
+              help="Messages each process or thread takes ahead; default: the queue's prefetch_* setting.")
 @click.option("--loglevel", "-l", default="INFO", show_default=True, type=LOG_LEVELS)
 @handles_errors
-def worker(queues, concurrency, loglevel) -> None:
-    """Start workers: by default one prefork pool for code + registered and a threads pool for http."""
+def worker(queues, concurrency, prefetch, loglevel) -> None:
+    """Start workers: by default a prefork pool for code, one for registered tasks and a threads pool for http."""
     from tui.processes import run_workers
 
-    sys.exit(run_workers(queues, concurrency, loglevel))
+    sys.exit(run_workers(queues, concurrency, loglevel, prefetch))
 
 
 @main.command()

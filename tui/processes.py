@@ -1,9 +1,10 @@
 """Starting and stopping taskman's processes: workers, the scheduler, and the whole stack for ``up``.
 
-``taskman worker`` with no options runs two Celery workers as children — a prefork pool for
-``code`` and ``registered`` (CPU-bound, killable) and a threads pool for ``http`` (many requests
-at once) — and forwards signals to them. ``Stack`` is what ``taskman up`` runs: a private Redis
-when none is configured, a worker and the scheduler, all stopped on exit, by their PIDs.
+``taskman worker`` with no options runs three Celery workers as children — a prefork pool for
+``code`` and one for ``registered`` (CPU-bound, killable; each takes its own number of messages
+ahead) and a threads pool for ``http`` (many requests at once) — and forwards signals to them.
+``Stack`` is what ``taskman up`` runs: a private Redis when none is configured, the workers and the
+scheduler, all stopped on exit, by their PIDs.
 """
 
 from __future__ import annotations
@@ -38,24 +39,27 @@ def celery_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "worker", *args]
 
 
-def worker_commands(queues: tuple[str, ...] | list[str], concurrency: int | None, loglevel: str) -> list[list[str]]:
-    """The ``celery worker`` command lines serving ``queues`` (all three when empty).
+def worker_commands(queues: tuple[str, ...] | list[str], concurrency: int | None, loglevel: str,
+                    settings: Settings, prefetch: int | None = None) -> list[tuple[str, list[str]]]:
+    """(name, ``celery worker`` command line) of each worker serving ``queues`` (all three when empty).
 
-    ``code`` and ``registered`` share a prefork pool (killable, memory-limited processes); ``http``
-    gets a threads pool of its own, since its runs wait on the network rather than the CPU.
+    ``http`` gets a threads pool, since its runs wait on the network rather than the CPU; every other queue a
+    prefork pool (killable, memory-limited processes). Queues that take as many messages ahead (``prefetch``,
+    else their ``prefetch_*`` setting: ``code`` its own, any other ``prefetch_registered``) share a worker, so
+    by default ``code`` (1: a code run may be long) and ``registered`` (4: short tasks) get one each.
     """
-    queues = list(queues) or ["code", "registered", "http"]
-    pools = []
-    prefork = [queue for queue in queues if queue != "http"]
-    if prefork:
-        pools.append(("prefork", ",".join(prefork), prefork[0]))
-    if "http" in queues:
-        pools.append(("threads", "http", "http"))
+    queues = list(dict.fromkeys(queues)) or ["code", "registered", "http"]
+    groups: dict[tuple[str, int], list[str]] = {}
+    for queue in queues:
+        pool = "threads" if queue == "http" else "prefork"
+        ahead = prefetch or {"code": settings.prefetch_code, "http": settings.prefetch_http}.get(
+            queue, settings.prefetch_registered)
+        groups.setdefault((pool, ahead), []).append(queue)
     return [
-        celery_command("worker", "-Q", names, "-P", pool, "-n", f"{label}@%h",
-                       "-c", str(concurrency or DEFAULT_CONCURRENCY[pool]), "-l", loglevel,
-                       "--without-mingle", "--without-gossip")
-        for pool, names, label in pools
+        (names[0], celery_command("worker", "-Q", ",".join(names), "-P", pool, "-n", f"{names[0]}@%h",
+                                  "-c", str(concurrency or DEFAULT_CONCURRENCY[pool]), "--prefetch-multiplier",
+                                  str(ahead), "-l", loglevel, "--without-mingle", "--without-gossip"))
+        for (pool, ahead), names in groups.items()
     ]
 
 
@@ -78,10 +82,11 @@ def _supervise(commands: list[list[str]], env: dict | None = None) -> int:
         time.sleep(0.2)
 
 
-def run_workers(queues: tuple[str, ...], concurrency: int | None, loglevel: str) -> int:
+def run_workers(queues: tuple[str, ...], concurrency: int | None, loglevel: str, prefetch: int | None = None) -> int:
     """Run the worker(s) in the foreground until they exit or are signalled."""
-    resolve_redis_url(Settings())
-    commands = worker_commands(queues, concurrency, loglevel)
+    settings = Settings()
+    resolve_redis_url(settings)
+    commands = [command for _, command in worker_commands(queues, concurrency, loglevel, settings, prefetch)]
     if len(commands) == 1:
         os.execv(commands[0][0], commands[0])
     return _supervise(commands)
@@ -197,9 +202,8 @@ class Stack:
         self._env = {**os.environ, "TASKMAN_REDIS_URL": self.settings.redis_url,
                      "TASKMAN_NAMESPACE": self.settings.namespace}
         logs = private_dir(data_dir / "logs")  # tracebacks of runs end up in these
-        code, http = worker_commands([], None, "INFO")
-        for name, command in [("worker-code", code), ("worker-http", http),
-                              ("beat", celery_command("beat", "-l", "INFO", "--pidfile="))]:
+        workers = [(f"worker-{name}", command) for name, command in worker_commands([], None, "INFO", self.settings)]
+        for name, command in [*workers, ("beat", celery_command("beat", "-l", "INFO", "--pidfile="))]:
             child = Supervised(name, command, logs / f"{name}.log")
             self._spawn(child)
             self.supervised.append(child)

@@ -31,6 +31,7 @@ def test_key_strings_are_pinned():
     assert keys.celery_prefix == "taskman:celery:"
     assert keys.celery_queue("code") == "taskman:celery:code"
     assert keys.celery_unacked == "taskman:celery:unacked"
+    assert keys.celery_unacked_index == "taskman:celery:unacked_index"
     assert keys.tokens == "taskman:tokens"
     assert keys.token_hashes == "taskman:tokens:by-hash"
     assert keys.token_used == "taskman:tokens:used"
@@ -39,6 +40,7 @@ def test_key_strings_are_pinned():
     assert keys.metrics == "taskman:metrics"
     assert keys.workers == "taskman:workers"
     assert keys.worker_stats == "taskman:workers:stats"
+    assert keys.worker_held == "taskman:workers:held"
     assert keys.running == "taskman:running"
     assert keys.epoch == "taskman:epoch"
     assert keys.data_lost == "taskman:data-lost"
@@ -54,7 +56,7 @@ def test_namespace_prefixes_every_key():
     every = [keys.task("1"), keys.task_runs("1"), keys.run("1"), keys.tasks, keys.due, keys.events, keys.logs,
              keys.scheduler_lock, keys.registered, keys.celery_prefix, keys.celery_queue("http"), keys.celery_unacked,
              keys.tokens, keys.token_hashes, keys.token_used, keys.audit, keys.metrics, keys.workers,
-             keys.worker_stats]
+             keys.worker_stats, keys.worker_held, keys.celery_unacked_index]
     assert all(key.startswith("other:") for key in every)
     assert len(set(every)) == len(every)
     assert Keys("a") == Keys("a") and hash(Keys("a")) == hash(Keys("a"))

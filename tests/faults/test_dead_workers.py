@@ -134,3 +134,61 @@ def test_a_worker_restarted_under_its_own_name_does_not_vouch_for_its_dead_prede
     assert state_events(service, run.id, "run.requeued") == 1, "the dead-worker watch handed it over"
     assert took < GRACE + 15, f"ended {took:.1f} s after the kill"
     FIGURES["worker SIGKILL, restarted under its own name -> run ends"] = f"{took:.2f} s (grace {GRACE:g} s)"
+
+
+def test_runs_a_killed_worker_had_prefetched_run_elsewhere_within_seconds(taskman_env, tmp_path):
+    """A registered-queue worker takes messages ahead (prefetch 4, one process): while its one process runs a
+    long task, it holds three short runs it has not started. Killed, it can give none of them back, and kombu
+    would redeliver them only after its visibility timeout (an hour). Its heartbeats listed what it held, so
+    once it has been silent for the grace the scheduler brings those runs' send guards forward (the claim
+    lease here is two minutes) and sends each again under a new fence: each runs once, on the other worker."""
+    from core.service import Service
+
+    env = {**taskman_env, "TASKMAN_NAMESPACE": f"ahead{uuid.uuid4().hex[:6]}", "TASKMAN_DEAD_WORKER_GRACE": str(GRACE),
+           "TASKMAN_SCHEDULER_LOCK_TTL": "3", "TASKMAN_CLAIM_LEASE": "120"}
+    procs = Processes(_process_env(env), tmp_path)
+    service = Service.from_settings(Settings(**{key.removeprefix("TASKMAN_").lower(): value
+                                                for key, value in env.items()}))
+    store = service.store
+
+    def registered_worker(name: str, processes: int) -> tuple[str, ...]:
+        return ("worker", "-Q", "registered", "-P", "prefork", "-c", str(processes), "--prefetch-multiplier", "4",
+                "-n", f"{name}@%h", "-l", "INFO", "--without-mingle", "--without-gossip")
+
+    try:
+        procs.start("beat", "beat", "-l", "INFO", "--pidfile=")
+        first = procs.start("worker-1", *registered_worker("first", 1))
+        wait_for(lambda: service.registered_tasks(), timeout=60, message="the first worker")
+        long = service.create({"name": "long", "task_name": "taskman.sleep", "kwargs": {"seconds": 20},
+                               "timeout": 60})
+        wait_for(running_on(service, long.id, "first@"), timeout=30, message="the long run on the first worker")
+        shorts = [service.create({"name": f"short {i}", "task_name": "taskman.echo", "args": [i]}) for i in range(3)]
+        runs = [service.get(task.id).runs[0] for task in shorts]
+
+        def held_by_first() -> bool:
+            held = " ".join(value for life, value in store.redis.hgetall(store.keys.worker_held).items()
+                            if life.startswith("first@"))
+            return all(run.id in held for run in runs)
+
+        wait_for(held_by_first, timeout=30, message="the first worker to list the three runs it took ahead")
+        assert all(service.get_run(run.id).state is RunState.QUEUED for run in runs), "taken, not started"
+        os.killpg(first.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        procs.start("worker-2", *registered_worker("second", 2))
+        for run in runs:
+            wait_for(lambda run=run: service.get_run(run.id).state.final, timeout=GRACE + 60,
+                     message=f"run {run.id} to end on the second worker")
+        took = time.monotonic() - killed_at
+        for run, index in zip(runs, range(3), strict=True):
+            done = service.get_run(run.id)
+            assert done.state is RunState.SUCCEEDED and done.result == {"args": [index], "kwargs": {}}, done
+            _, node, fence = store.run_owner(run.id)
+            assert node.startswith("second@") and state_events(service, run.id, "run.started") == 1
+            assert fence == 1, "sent again under a new fence"
+        assert took < GRACE + 30, f"the prefetched runs ended {took:.1f} s after the kill (claim lease 120 s)"
+        assert "was taken by a worker that fell silent before starting it" in (tmp_path / "beat.log").read_text()
+        assert not [value for value in store.redis.hvals(store.keys.celery_unacked)
+                    if any(run.id in value for run in runs)], "the dead worker's reservations are gone"
+        FIGURES[f"worker SIGKILL holding 3 prefetched runs -> they end elsewhere (grace {GRACE:g} s)"] = f"{took:.2f} s"
+    finally:
+        procs.stop_all()

@@ -13,6 +13,7 @@ would, while no worker serves the queue, then starts one. The claim lease (the g
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 
@@ -108,21 +109,74 @@ def test_a_message_waiting_behind_a_backlog_is_not_sent_again(stack):
     assert done.state is RunState.SUCCEEDED and fence(stack, run.id) == 0 and starts(stack, run.id) == 1
 
 
-def test_a_message_a_worker_reserved_is_not_sent_again(stack):
+def reserve(stack, run_id: str, delivered_ago: float) -> tuple[str, str]:
+    """Take the run's message off its list and record it in kombu's ``unacked`` hash as delivered
+    ``delivered_ago`` seconds ago, as a worker's reservation (prefetch) does; (delivery tag, message)."""
+    store = stack.service.store
+    raw = store.redis.rpop(queue_key(stack))
+    assert json.loads(raw)["headers"]["id"] == run_id
+    tag = json.loads(raw)["properties"]["delivery_tag"]
+    store.redis.hset(store.keys.celery_unacked, tag, json.dumps([json.loads(raw), "", "code"]))
+    store.redis.zadd(store.keys.celery_unacked_index, {tag: time.time() - delivered_ago})
+    return tag, raw
+
+
+@pytest.mark.parametrize("holder", ["lists it", "has not beaten since", "lists nothing (an older worker)"])
+def test_a_message_a_live_worker_may_hold_is_not_sent_again(stack, holder):
+    """Reserved by a worker that is alive: its heartbeat lists the message, or it was delivered after the
+    worker's last beat, or the worker does not say what it holds. Each waits (a lease at a time)."""
     _, run = sent_run(stack, "submitted")
     store = stack.service.store
     first = store.due_score(due_member_for_run(run.id))
-    raw = store.redis.rpop(queue_key(stack))  # taken and recorded by a worker, as kombu's ack emulation does
-    tag = json.loads(raw)["properties"]["delivery_tag"]
-    unacked_index = store.keys.celery_prefix + "unacked_index"
-    store.redis.hset(store.keys.celery_unacked, tag, json.dumps([json.loads(raw), "", "code"]))
-    store.redis.zadd(unacked_index, {tag: time.time()})
-    looked_at_twice(stack, run.id, first)
+    tag, raw = reserve(stack, run.id, delivered_ago=0.0 if holder == "has not beaten since" else 60.0)
+    stop = threading.Event()
+
+    def beat() -> None:  # a live worker's heartbeat, every second
+        while not stop.wait(1.0 if holder != "has not beaten since" else 0):
+            store.heartbeat("busy@box", life="busy@box#1", holds=None if holder.startswith("lists nothing") else
+                            [run.id] if holder == "lists it" else [])
+            if holder == "has not beaten since":
+                return  # once, before the delivery's time + 1 s; then silent but within the grace (30 s)
+
+    beating = threading.Thread(target=beat, daemon=True)
+    if holder == "has not beaten since":
+        beat()
+    else:
+        beating.start()
+    try:
+        looked_at_twice(stack, run.id, first)
+    finally:
+        stop.set()
     assert fence(stack, run.id) == 0 and store.redis.llen(queue_key(stack)) == 0, "not sent again"
+    assert store.redis.hexists(store.keys.celery_unacked, tag), "its reservation stays"
     # kombu restores an unacknowledged message to its queue (after the visibility window): do it now
     store.redis.hdel(store.keys.celery_unacked, tag)
-    store.redis.zrem(unacked_index, tag)
+    store.redis.zrem(store.keys.celery_unacked_index, tag)
     store.redis.lpush(queue_key(stack), raw)
     stack.procs.start("worker", *code_worker("late"))
     done = ended(stack, run.id)
     assert done.state is RunState.SUCCEEDED and fence(stack, run.id) == 0 and starts(stack, run.id) == 1
+
+
+@pytest.mark.parametrize("holder", ["no worker", "a dead worker"])
+def test_a_message_prefetched_by_a_worker_that_died_is_sent_again_and_runs_once(stack, holder):
+    """Reserved (prefetched) and never started, by a worker that is gone: kombu would give it back only after
+    its visibility timeout (an hour). The guard sends the run again under a new fence and drops the stale
+    reservation, so kombu never redelivers it."""
+    task, run = sent_run(stack, "submitted")
+    store = stack.service.store
+    if holder == "a dead worker":  # it listed the run, then fell silent longer than the grace (30 s)
+        store.heartbeat("gone@box", life="gone@box#1", holds=[run.id])
+        store.redis.zadd(store.keys.worker_lives, {"gone@box#1": store.server_time() - 120})
+    tag, _ = reserve(stack, run.id, delivered_ago=60.0)
+    found_at = time.monotonic()
+    wait_for(lambda: fence(stack, run.id) == 1, timeout=30, message="the run sent again")
+    assert not store.redis.hexists(store.keys.celery_unacked, tag), "the stale reservation is gone"
+    assert store.redis.zscore(store.keys.celery_unacked_index, tag) is None
+    stack.procs.start("worker", *code_worker("late"))
+    done = ended(stack, run.id)
+    took = time.monotonic() - found_at
+    assert done.state is RunState.SUCCEEDED and starts(stack, run.id) == 1 and len(stack.service.runs(task.id)) == 1
+    lines = [entry["msg"] for _, entry in store.stream_tail("logs", 500) if entry.get("run") == run.id]
+    assert any("was taken by a worker that fell silent before starting it" in line for line in lines), lines
+    FIGURES[f"prefetched message of {holder} recovered"] = f"{took:.1f} s (lease {LEASE:.0f} s)"

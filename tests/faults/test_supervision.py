@@ -53,9 +53,9 @@ def test_up_restarts_what_dies_and_says_so(tmp_path):
             {"name": "after", "delay_seconds": 1, "function_code": "def f():\n    return 'healed'",
              "function_name": "f"}))).returncode == 0 and r, timeout=30, message="a submit to succeed").stdout)
         assert wait_done(env, created["id"], timeout=90)["result"] == "healed"
-        worker = children_of(up.pid, "code,registered")[0]
+        worker = children_of(up.pid, "-Q\x00code\x00")[0]
         os.kill(worker, signal.SIGKILL)
-        wait_for(lambda: [pid for pid in children_of(up.pid, "code,registered") if pid != worker], timeout=30,
+        wait_for(lambda: [pid for pid in children_of(up.pid, "-Q\x00code\x00") if pid != worker], timeout=30,
                  message="a new code worker")
         wait_for(lambda: "code runs jailed" in log_path.read_text(), timeout=40, message="the walls line")
     finally:
