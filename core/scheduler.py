@@ -119,6 +119,8 @@ class Scheduler:
         self.unrecorded_since = 0.0
         self.prepare_seconds = 0.0
         """How long preparing the last full batch took (``_due_soon`` leaves room for one more)."""
+        self.held_by_dead: set[str] = set()
+        """Runs whose messages a dead worker had taken ahead, whose guards ``hasten_held`` brought forward."""
         self.held_plain: list[tuple[str, float, float]] = []
         """Entries claimed ahead whose message could not be prepared (member, due time, leased score): fired
         the plain way (``fire``) when due, so a refused message keeps its send guard as it would alone."""
@@ -179,7 +181,7 @@ class Scheduler:
             self.next_watch = time.monotonic() + min(2.0, self.dead_worker_grace / 4)
             self._check_epoch()
             self.hand_over_silent_workers_runs(self.store.server_time())
-            self.store.hasten_held(self.dead_worker_grace, self.clock())
+            self.held_by_dead.update(self.store.hasten_held(self.dead_worker_grace, self.clock()))
         self._record()
         try:
             metrics.record_lags(self.store, lags)
@@ -570,8 +572,10 @@ class Scheduler:
         with a warning, one whose message was lost after it was sent (``core.store.CHECK_SENT``)."""
         for start in range(0, len(members), GUARD_BATCH):
             chunk = members[start:start + GUARD_BATCH]
-            verdicts = self.store.check_sent([member[2:] for member in chunk], self.token,
-                                             dead_after=self.dead_worker_grace)
+            run_ids = [member[2:] for member in chunk]
+            verdicts = self.store.check_sent(run_ids, self.token, dead_after=self.dead_worker_grace,
+                                             held_by_dead=frozenset(self.held_by_dead.intersection(run_ids)))
+            self.held_by_dead.difference_update(run_ids)
             for member, (verdict, fence) in zip(chunk, verdicts, strict=True):
                 if verdict in ("unsent", "lost", "orphaned"):
                     try:

@@ -304,7 +304,8 @@ return #KEYS
 # ARGV[1] the checker's lock token, ARGV[2] the run's due member (r:), ARGV[3] the queue read with the run
 # ('' = none), ARGV[4] the most unacked entries searched, ARGV[5] the run id, ARGV[6] seconds after a message's
 # delivery (by the worker's clock) from which a heartbeat (by Redis's) surely lists it if that worker holds it,
-# ARGV[7] seconds of silence after which a worker is dead
+# ARGV[7] seconds of silence after which a worker is dead, ARGV[8] '1' to search the unacked hash even when the
+# queue's list is not empty (a dead worker held the run: ``HASTEN_HELD``; else a backlog spares the search)
 # A queued run's send guard came up (its lease ran out, or a retry's backoff ended, or a dead worker's watch
 # brought it forward). Returns {verdict, fence}:
 # 'lock' the checker lost the lock (leave it); 'gone' the run is no longer queued (its guard goes);
@@ -312,9 +313,9 @@ return #KEYS
 # moves on (so a message sent after all is refused on arrival) and the caller sends it under the new one;
 # 'waiting' its message was sent and may still be waiting: kombu's unacked hash (reserved or running messages
 # only, so small) holds a message naming the run that a live worker may hold (its heartbeat lists it, or it
-# has not beaten since the message was delivered, or it lists nothing: a worker from before the list); or no
-# such message is there but the queue's list is not empty (a backlog); or the hash holds more than ARGV[4]
-# (too many to search: looked at again after a lease);
+# has not beaten since the message was delivered, or it lists nothing: a worker from before the list); or the
+# queue's list is not empty (a backlog; unless ARGV[8], the hash is then not searched); or the hash holds more
+# than ARGV[4] (too many to search: looked at again after a lease);
 # 'orphaned' its message is in the unacked hash but held by no live worker (a worker prefetched it, then died):
 # that entry goes (so kombu never redelivers it), its fence moves on and the caller sends it again;
 # 'lost' its message was sent but is nowhere (a worker took it off the list and died before recording it in
@@ -330,6 +331,7 @@ end
 if f[3] ~= (f[2] or '0') then return {'unsent', redis.call('HINCRBY', KEYS[1], 'fence', 1)} end
 if (f[4] or '') ~= ARGV[3] then return {'moved', 0} end
 if redis.call('HLEN', KEYS[5]) > tonumber(ARGV[4]) then return {'waiting', 0} end
+if ARGV[8] ~= '1' and redis.call('LLEN', KEYS[4]) > 0 then return {'waiting', 0} end
 local entries = redis.call('HGETALL', KEYS[5])
 for i = 1, #entries, 2 do
   if string.find(entries[i + 1], ARGV[5], 1, true) then
@@ -716,17 +718,17 @@ return 1
 # dead, ARGV[2] the due time to give (the scheduler's clock), ARGV[3] a run's due member without its id (r:)
 # A worker that fell silent may have prefetched messages it never started: brings their runs' send guards
 # (those that still exist: a started run has none) due at ARGV[2], so ``CHECK_SENT`` looks at them now rather
-# than a lease after they were sent, and forgets what the silent life held. Returns how many were moved.
+# than a lease after they were sent, and forgets what the silent life held. Returns the ids of those runs.
 HASTEN_HELD = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local entries = redis.call('HGETALL', KEYS[1])
-local moved = 0
+local moved = {}
 for i = 1, #entries, 2 do
   local beat = redis.call('ZSCORE', KEYS[2], entries[i])
   if not beat or now - tonumber(beat) >= tonumber(ARGV[1]) then
     for id in string.gmatch(entries[i + 1], '%S+') do
-      moved = moved + redis.call('ZADD', KEYS[3], 'XX', 'CH', ARGV[2], ARGV[3] .. id)
+      if redis.call('ZADD', KEYS[3], 'XX', 'CH', ARGV[2], ARGV[3] .. id) == 1 then moved[#moved + 1] = id end
     end
     redis.call('HDEL', KEYS[1], entries[i])
   end
@@ -1392,11 +1394,12 @@ class Store:
         return {**dict(nodes), **dict(lives)}
 
     def check_sent(self, run_ids: list[str], token: str, most_unacked: int = 2000, *, listed_after: float = 1.0,
-                   dead_after: float = 30.0) -> list[tuple[str, int]]:
+                   dead_after: float = 30.0, held_by_dead: frozenset[str] = frozenset()) -> list[tuple[str, int]]:
         """What to do with queued runs whose send guards came up (see ``CHECK_SENT``), in two round trips:
         (verdict, new fence) per run, in order. ``listed_after``: seconds after a message's delivery from which
         a heartbeat of the worker holding it lists it (the hosts' clocks may differ by that much);
-        ``dead_after``: seconds of silence after which a worker is dead."""
+        ``dead_after``: seconds of silence after which a worker is dead; ``held_by_dead``: runs a dead worker
+        held (``hasten_held``), looked for in kombu's unacked hash even behind a backlog."""
         if not run_ids:
             return []
         pipe = self.redis.pipeline(transaction=False)
@@ -1409,7 +1412,7 @@ class Store:
                                    self.keys.celery_queue(queue or ""), self.keys.celery_unacked,
                                    self.keys.celery_unacked_index, self.keys.worker_lives, self.keys.worker_held],
                              args=[token, due_member_for_run(run_id), queue or "", most_unacked, run_id,
-                                   listed_after, dead_after], client=pipe)
+                                   listed_after, dead_after, "1" if run_id in held_by_dead else "0"], client=pipe)
         return [(str(verdict), int(fence)) for verdict, fence in pipe.execute()]
 
     def requeue(self, run_id: str, fence: int, event: dict, send_guard_at: float) -> int | None:
@@ -1419,11 +1422,11 @@ class Store:
                                      due_member_for_run(run_id), repr(send_guard_at)])
         return None if answer is None else int(answer)
 
-    def hasten_held(self, dead_after: float, due_at: float) -> int:
+    def hasten_held(self, dead_after: float, due_at: float) -> list[str]:
         """Bring due at ``due_at`` the send guards of runs whose messages a worker silent for ``dead_after``
-        seconds had taken and not started (``HASTEN_HELD``); how many."""
-        return int(self._hasten_held(keys=[self.keys.worker_held, self.keys.worker_lives, self.keys.due],
-                                     args=[dead_after, due_at, due_member_for_run("")]))
+        seconds had taken and not started (``HASTEN_HELD``); those runs' ids."""
+        return list(self._hasten_held(keys=[self.keys.worker_held, self.keys.worker_lives, self.keys.due],
+                                      args=[dead_after, due_at, due_member_for_run("")]))
 
     def heartbeat(self, worker: str, when: float | None = None, stats: dict[str, Any] | None = None,
                   life: str = "", holds: Iterable[str] | None = None) -> None:
