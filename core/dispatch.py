@@ -9,9 +9,11 @@ Celery protocol-2 message (headers, properties, base64 JSON body) as kombu's Red
 in a queue's list, from parts made once per dispatcher, in tens of microseconds rather than a
 millisecond; ``tests/core/test_messages.py`` holds it equal to what ``send_task`` makes. The broker is
 taskman's own Redis (``core.store.Keys.celery_queue`` names a queue's list), so a message is published
-by an ``LPUSH``: in a transaction for a batch (:meth:`Dispatcher.send_many`) that also records on each
-run the fence and queue its message was sent with (``core.store.MARK_SENT``: its send guard then knows it
-was sent), or inside the scheduler's ``PUBLISH`` script, atomically with the fire it belongs to. With
+by an ``LPUSH``: in the transaction that writes a new run (a submit, a "run now":
+``core.lifecycle.Launcher.push_with``), in a transaction for a batch (:meth:`Dispatcher.send_many`), each
+recording on the run the fence and queue its message was sent with (``core.store.MARK_SENT``: its send
+guard then knows it was sent), or inside the scheduler's ``PUBLISH`` script, atomically with the fire it
+belongs to. With
 Celery's task events on (``celery_events``, for Flower) messages go through ``send_task``, which also sends
 the task-sent event (and the sends are recorded on the runs just after).
 """

@@ -16,8 +16,9 @@ transaction that pushes it: ``core.store.MARK_SENT``). When a guard comes up, th
 
 So no path leaves a run ``queued`` with nothing behind it:
 
-- a submit or "run now" writes the run and its guard in one transaction, then sends; a send that
-  raises fails the run at once (someone is waiting for the answer) and drops its guard;
+- a submit or "run now" writes the run, its guard and its message in one transaction (with Celery's task
+  events on it sends after that transaction, and a send that raises fails the run at once -- someone is
+  waiting for the answer -- and drops its guard);
 - a scheduler fire prepared ahead (``core.scheduler``'s look-ahead) is staged with its ``sent_fence``, and
   ``PUBLISH`` pushes its message and writes its guard in the same script that moves its due entry on (a
   prepared run never published is undone by its batch's entry); a fire made the plain way (Celery's task
@@ -90,10 +91,23 @@ class Launcher:
         Raises if the send fails (the guard then sends it)."""
         self.dispatcher.send(task, run, fence=fence)
 
+    def push_with(self, batch: list[tuple[Task, Run]], pipe: redis.client.Pipeline | Batch) -> list[tuple[Task, Run]]:
+        """Queue in ``pipe``, the transaction that writes these new runs, the push of their messages, so a run
+        and its message are stored at once; the runs left to :meth:`send_or_fail` after it (all of them when
+        the dispatcher cannot build messages: Celery's task events on need ``send_task``)."""
+        if not self.dispatcher.builds_messages:
+            return batch
+        for task, run in batch:
+            queue, message = self.dispatcher.message(task, run)
+            self.store.push_message(run.id, queue, message, 0, pipe)
+        return []
+
     def send_or_fail(self, batch: list[tuple[Task, Run]]) -> None:
         """Send every run of ``batch`` (its messages pushed in one transaction); if sending raises, fail every
         run of the batch that is still queued, then raise. (A message that did leave before the error is
         refused on arrival: its run is no longer queued.)"""
+        if not batch:
+            return
         try:
             self.dispatcher.send_many(batch)
         except Exception as exc:

@@ -237,6 +237,7 @@ class Service:
                 self.store.set_due(due_member_for_task(task.id), task.next_run_at, pipe)
             self.store.add_event({"type": EventType.TASK_CREATED, "task_id": task.id, "ts": now}, pipe)
             self._audit("create", task.id, {"name": task.name, "kind": task.kind.value, "mode": task.mode.value}, pipe)
+        to_send = self.launcher.push_with(to_send, pipe)
         pipe.execute()
         self.launcher.send_or_fail(to_send)
         return tasks
@@ -447,8 +448,9 @@ class Service:
         if run.overrides:
             detail["overrides"] = _audited(run.to_dict()["overrides"])
         self._audit("run", task.id, detail, pipe)
+        to_send = self.launcher.push_with([(task, run)], pipe)
         pipe.execute()
-        self.launcher.send_or_fail([(task, run)])
+        self.launcher.send_or_fail(to_send)
         return run
 
     def pause(self, task_id: str) -> Task:

@@ -1064,6 +1064,14 @@ class Store:
                                                         "last_duration_ms": ""})
         pipe.zremrangebyrank(self.keys.task_runs(run.task_id), 0, -self.history_per_task - 1)
 
+    def push_message(self, run_id: str, queue: str, message: str, fence: int,
+                     pipe: redis.client.Pipeline | Batch) -> None:
+        """Queue the push of a run's Celery message (``core.dispatch.Dispatcher.message``) onto its queue's list,
+        with the record of the fence and queue it was sent with (as ``MARK_SENT``), in the caller's
+        transaction: the run and its message are then written at once."""
+        pipe.lpush(self.keys.celery_queue(queue), message)
+        pipe.hset(self.keys.run(run_id), mapping={"sent_fence": str(int(fence)), "sent_queue": queue})
+
     def get_run(self, run_id: str) -> Run | None:
         return self._run_from(cast(dict[str, str], self.redis.hgetall(self.keys.run(run_id))))
 
@@ -1622,6 +1630,9 @@ class Batch:
 
     def zrem(self, name: str, *members: str) -> None:
         self.commands.append(["ZREM", name, *members])
+
+    def lpush(self, name: str, *values: str) -> None:
+        self.commands.append(["LPUSH", name, *values])
 
     def zremrangebyrank(self, name: str, start: int, end: int) -> None:
         self.commands.append(["ZREMRANGEBYRANK", name, start, end])

@@ -1,8 +1,9 @@
 """No path leaves a run queued with nothing behind it: every run is written with its send guard.
 
-A process that dies between writing a run and sending its message (a submit, a "run now") leaves
-the guard; the scheduler sends the run when the guard comes up, and a worker runs it. A send that
-raises fails the run at once, with the reason, and leaves no guard to send it later.
+A submit or a "run now" writes the run, its guard and its message in one transaction. With Celery's task
+events on, the message goes through ``send_task`` after that transaction: a process that dies between the
+two leaves the guard, and the scheduler sends the run when the guard comes up; a send that raises fails
+the run at once, with the reason, and leaves no guard to send it later.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ else:
 
 
 def die_before_sending(taskman_env, *args: str) -> str:
-    env = {**_process_env(taskman_env), "TASKMAN_CLAIM_LEASE": "1"}
+    env = {**_process_env(taskman_env), "TASKMAN_CLAIM_LEASE": "1", "TASKMAN_CELERY_EVENTS": "1"}
     result = subprocess.run([sys.executable, "-c", DIES_BEFORE_SENDING, *args], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 9, result.stderr
@@ -77,6 +78,8 @@ def test_a_send_that_raises_fails_every_run_of_its_batch_and_leaves_no_guard(sta
         pass
 
     class Unreachable:
+        builds_messages = False  # as with Celery's task events on: messages go through send_task
+
         def send_many(self, batch):
             raise Broker("broker unreachable")
 
@@ -92,6 +95,31 @@ def test_a_send_that_raises_fails_every_run_of_its_batch_and_leaves_no_guard(sta
     assert all(run.error == "could not queue the run: broker unreachable" for run in runs)
     for run in runs:
         assert stack.store.due_score(due_member_for_run(run.id)) is None, "no guard is left behind"
+
+
+def test_a_submit_and_a_run_now_write_the_run_and_its_message_at_once(stack):
+    """With messages built by taskman (the default), nothing is sent after the transaction that stores the
+    runs: a dispatcher whose every send raises changes nothing, and each run is queued and runs."""
+    from core.service import Service
+
+    class Broker(RuntimeError):
+        pass
+
+    def refuse(*args, **kwargs):
+        raise Broker("a send after the transaction")
+
+    service = Service(stack.store, stack.dispatcher, stack.settings)
+    service.launcher.dispatcher = type(stack.dispatcher)(stack.dispatcher.app, stack.settings)
+    service.launcher.dispatcher.send_many = service.launcher.dispatcher.publish = refuse
+    prefix = f"at once {uuid.uuid4().hex[:6]}"
+    tasks = service.create_many([{"name": f"{prefix} {index}", "function_code": CODE, "function_name": "main"}
+                                 for index in range(3)])
+    runs = [task.runs[0] for task in tasks] + [service.run_now(tasks[0].id)]
+    for run in runs:
+        assert stack.store.redis.hmget(stack.store.keys.run(run.id), "sent_fence", "sent_queue") == ["0", "code"]
+        done = wait_for(lambda run=run: (r := stack.get_run(run.id)).state.final and r, timeout=30,
+                        message=f"run {run.id} to end")
+        assert done.state is RunState.SUCCEEDED and done.result == "sent by its guard"
 
 
 def test_a_batch_is_sent_in_one_go_and_every_run_runs(stack):
