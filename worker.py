@@ -189,12 +189,17 @@ def _beat_forever(node: str, facts: dict) -> None:
             pass
 
 
-def _holds() -> list[str]:
+HOLDS_MOST = 5000
+"""Most message ids a heartbeat lists; a worker holding more says nothing (taken to hold everything)."""
+
+
+def _holds() -> list[str] | None:
     """The ids of the messages this worker has taken and not finished: prefetched or running (a dict copied
-    whole, under the GIL, while the consumer thread changes it)."""
+    whole, under the GIL, while the consumer thread changes it); None if there are too many to list."""
     from celery.worker import state
 
-    return list(state.requests.copy())
+    held = list(state.requests.copy())
+    return held if len(held) <= HOLDS_MOST else None
 
 
 def _stats(facts: dict) -> dict:

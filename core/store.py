@@ -699,7 +699,8 @@ return gone
 """
 
 # KEYS[1] workers zset, KEYS[2] lives zset, KEYS[3] held hash; ARGV[1] worker node name, ARGV[2] this start's
-# life ('' = none), ARGV[3] the ids of the messages it holds, space-separated ('-' = not said).
+# life ('' = none), ARGV[3] the ids of the messages it holds, space-separated ('-' = not said: whatever it said
+# before goes, and ``CHECK_SENT`` takes it to hold everything).
 # Scores the beat by Redis's own clock, under the node's name and under its life (lives a day silent go), and
 # records what the life holds.
 HEARTBEAT = """
@@ -708,7 +709,7 @@ local at = tonumber(now[1]) + tonumber(now[2]) / 1000000
 redis.call('ZADD', KEYS[1], at, ARGV[1])
 if ARGV[2] ~= '' then
   redis.call('ZADD', KEYS[2], at, ARGV[2])
-  if ARGV[3] ~= '-' then redis.call('HSET', KEYS[3], ARGV[2], ARGV[3]) end
+  if ARGV[3] == '-' then redis.call('HDEL', KEYS[3], ARGV[2]) else redis.call('HSET', KEYS[3], ARGV[2], ARGV[3]) end
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', at - 86400)
 end
 return 1

@@ -121,19 +121,23 @@ def reserve(stack, run_id: str, delivered_ago: float) -> tuple[str, str]:
     return tag, raw
 
 
-@pytest.mark.parametrize("holder", ["lists it", "has not beaten since", "lists nothing (an older worker)"])
+@pytest.mark.parametrize("holder", ["lists it", "has not beaten since", "stopped listing (holds too many)"])
 def test_a_message_a_live_worker_may_hold_is_not_sent_again(stack, holder):
     """Reserved by a worker that is alive: its heartbeat lists the message, or it was delivered after the
-    worker's last beat, or the worker does not say what it holds. Each waits (a lease at a time)."""
+    worker's last beat, or the worker no longer says what it holds (what it listed before no longer counts).
+    Each waits (a lease at a time)."""
     _, run = sent_run(stack, "submitted")
     store = stack.service.store
     first = store.due_score(due_member_for_run(run.id))
+    if holder.startswith("stopped listing"):
+        store.heartbeat("busy@box", life="busy@box#1", holds=[])  # it held nothing then
+        store.heartbeat("busy@box", life="busy@box#1", holds=None)  # and now too many to list
     tag, raw = reserve(stack, run.id, delivered_ago=0.0 if holder == "has not beaten since" else 60.0)
     stop = threading.Event()
 
     def beat() -> None:  # a live worker's heartbeat, every second
         while not stop.wait(1.0 if holder != "has not beaten since" else 0):
-            store.heartbeat("busy@box", life="busy@box#1", holds=None if holder.startswith("lists nothing") else
+            store.heartbeat("busy@box", life="busy@box#1", holds=None if holder.startswith("stopped listing") else
                             [run.id] if holder == "lists it" else [])
             if holder == "has not beaten since":
                 return  # once, before the delivery's time + 1 s; then silent but within the grace (30 s)
