@@ -1,11 +1,11 @@
 """Executing one run inside a worker process: begin, execute, record — in few round trips.
 
-A run's bookkeeping is two pipelined round trips: ``begin`` (a guarded transition to running plus
-the read of the task's definition) and ``finish`` (a guarded transition to the final state, the
-task's summary, the log lines and the event). The guards make a stop issued meanwhile win: a run
-that was stopped never starts, and a run stopped while running is not overwritten by its result.
-A failed attempt with retries left becomes ``retrying`` and its successor waits in the due set for
-its backoff, never as a Celery countdown message.
+A run's bookkeeping is two pipelined round trips: ``begin`` (a guarded transition to running that also
+writes the run's start line, plus the read of the task's definition) and ``finish`` (a guarded transition
+to the final state, the task's summary, the log lines and the event). The guards make a stop issued
+meanwhile win: a run that was stopped never starts, and a run stopped while running is not overwritten by
+its result. A failed attempt with retries left becomes ``retrying`` and its successor waits in the due set
+for its backoff, never as a Celery countdown message.
 """
 
 from __future__ import annotations
@@ -134,12 +134,13 @@ class Runner:
         is stale (the run was handed to another worker since). ``node`` is the Celery worker's name,
         whose heartbeat the dead-worker watch follows."""
         now = time.time()
+        started_line = f"run {run_id} started on {self.worker_name} (attempt {{attempt}}/{{max_attempts}})"
         pipe = self.store.redis.pipeline(transaction=True)
         self.store.transition(run_id, (RunState.QUEUED, RunState.RUNNING), RunState.RUNNING,
                               event={"type": EventType.RUN_STARTED, "run_id": run_id, "ts": now,
                                      "worker": self.worker_name},
                               fields={"started_at": now, "worker": self.worker_name, "node": node}, pipe=pipe,
-                              fence=fence, running="add")
+                              fence=fence, running="add", log=log_entry("", run_id, "info", started_line))
         pipe.hgetall(self.store.keys.run(run_id))
         if task_id:
             pipe.hgetall(self.store.keys.task(task_id))
@@ -153,15 +154,17 @@ class Runner:
         assert run is not None
         task = self.store._task_from(answers[2]) if task_id else None
         logs = LogBuffer(self.store, run.task_id, run.id, self.settings.log_lines_cap)
-        if previous == RunState.RUNNING.value:
-            deliveries = self.store.redis.hincrby(self.store.keys.run(run_id), "deliveries", 1) + 1
-            if deliveries > MAX_DELIVERIES:
-                self.finish(Started(run, task, logs, fence), RunState.FAILED,
-                            error=f"worker lost {MAX_DELIVERIES} times while running this run; giving up")
-                return None
-            logs.add("warning", f"run {run.id} redelivered after its worker was lost (delivery {deliveries})")
+        if previous != RunState.RUNNING.value:
+            logs.kept += 1  # its start line, written with the transition: shown as the run starts
+            return Started(run, task, logs, fence)
+        deliveries = self.store.redis.hincrby(self.store.keys.run(run_id), "deliveries", 1) + 1
+        if deliveries > MAX_DELIVERIES:
+            self.finish(Started(run, task, logs, fence), RunState.FAILED,
+                        error=f"worker lost {MAX_DELIVERIES} times while running this run; giving up")
+            return None
+        logs.add("warning", f"run {run.id} redelivered after its worker was lost (delivery {deliveries})")
         logs.add("info", f"run {run.id} started on {self.worker_name} (attempt {run.attempt}/{run.max_attempts})")
-        logs.flush()  # shown as the run starts, not held back until it ends (or lost, if it is stopped)
+        logs.flush()
         return Started(run, task, logs, fence)
 
     def _begin_task_run(self, run_id: str, task_id: str, fence: int | None,

@@ -251,8 +251,12 @@ class Prepared:
 # the script fills in its task_id and state),
 # ARGV[4] events maxlen, ARGV[5] the fence the caller acts under ('' = unchecked), ARGV[6] 'add' or
 # 'rem' to enter or leave the running set (KEYS[3]) with the transition ('' = neither),
-# ARGV[7..] field, value pairs to set with the new state. KEYS[4] due set: a run entering the running set
-# (a worker starts it) leaves its send guard (``r:<run>``) there, so a started run is never sent again.
+# ARGV[7] a log line JSON to append to the log stream (KEYS[5]) with the transition, unless the run was
+# already running (a redelivery: the caller says so first) ('' = none; the script fills in its ``task`` and
+# puts the run's attempt and max_attempts for ``{attempt}`` and ``{max_attempts}`` in its ``msg``), ARGV[8]
+# the log stream's maxlen, ARGV[9..] field, value pairs to set with the new state. KEYS[4] due set: a run
+# entering the running set (a worker starts it) leaves its send guard (``r:<run>``) there, so a started run
+# is never sent again.
 # Returns the previous state if the transition happened, false otherwise (missing run: false).
 TRANSITION = """
 local current = redis.call('HGET', KEYS[1], 'state')
@@ -264,8 +268,16 @@ end
 if not allowed then return false end
 if ARGV[5] ~= '' and (redis.call('HGET', KEYS[1], 'fence') or '0') ~= ARGV[5] then return false end
 redis.call('HSET', KEYS[1], 'state', ARGV[2])
-for i = 7, #ARGV, 2 do
+for i = 9, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+if ARGV[7] ~= '' and current ~= 'running' then
+  local line = cjson.decode(ARGV[7])
+  local f = redis.call('HMGET', KEYS[1], 'task_id', 'attempt', 'max_attempts')
+  local msg = string.gsub(line['msg'], '{attempt}', f[2] or '?')
+  msg = string.gsub(msg, '{max_attempts}', f[3] or '?')
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[8], '*', 'ts', line['ts'], 'task', f[1] or '', 'run', line['run'],
+             'level', line['level'], 'msg', msg)
 end
 if ARGV[6] == 'add' then
   local id = redis.call('HGET', KEYS[1], 'id')
@@ -1118,20 +1130,23 @@ class Store:
     def transition(self, run_id: str, allowed: Iterable[RunState], new: RunState, *,
                    event: dict | None = None, fields: dict[str, Any] | None = None,
                    pipe: redis.client.Pipeline | None = None, fence: int | None = None,
-                   running: str = "") -> str | None:
+                   running: str = "", log: dict[str, str] | None = None) -> str | None:
         """Move a run to ``new`` only if it is in one of ``allowed`` (and, given ``fence``, still under that
         fence); returns the previous state or None. ``running`` is ``"add"``/``"rem"`` to enter or leave
-        the dead-worker watch with the transition.
+        the dead-worker watch with the transition. ``log``: a log line (``core.runner.log_entry``) written
+        with it unless the run was running already; ``{attempt}`` and ``{max_attempts}`` in its message
+        become the run's.
 
         With ``pipe`` the script is queued (as EVAL: a registered script in a pipeline costs redis-py
         an extra SCRIPT EXISTS round trip) and its answer comes back from ``pipe.execute()``.
         """
         argv: list[str] = [",".join(state.value for state in allowed), new.value,
                            json.dumps(event) if event else "", str(self.events_maxlen),
-                           "" if fence is None else str(fence), running]
+                           "" if fence is None else str(fence), running, json.dumps(log) if log else "",
+                           str(self.logs_maxlen)]
         for key, value in (fields or {}).items():
             argv += [key, json.dumps(value) if key in RUN_FIELDS_JSON else _encode(value)]
-        keys = [self.keys.run(run_id), self.keys.events, self.keys.running, self.keys.due]
+        keys = [self.keys.run(run_id), self.keys.events, self.keys.running, self.keys.due, self.keys.logs]
         if pipe is not None:
             pipe.eval(TRANSITION, len(keys), *keys, *argv)
             return None

@@ -101,16 +101,27 @@ def test_up_killed_outright_leaves_no_workers_and_the_next_up_adopts_its_redis(t
     address = tmp_path / "data" / "redis.json"
     first = subprocess.Popen([*TASKMAN, "up", "--no-console"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, start_new_session=True)
-    wait_for(address.exists, timeout=30, message="the address file")
-    redis_pid = json.loads(address.read_text())["pid"]
-    def workers_and_scheduler():
-        pids = subprocess.run(["pgrep", "-P", str(first.pid)], capture_output=True, text=True).stdout.split()
-        pids = [int(pid) for pid in pids if b"celery" in Path(f"/proc/{pid}/cmdline").read_bytes()]
-        return pids if len(pids) == 3 else None
+    redis_pid = None
+    try:
+        wait_for(address.exists, timeout=30, message="the address file")
+        redis_pid = json.loads(address.read_text())["pid"]
 
-    children = wait_for(workers_and_scheduler, timeout=20, message="two workers and the scheduler")
-    first.send_signal(signal.SIGKILL)
-    first.wait()
+        def workers_and_scheduler():
+            pids = subprocess.run(["pgrep", "-P", str(first.pid)], capture_output=True, text=True).stdout.split()
+            pids = [int(pid) for pid in pids if b"celery" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+            names = b" ".join(Path(f"/proc/{pid}/cmdline").read_bytes() for pid in pids)
+            whole = all(word in names for word in (b"code@", b"registered@", b"http@", b"beat"))
+            return pids if whole and len(pids) == 4 else None
+
+        children = wait_for(workers_and_scheduler, timeout=30, message="three workers and the scheduler")
+    except BaseException:
+        if redis_pid is not None and alive(redis_pid):  # the workers die with their parent; Redis does not
+            os.kill(redis_pid, signal.SIGKILL)
+        raise
+    finally:
+        if first.poll() is None:
+            first.send_signal(signal.SIGKILL)
+        first.wait()
     wait_for(lambda: not any(alive(pid) for pid in children), timeout=30,
              message="the orphaned workers to stop")
     assert alive(redis_pid)

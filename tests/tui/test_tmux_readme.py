@@ -352,8 +352,8 @@ def test_readme_console_keys_one_by_one(console, tmp_path):
 
     # w: workers and queues, with the registered task names; esc back.
     pane.keys("w")
-    pane.wait("Registered tasks", "taskman.echo", "Queues", "code@", "http@", pattern=r"Workers \(2 up\)",
-              footer="esc back", message="the workers view")
+    pane.wait("Registered tasks", "taskman.echo", "Queues", "code@", "registered@", "http@",
+              pattern=r"Workers \(3 up\)", footer="esc back", message="the workers view")
     pane.keys("Escape")
     pane.wait("Tasks (3)", footer="n new", message="back from the workers view")
 
