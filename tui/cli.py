@@ -510,7 +510,8 @@ def tui() -> None:
 @click.option("--no-console", is_flag=True, help="Start Redis, worker and scheduler, and wait (for scripts).")
 @handles_errors
 def up(no_console) -> None:
-    """Start everything: a private Redis (unless TASKMAN_REDIS_URL is set), a worker, the scheduler, the console."""
+    """Start everything: a private Redis (unless TASKMAN_REDIS_URL names one), the workers, the scheduler, the
+    console."""
     from tui.processes import Stack
 
     settings = Settings()

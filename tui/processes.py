@@ -201,13 +201,13 @@ class Stack:
         self._last_trouble: str | None = None  # the supervisor's last failure, reported once until it changes
 
     def __enter__(self) -> Stack:
-        if self.settings.redis_url:
-            self.display_url = self.settings.redis_url
-            return self
-        # The AOF, logs and Redis password live in the data folder.
-        self._data_dir = data_dir = private_dir(Path(self.settings.data_dir))
         try:
-            self._settle(data_dir)
+            if self.settings.redis_url:  # a Redis of the operator's: only the workers and the scheduler are ours
+                self.display_url = _where(self.settings.redis_url)
+                self._add_children(private_dir(Path(self.settings.data_dir)))  # their logs live in the data folder
+            else:  # the AOF, logs and Redis password live in the data folder
+                self._data_dir = private_dir(Path(self.settings.data_dir))
+                self._settle(self._data_dir)
             self._supervisor = threading.Thread(target=self._supervise, name="taskman-up-supervisor", daemon=True)
             self._supervisor.start()
         except BaseException:
@@ -381,23 +381,23 @@ class Stack:
                 self._report(f"took the stack over: Redis on {self.display_url}, workers and scheduler started")
             self._last_trouble = None
         for child in self.supervised:
-                if child.running or self._stopping.is_set():
-                    continue
-                if child.restart_at is None:
-                    child.last_exit = child.process.returncode if child.process is not None else None
-                    delay = RESTART_BACKOFF[min(len([at for at in child.restarts if now - at < FLAPPING_WINDOW]),
-                                                len(RESTART_BACKOFF) - 1)]
-                    child.restart_at = now + delay
-                    if child.keeps_dying(now):
-                        self._report(f"{child.name} keeps dying ({len(child.restarts)} restarts, last exit "
-                                     f"{child.last_exit}); next try in {delay:g} s - see {child.log_path}")
-                    else:
-                        self._report(f"{child.name} exited ({child.last_exit}); restarting in {delay:g} s")
-                elif now >= child.restart_at:
-                    child.restart_at = None
-                    child.restarts.append(now)
-                    self._spawn(child)
-                    self._report(f"{child.name} restarted (restart {len(child.restarts)})")
+            if child.running or self._stopping.is_set():
+                continue
+            if child.restart_at is None:
+                child.last_exit = child.process.returncode if child.process is not None else None
+                delay = RESTART_BACKOFF[min(len([at for at in child.restarts if now - at < FLAPPING_WINDOW]),
+                                            len(RESTART_BACKOFF) - 1)]
+                child.restart_at = now + delay
+                if child.keeps_dying(now):
+                    self._report(f"{child.name} keeps dying ({len(child.restarts)} restarts, last exit "
+                                 f"{child.last_exit}); next try in {delay:g} s - see {child.log_path}")
+                else:
+                    self._report(f"{child.name} exited ({child.last_exit}); restarting in {delay:g} s")
+            elif now >= child.restart_at:
+                child.restart_at = None
+                child.restarts.append(now)
+                self._spawn(child)
+                self._report(f"{child.name} restarted (restart {len(child.restarts)})")
 
     def _restart_redis(self) -> None:
         """The embedded Redis died: start it again on the same port, password and append-only file."""

@@ -137,3 +137,34 @@ def test_up_killed_outright_leaves_no_workers_and_the_next_up_adopts_its_redis(t
         assert stop(second, signal.SIGTERM) == 0
     assert not alive(redis_pid)
     assert not address.exists()
+
+
+def test_up_on_a_redis_of_ones_own_starts_the_workers_and_the_scheduler_and_leaves_redis_alone(taskman_env,
+                                                                                                 tmp_path):
+    """With ``TASKMAN_REDIS_URL`` set, ``up`` starts no Redis but still everything else: a delayed task (the
+    scheduler) runs as code (a worker). Stopped, it stops what it started; that Redis keeps serving."""
+    import redis
+
+    env = _process_env({**taskman_env, "TASKMAN_NAMESPACE": f"own{uuid.uuid4().hex[:6]}",
+                        "TASKMAN_DATA_DIR": str(tmp_path / "data"), "TASKMAN_SCHEDULER_INTERVAL": "0.05"})
+    log = open(tmp_path / "up.log", "wb")
+    up = subprocess.Popen([*TASKMAN, "up", "--no-console"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                          start_new_session=True)
+    log.close()
+    try:
+        def celery_children() -> list[int]:
+            found = subprocess.run(["pgrep", "-P", str(up.pid)], capture_output=True, text=True).stdout.split()
+            return [int(pid) for pid in found if b"celery" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+        children = wait_for(lambda: len(pids := celery_children()) == 4 and pids, timeout=30,
+                            message="three workers and the scheduler")
+        created = json.loads(taskman(env, "submit", "-", "--json", input_text=json.dumps(
+            {"name": "soon", "delay_seconds": 1, "function_code": "def f():\n    return 6 * 7",
+             "function_name": "f"})).stdout)
+        assert wait_done(env, created["id"])["result"] == 42
+    finally:
+        assert stop(up, signal.SIGINT) == 0
+    assert not any(alive(pid) for pid in children)
+    assert not (tmp_path / "data" / "redis.json").exists(), "no embedded Redis was started"
+    assert redis.Redis.from_url(env["TASKMAN_REDIS_URL"]).ping()
+    assert f"taskman is up on {env['TASKMAN_REDIS_URL'].rsplit('@', 1)[-1]}" in (tmp_path / "up.log").read_text()
