@@ -582,6 +582,7 @@ def claim_data_dir(data_dir: Path) -> int | None:
     path = private_dir(Path(data_dir)) / CLAIM_FILE
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
+        os.fchmod(fd, 0o600)  # a file left wider by hand is tightened, as everything in the folder is
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)

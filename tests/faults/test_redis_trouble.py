@@ -152,7 +152,7 @@ def _quiet(call):
         return None
 
 
-def test_connections_killed_five_times_in_three_seconds(troubled, tmp_path):
+def test_connections_killed_five_times_half_a_second_apart(troubled, tmp_path):
     """``CLIENT KILL TYPE normal`` drops every client's connection (worker, scheduler, this service) five
     times while runs are being submitted: every acknowledged submit runs, the schedule keeps firing once
     per slot, and every process carries on."""
@@ -171,7 +171,7 @@ def test_connections_killed_five_times_in_three_seconds(troubled, tmp_path):
         except Exception:
             refused += 1
         time.sleep(0.5)
-    assert time.monotonic() - started < 3.5
+    span = time.monotonic() - started  # about 2.5 s: five kills half a second apart (more on a loaded machine)
     after = time.time()
     for task in acknowledged:
         run = wait_for(lambda task=task: (r := runs_of(service, task.id)) and r[0].state.final and r[0],
@@ -180,6 +180,7 @@ def test_connections_killed_five_times_in_three_seconds(troubled, tmp_path):
     wait_for(lambda: fires_after(service, cron.id, after) >= 2, timeout=30, message="cron to fire again")
     duplicates = assert_each_fire_once(service, cron.id)
     assert beat.poll() is None and all(child.poll() is None for child in procs.children)
-    FIGURES["CLIENT KILL TYPE normal x5 in 3 s"] = (
-        f"{len(acknowledged)} submits acknowledged and run, {refused} refused; duplicate fires {duplicates}")
+    FIGURES["CLIENT KILL TYPE normal x5, 0.5 s apart"] = (
+        f"in {span:.1f} s: {len(acknowledged)} submits acknowledged and run, {refused} refused; "
+        f"duplicate fires {duplicates}")
     assert "Traceback" not in (tmp_path / "beat.log").read_text()
