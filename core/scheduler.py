@@ -119,8 +119,10 @@ class Scheduler:
         self.unrecorded_since = 0.0
         self.prepare_seconds = 0.0
         """How long preparing the last full batch took (``_due_soon`` leaves room for one more)."""
-        self.held_by_dead: set[str] = set()
-        """Runs whose messages a dead worker had taken ahead, whose guards ``hasten_held`` brought forward."""
+        self.held_by_dead: dict[str, float] = {}
+        """Runs whose messages a dead worker had taken ahead, whose guards ``hasten_held`` brought forward (run
+        id → when, by the monotonic clock: one whose guard never comes up, its run started meanwhile, is
+        forgotten after a lease)."""
         self.held_plain: list[tuple[str, float, float]] = []
         """Entries claimed ahead whose message could not be prepared (member, due time, leased score): fired
         the plain way (``fire``) when due, so a refused message keeps its send guard as it would alone."""
@@ -181,7 +183,10 @@ class Scheduler:
             self.next_watch = time.monotonic() + min(2.0, self.dead_worker_grace / 4)
             self._check_epoch()
             self.hand_over_silent_workers_runs(self.store.server_time())
-            self.held_by_dead.update(self.store.hasten_held(self.dead_worker_grace, self.clock()))
+            moment = time.monotonic()
+            self.held_by_dead = {run_id: at for run_id, at in self.held_by_dead.items() if moment - at < self.lease}
+            self.held_by_dead.update(dict.fromkeys(self.store.hasten_held(self.dead_worker_grace, self.clock()),
+                                                   moment))
         self._record()
         try:
             metrics.record_lags(self.store, lags)
@@ -574,8 +579,9 @@ class Scheduler:
             chunk = members[start:start + GUARD_BATCH]
             run_ids = [member[2:] for member in chunk]
             verdicts = self.store.check_sent(run_ids, self.token, dead_after=self.dead_worker_grace,
-                                             held_by_dead=frozenset(self.held_by_dead.intersection(run_ids)))
-            self.held_by_dead.difference_update(run_ids)
+                                             held_by_dead=frozenset(self.held_by_dead.keys() & set(run_ids)))
+            for run_id in run_ids:
+                self.held_by_dead.pop(run_id, None)
             for member, (verdict, fence) in zip(chunk, verdicts, strict=True):
                 if verdict in ("unsent", "lost", "orphaned"):
                     try:
