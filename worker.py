@@ -211,12 +211,15 @@ def _stats(facts: dict) -> dict:
 
 
 def _facts(consumer) -> dict:
-    """What does not change while this worker runs: host, pid, pool, concurrency."""
+    """What does not change while this worker runs: host, pid, pool, concurrency, messages taken ahead per
+    process or thread (Celery's prefetch multiplier)."""
     pool = getattr(consumer, "pool", None)
     name = type(pool).__module__.rpartition(".")[2] if pool is not None else "?"
     concurrency = getattr(getattr(consumer, "controller", None), "concurrency", None)
+    prefetch = getattr(consumer, "prefetch_multiplier", None)
     return {"host": socket.gethostname(), "pid": os.getpid(), "pool": {"thread": "threads"}.get(name, name),
-            "concurrency": concurrency if isinstance(concurrency, int) else None}
+            "concurrency": concurrency if isinstance(concurrency, int) else None,
+            "prefetch": prefetch if isinstance(prefetch, int) else None}
 
 
 @signals.worker_ready.connect

@@ -52,6 +52,8 @@ class WorkerInfo:
     missing: list[str] = field(default_factory=list)
     """Required walls that are down (such a worker refuses code runs unless ``accept_weak``)."""
     accept_weak: bool = False
+    prefetch: int | None = None
+    """Messages each of its processes (threads) takes ahead of the one it runs; None if it did not say."""
 
     def walls_summary(self, *, verdict: bool = True) -> str:
         """The isolation walls in a few words: "all 8 up", "landlock, seccomp down, refuses code runs"
@@ -130,7 +132,7 @@ def overview(store: Store, alive_window: float) -> Overview:
             pool=str(said.get("pool") or "?"), concurrency=said.get("concurrency"), queues=queues,
             active=said.get("active"), processed=said.get("processed"), last_beat=beat, beat_age=age,
             alive=age <= alive_window, walls=walls, missing=list((isolation or {}).get("missing") or ()),
-            accept_weak=bool((isolation or {}).get("accept_weak"))))
+            accept_weak=bool((isolation or {}).get("accept_weak")), prefetch=said.get("prefetch")))
     names = set(BASE_QUEUES)
     for report in reports.values():
         names.update(report.get("queues") or ())

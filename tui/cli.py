@@ -344,19 +344,21 @@ def tasks(as_json) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @handles_errors
 def workers(as_json) -> None:
-    """Workers (host, pool, concurrency, runs active, processed, last heartbeat, isolation walls), queues
-    (waiting and unacknowledged messages) and the registered task names: the console's workers view."""
+    """Workers (host, pool, concurrency, messages taken ahead, runs active, processed, last heartbeat, isolation
+    walls), queues (waiting and unacknowledged messages) and the registered task names: the console's workers
+    view."""
     view = _service().workers()
     if as_json:
         _emit_json(view.to_dict())
         return
     from core.text import human_ago
 
-    click.echo(f"{'WORKER':28}  {'POOL':8}  {'CONC':>4}  {'ACTIVE':>6}  {'PROCESSED':>9}  {'HEARTBEAT':14}  WALLS")
+    click.echo(f"{'WORKER':28}  {'POOL':8}  {'CONC':>4}  {'AHEAD':>5}  {'ACTIVE':>6}  {'PROCESSED':>9}  "
+               f"{'HEARTBEAT':14}  WALLS")
     for worker in view.workers:
         seen = human_ago(worker.beat_age) if worker.beat_age is not None else "–"
-        click.echo(f"{_cell(one_line(worker.name), 28)}  {one_line(worker.pool):8}  "
-                   f"{_number(worker.concurrency):>4}  {_number(worker.active):>6}  {_number(worker.processed):>9}  "
+        click.echo(f"{_cell(one_line(worker.name), 28)}  {one_line(worker.pool):8}  {_number(worker.concurrency):>4}  "
+                   f"{_number(worker.prefetch):>5}  {_number(worker.active):>6}  {_number(worker.processed):>9}  "
                    f"{_cell(seen if worker.alive else f'silent {seen}', 14)}  {one_line(worker.walls_summary())}")
     if not view.workers:
         click.echo("no worker is up: start one with `taskman worker` (or everything with `taskman up`)")

@@ -28,6 +28,7 @@ def test_the_overview_shows_each_worker_s_pool_numbers_heartbeat_and_walls(stack
                     message="both workers to report their pool")
     code, http = by_prefix(view, "code@"), by_prefix(view, "http@")
     assert (code.pool, code.concurrency, http.pool, http.concurrency) == ("prefork", 2, "threads", 8)
+    assert code.prefetch == http.prefetch == 1, "these workers take taskman's Celery default: one ahead each"
     assert code.alive and http.alive and code.beat_age is not None and code.beat_age < 5
     assert code.host and code.pid and code.queues == ["code", "registered"] and http.queues == ["http"]
     assert code.walls is not None and all(code.walls.values()) and code.walls_summary().startswith("all ")
@@ -55,7 +56,7 @@ def test_taskman_workers_prints_workers_queues_and_registered_names(cli, stack):
     wait_for(lambda: all(w.pool != "?" for w in stack.workers().workers), message="the workers' pools")
     out = cli.ok("workers").stdout
     lines = out.splitlines()
-    assert lines[0].split() == ["WORKER", "POOL", "CONC", "ACTIVE", "PROCESSED", "HEARTBEAT", "WALLS"]
+    assert lines[0].split() == ["WORKER", "POOL", "CONC", "AHEAD", "ACTIVE", "PROCESSED", "HEARTBEAT", "WALLS"]
     code = next(line for line in lines if line.startswith("code@"))
     assert " prefork " in code and "all " in code and " up" in code, code
     assert re.search(r"  (just now|\d+ s ago)  ", code), f"no heartbeat age in {code!r}"

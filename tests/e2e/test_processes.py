@@ -1,4 +1,4 @@
-"""The process commands: ``taskman worker`` with its two pools, and ``taskman up`` on an embedded Redis."""
+"""The process commands: ``taskman worker`` with its three workers, and ``taskman up`` on an embedded Redis."""
 
 from __future__ import annotations
 
@@ -60,6 +60,14 @@ def test_taskman_worker_serves_code_and_http_with_their_own_pools(taskman_env, h
             {"name": "a", "api_url": f"{http_server.base_url}/get"})).stdout)
         assert wait_done(env, code["id"])["result"] == "code"
         assert wait_done(env, api["id"])["result"]["status_code"] == 200
+
+        def ahead() -> dict[str, int] | None:
+            shown = json.loads(taskman(env, "workers", "--json").stdout)["workers"]
+            found = {worker["name"].partition("@")[0]: worker["prefetch"] for worker in shown if worker["alive"]}
+            return found if len(found) == 3 and None not in found.values() else None
+
+        assert wait_for(ahead, timeout=30, message="three workers saying how many they take ahead") == {
+            "code": 1, "registered": 4, "http": 1}, "a worker per queue, each with its prefetch setting"
         children = subprocess.run(["pgrep", "-f", "-g", str(worker.pid), "celery -A worker worker"],
                                   capture_output=True, text=True).stdout
         assert children.count("\n") >= 2
