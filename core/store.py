@@ -854,7 +854,9 @@ return cjson.encode(found)
 
 # KEYS[1] audit stream; ARGV[1] audit retention in seconds, ARGV[2] a JSON array of commands, each an array
 # of a Redis command's name and arguments, or ["AUDIT", field, value, ...] for an audit entry (appended as
-# ``AUDIT_ADD`` does, trimmed once per call).
+# ``AUDIT_ADD`` does, trimmed once per call), or ["LPUSH*", key, first, count] to push ARGV[first] ..
+# ARGV[first + count - 1] (large values, such as Celery messages, passed as they are rather than inside
+# the JSON); ARGV[3..] those values.
 # Runs a batch of writes (``Store.batch``) as one command: a bulk submit's thousands of writes cost the
 # client one JSON document instead of tens of thousands of encoded arguments, and happen at once.
 BATCH = """
@@ -866,6 +868,11 @@ for i = 1, #commands do
     command[1] = '*'
     redis.call('XADD', KEYS[1], unpack(command))
     audited = true
+  elseif command[1] == 'LPUSH*' then
+    local last = command[3] + command[4] - 1
+    for first = command[3], last, 1000 do
+      redis.call('LPUSH', command[2], unpack(ARGV, first, math.min(first + 999, last)))
+    end
   else
     redis.call(unpack(command))
   end
@@ -1626,6 +1633,7 @@ class Batch:
         self.store = store
         self.commands: list[list[Any]] = []
         self._zadds: dict[str, list[Any]] = {}
+        self._pushes: dict[str, tuple[list[Any], list[str]]] = {}
 
     @staticmethod
     def _flat(mapping: dict[str, Any]) -> list[Any]:
@@ -1648,7 +1656,13 @@ class Batch:
         self.commands.append(["ZREM", name, *members])
 
     def lpush(self, name: str, *values: str) -> None:
-        self.commands.append(["LPUSH", name, *values])
+        """LPUSH, its values passed beside the JSON document; a batch's pushes to one key are merged into its
+        first, in order."""
+        if name not in self._pushes:
+            command: list[Any] = ["LPUSH*", name, 0, 0]
+            self._pushes[name] = (command, [])
+            self.commands.append(command)
+        self._pushes[name][1].extend(values)
 
     def zremrangebyrank(self, name: str, start: int, end: int) -> None:
         self.commands.append(["ZREMRANGEBYRANK", name, start, end])
@@ -1663,8 +1677,12 @@ class Batch:
     def execute(self) -> int:
         if not self.commands:
             return 0
+        values: list[str] = []
+        for command, pushed in self._pushes.values():
+            command[2], command[3] = 3 + len(values), len(pushed)  # ARGV[3..] follow retention and the JSON
+            values.extend(pushed)
         return int(self.store._batch(keys=[self.store.keys.audit],
-                                     args=[str(self.store.audit_retention), json.dumps(self.commands)]))
+                                     args=[str(self.store.audit_retention), json.dumps(self.commands), *values]))
 
 
 def connect(url: str) -> redis.Redis:

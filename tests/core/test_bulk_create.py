@@ -60,3 +60,17 @@ def test_a_bulk_create_leaves_every_record_a_create_did(service):
         sorted(("cli:tester", "create", task.id) for task in tasks)
     assert {entry["target"]: entry["detail"] for entry in trail}[tasks[0].id] == \
         {"name": "now 0", "kind": "code", "mode": "immediate"}
+
+
+def test_a_batch_of_kinds_queues_each_message_on_its_own_queue_in_submit_order(service):
+    """The batch's pushes to each queue are merged (their messages passed beside the JSON document): every
+    message lands once, on its kind's queue, oldest first for the worker (BRPOP takes the list's right end)."""
+    http = {"api_url": "http://127.0.0.1:9/never"}
+    kinds = [CODE, http, CODE, CODE, http] * 5
+    tasks = service.create_many([dict(spec, name=f"mixed {i}") for i, spec in enumerate(kinds)])
+    store = service.store
+    for queue, spec in (("code", CODE), ("http", http)):
+        held = [json.loads(raw)["headers"]["id"] for raw in store.redis.lrange(store.keys.celery_queue(queue), 0, -1)]
+        expected = [task.runs[0].id for task, kind in zip(tasks, kinds, strict=True) if kind is spec]
+        assert list(reversed(held)) == expected, queue
+        assert all(store.redis.hget(store.keys.run(run_id), "sent_queue") == queue for run_id in expected)
