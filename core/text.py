@@ -72,6 +72,8 @@ def json_text(value: Any, **dumps_args: Any) -> str:
     escaped as ``\\u…`` (the same JSON value; only how it is spelled changes)."""
     dumps_args.setdefault("ensure_ascii", False)
     text = json.dumps(value, **dumps_args)
+    if text.isascii() and "\x7f" not in text:  # nothing to escape (the usual case): no regex pass
+        return text
     return _IN_JSON.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
 
 
