@@ -19,7 +19,7 @@ from celery.exceptions import Ignore
 
 from core import builtins, http
 from core.config import Settings
-from core.dispatch import CODE_QUEUE, CODE_TASK, FENCE_HEADER, HTTP_TASK, OWN_TASKS, make_celery
+from core.dispatch import CODE_QUEUE, CODE_TASK, FENCE_HEADER, HTTP_TASK, OWN_TASKS, TASK_HEADER, make_celery
 from core.embedded import resolve_redis_url
 from core.jail import Jail
 from core.models import RunState
@@ -43,7 +43,7 @@ class GuardedTask(Task):
             return super().__call__(*args, **kwargs)
         fence = _fence(request)
         if self.name not in OWN_TASKS and fence is not None and runner().registered_started(
-                request.id, fence, _life(request.hostname)) is None:
+                request.id, fence, _life(request.hostname), task_id=_task_of(request)) is None:
             raise Ignore()
         return self.run(*args, **kwargs)
 
@@ -73,6 +73,12 @@ runs, which the dead-worker watch then hands over after the grace."""
 
 def _life(node: str | None) -> str:
     return f"{node or socket.gethostname()}#{LIFE}"
+
+
+def _task_of(request) -> str | None:
+    """The run's task as its message names it (a header; None for messages from before it)."""
+    value = getattr(request, TASK_HEADER, None)
+    return value if isinstance(value, str) and value.isalnum() and len(value) <= 64 else None
 
 
 def _fence(request) -> int | None:

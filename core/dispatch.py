@@ -51,12 +51,15 @@ if TYPE_CHECKING:
 OWN_TASKS = INTERNAL_TASKS
 FENCE_HEADER = "taskman_fence"
 """Message header carrying the run's fence (see ``core.store``): a worker refuses a stale one."""
+TASK_HEADER = "taskman_task"
+"""Message header naming the run's task: a registered task's worker reads its definition with the run's start
+(taskman's own tasks have it as an argument)."""
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 """The third part of a protocol-2 body: no callbacks, no chain, no chord."""
 REPR_MAXSIZE = 1024
 """Celery's ``argsrepr_maxsize`` and ``kwargsrepr_maxsize``: how much of the arguments a message's headers show."""
-__all__ = ["CODE_QUEUE", "CODE_TASK", "HTTP_QUEUE", "HTTP_TASK", "OWN_TASKS", "REGISTERED_QUEUE", "Dispatcher",
-           "make_celery"]
+__all__ = ["CODE_QUEUE", "CODE_TASK", "FENCE_HEADER", "HTTP_QUEUE", "HTTP_TASK", "OWN_TASKS", "REGISTERED_QUEUE",
+           "TASK_HEADER", "Dispatcher", "make_celery"]
 
 
 def make_celery(settings: Settings, redis_url: str, task_cls: type | None = None) -> Celery:
@@ -154,7 +157,8 @@ class Dispatcher:
             argsrepr, kwargsrepr = saferepr(args, REPR_MAXSIZE), saferepr(kwargs, REPR_MAXSIZE)
         body = base64.b64encode(json.dumps([args, kwargs, _EMBED]).encode()).decode()
         values = {"body": _quote(body), "id": _quote(run.id), "argsrepr": _quote(argsrepr),
-                  "kwargsrepr": _quote(kwargsrepr), "tag": _quote(str(uuid.uuid4())), "fence": str(int(fence))}
+                  "kwargsrepr": _quote(kwargsrepr), "tag": _quote(str(uuid.uuid4())), "fence": str(int(fence)),
+                  "task": _quote(task.id)}
         pieces, fields = self._template(name, queue, limits)
         filled = [pieces[0]]
         for field, piece in zip(fields, pieces[1:], strict=True):
@@ -178,7 +182,7 @@ class Dispatcher:
                             "root_id": mark("id"), "parent_id": None, "argsrepr": mark("argsrepr"),
                             "kwargsrepr": mark("kwargsrepr"), "origin": self._origin, "ignore_result": None,
                             "replaced_task_nesting": 0, "stamped_headers": None, "stamps": {},
-                            FENCE_HEADER: mark("fence")},
+                            FENCE_HEADER: mark("fence"), TASK_HEADER: mark("task")},
                 "properties": {"correlation_id": mark("id"), "reply_to": self._reply_to, "delivery_mode": 2,
                                "delivery_info": {"exchange": "", "routing_key": queue}, "priority": 0,
                                "body_encoding": "base64", "delivery_tag": mark("tag")}})
@@ -255,7 +259,7 @@ class Dispatcher:
 
     def _send_task(self, task: Task, run: Run, fence: int, producer: Any) -> None:
         timeout = self.timeout_for(task)
-        headers = {FENCE_HEADER: fence}
+        headers = {FENCE_HEADER: fence, TASK_HEADER: task.id}
         # declare=[]: every message goes straight to its queue's list (the anonymous exchange), which needs no
         # binding, so declaring the queue again on each send would only cost time (workers declare theirs).
         options = {"soft_time_limit": timeout, "time_limit": timeout + self.settings.kill_grace, "headers": headers,

@@ -82,8 +82,9 @@ class LogBuffer:
                 or self.kept == self.cap - 1:
             self.flush()
 
-    def last(self, level: str, message: str) -> None:
-        """Queue the run's closing line, always kept, after one line saying what was dropped (if anything)."""
+    def closing(self, level: str, message: str) -> dict[str, str]:
+        """The run's closing line, always kept (written by its final transition, so only if that happens);
+        queues before it one line saying what was dropped (if anything)."""
         if self.dropped:
             self.pending.append(log_entry(
                 self.task_id, self.run_id, "warning",
@@ -91,7 +92,7 @@ class LogBuffer:
                 f"a run adds at most {self.cap} lines to the log stream (log_lines_cap); its output and result "
                 "are kept in full"))
             self.dropped = self.dropped_bytes = 0
-        self.pending.append(log_entry(self.task_id, self.run_id, level, message))
+        return log_entry(self.task_id, self.run_id, level, message)
 
     def flush(self, pipe=None) -> None:
         if self.pending:
@@ -119,6 +120,8 @@ class Runner:
         self.settings = settings
         self.worker_name = worker_name
         self._http_client: httpx.Client | None = None
+        self._registered: dict[str, Started] = {}
+        """Registered runs this process started, by run id, until their end is recorded."""
         self.jail = jail.Jail(jail_uid=settings.jail_uid, accept_weak=settings.jail_accept_weak,
                               grace=settings.kill_grace, unrestricted=unrestricted_code)
 
@@ -140,7 +143,8 @@ class Runner:
                               event={"type": EventType.RUN_STARTED, "run_id": run_id, "ts": now,
                                      "worker": self.worker_name},
                               fields={"started_at": now, "worker": self.worker_name, "node": node}, pipe=pipe,
-                              fence=fence, running="add", log=log_entry("", run_id, "info", started_line))
+                              fence=fence, running="add",
+                              log={**log_entry("", run_id, "info", started_line), "fresh": True})
         pipe.hgetall(self.store.keys.run(run_id))
         if task_id:
             pipe.hgetall(self.store.keys.task(task_id))
@@ -258,14 +262,16 @@ class Runner:
         result = json_safe(result)
         error, traceback, output = text_safe(error) or None, text_safe(traceback), text_safe(output)
         summary = self._summary(run, state, duration_ms, result, error)
-        started.logs.last("error" if state is not RunState.SUCCEEDED else "info", summary)
+        closing = started.logs.closing("error" if state is not RunState.SUCCEEDED else "info", summary)
         pipe = self.store.redis.pipeline(transaction=True)
+        printed = len(started.logs.pending)
+        started.logs.flush(pipe)  # what the run printed is shown whatever its end; its closing line only with it
         self.store.transition(
             run.id, (RunState.RUNNING, RunState.QUEUED), state,
             event=run_event(EventType.run_ended(state.value), run, state=state.value, duration_ms=duration_ms),
             fields={"finished_at": now, "duration_ms": duration_ms, "result": result, "error": error or "",
                     "traceback": traceback or "", "output": output},
-            pipe=pipe, fence=started.fence, running="rem",
+            pipe=pipe, fence=started.fence, running="rem", log=closing,
         )
         self.store.set_last_run(run.task_id, run.id, state, duration_ms, pipe)
         self.store.count_finished(run.id, state, now, *metrics.run_increments(
@@ -273,8 +279,7 @@ class Runner:
         self.store.expire_run(run.id, pipe)
         if state is RunState.RETRYING:
             self._add_retry(started, now, pipe)
-        started.logs.flush(pipe)
-        previous = pipe.execute()[0]
+        previous = pipe.execute()[printed]
         if previous is None:
             return None
         return state
@@ -302,18 +307,32 @@ class Runner:
 
     # -- registered tasks, observed through Celery's signals -------------------------------------
 
-    def registered_started(self, run_id: str, fence: int | None = None, node: str = "") -> Started | None:
-        return self.begin(run_id, fence=fence, node=node)
+    def registered_started(self, run_id: str, fence: int | None = None, node: str = "", *,
+                           task_id: str | None = None) -> Started | None:
+        """``begin`` for a registered task's run; ``task_id`` (its message's header) reads the task's definition
+        in the same round trip and keeps both for :meth:`registered_finished`."""
+        started = self.begin(run_id, task_id, fence=fence, node=node)
+        if started is not None and task_id and started.task is not None and started.task.id == started.run.task_id:
+            if len(self._registered) >= 10_000:  # ends never recorded here (a pool process's lost signal)
+                self._registered.clear()
+            self._registered[run_id] = started
+        return started
 
     def registered_finished(self, run_id: str, state: RunState, *, result: Any = None,
                             error: str | None = None, traceback: str | None = None,
                             fence: int | None = None) -> None:
-        """Record the end of a registered task's run (or a run a hard time limit killed)."""
-        run = self.store.get_run(run_id)
-        if run is None or run.state.final:
-            return
-        task = self.store.get_task(run.task_id)
-        logs = LogBuffer(self.store, run.task_id, run.id, self.settings.log_lines_cap)
+        """Record the end of a registered task's run (or a run a hard time limit killed). A run this process
+        started costs no read: its finishing transition is refused if the run was stopped meanwhile, and its
+        closing line is written only with that transition."""
+        started = self._registered.pop(run_id, None)
+        if started is not None:
+            run, task, logs = started.run, started.task, started.logs
+        else:
+            stored = self.store.get_run(run_id)
+            if stored is None or stored.state.final:
+                return
+            run, task = stored, self.store.get_task(stored.task_id)
+            logs = LogBuffer(self.store, run.task_id, run.id, self.settings.log_lines_cap)
         # The operator's task may echo its secret-named kwargs (an API key it was given) in its result or
         # error: those values are masked there, as everywhere a run is shown.
         kwargs = task.spec.with_overrides(run.overrides).kwargs if task else {}

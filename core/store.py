@@ -251,9 +251,10 @@ class Prepared:
 # the script fills in its task_id and state),
 # ARGV[4] events maxlen, ARGV[5] the fence the caller acts under ('' = unchecked), ARGV[6] 'add' or
 # 'rem' to enter or leave the running set (KEYS[3]) with the transition ('' = neither),
-# ARGV[7] a log line JSON to append to the log stream (KEYS[5]) with the transition, unless the run was
-# already running (a redelivery: the caller says so first) ('' = none; the script fills in its ``task`` and
-# puts the run's attempt and max_attempts for ``{attempt}`` and ``{max_attempts}`` in its ``msg``), ARGV[8]
+# ARGV[7] a log line JSON to append to the log stream (KEYS[5]) with the transition ('' = none; the script
+# fills in its ``task``) -- if it carries ``"fresh": true``, only if the run was not running already (a
+# redelivery: the caller says so first), with the run's attempt and max_attempts for ``{attempt}`` and
+# ``{max_attempts}`` in its ``msg``; ARGV[8]
 # the log stream's maxlen, ARGV[9..] field, value pairs to set with the new state. KEYS[4] due set: a run
 # entering the running set (a worker starts it) leaves its send guard (``r:<run>``) there, so a started run
 # is never sent again.
@@ -271,11 +272,14 @@ redis.call('HSET', KEYS[1], 'state', ARGV[2])
 for i = 9, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
 end
-if ARGV[7] ~= '' and current ~= 'running' then
-  local line = cjson.decode(ARGV[7])
+local line = ARGV[7] ~= '' and cjson.decode(ARGV[7])
+if line and not (line['fresh'] and current == 'running') then
   local f = redis.call('HMGET', KEYS[1], 'task_id', 'attempt', 'max_attempts')
-  local msg = string.gsub(line['msg'], '{attempt}', f[2] or '?')
-  msg = string.gsub(msg, '{max_attempts}', f[3] or '?')
+  local msg = line['msg']
+  if line['fresh'] then
+    msg = string.gsub(msg, '{attempt}', f[2] or '?')
+    msg = string.gsub(msg, '{max_attempts}', f[3] or '?')
+  end
   redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[8], '*', 'ts', line['ts'], 'task', f[1] or '', 'run', line['run'],
              'level', line['level'], 'msg', msg)
 end
@@ -1137,12 +1141,12 @@ class Store:
     def transition(self, run_id: str, allowed: Iterable[RunState], new: RunState, *,
                    event: dict | None = None, fields: dict[str, Any] | None = None,
                    pipe: redis.client.Pipeline | None = None, fence: int | None = None,
-                   running: str = "", log: dict[str, str] | None = None) -> str | None:
+                   running: str = "", log: dict[str, Any] | None = None) -> str | None:
         """Move a run to ``new`` only if it is in one of ``allowed`` (and, given ``fence``, still under that
         fence); returns the previous state or None. ``running`` is ``"add"``/``"rem"`` to enter or leave
         the dead-worker watch with the transition. ``log``: a log line (``core.runner.log_entry``) written
-        with it unless the run was running already; ``{attempt}`` and ``{max_attempts}`` in its message
-        become the run's.
+        with it; with ``"fresh": True`` in it, only if the run was not running already, and ``{attempt}``
+        and ``{max_attempts}`` in its message become the run's.
 
         With ``pipe`` the script is queued (as EVAL: a registered script in a pipeline costs redis-py
         an extra SCRIPT EXISTS round trip) and its answer comes back from ``pipe.execute()``.
