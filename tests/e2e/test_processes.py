@@ -48,6 +48,20 @@ def wait_done(env, task_id, timeout=60):
     return wait_for(done, timeout, interval=0.3, message=f"a run of {task_id}")
 
 
+def celery_children(parent: int) -> list[int]:
+    """The Celery processes (workers, scheduler) ``parent`` started."""
+    found = subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True).stdout.split()
+    return [int(pid) for pid in found if b"celery" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+
+def a_delayed_task_runs(env) -> None:
+    """A delayed code task, submitted through the command line, is fired by the scheduler and run by a worker."""
+    created = json.loads(taskman(env, "submit", "-", "--json", input_text=json.dumps(
+        {"name": "soon", "delay_seconds": 1, "function_code": "def f():\n    return 6 * 7",
+         "function_name": "f"})).stdout)
+    assert wait_done(env, created["id"])["result"] == 42
+
+
 def test_taskman_worker_serves_code_and_http_with_their_own_pools(taskman_env, http_server, tmp_path):
     env = _process_env({**taskman_env, "TASKMAN_NAMESPACE": f"w{uuid.uuid4().hex[:6]}"})
     log = open(tmp_path / "worker.log", "wb")
@@ -90,10 +104,7 @@ def test_up_starts_an_embedded_redis_that_other_commands_find(tmp_path):
         address = tmp_path / "data" / "redis.json"
         wait_for(address.exists, timeout=30, message="the address file")
         redis_pid = json.loads(address.read_text())["pid"]
-        created = json.loads(taskman(env, "submit", "-", "--json", input_text=json.dumps(
-            {"name": "soon", "delay_seconds": 1, "function_code": "def f():\n    return 6 * 7",
-             "function_name": "f"})).stdout)
-        assert wait_done(env, created["id"])["result"] == 42
+        a_delayed_task_runs(env)
     finally:
         assert stop(up, signal.SIGINT) == 0
     assert not address.exists()
@@ -115,8 +126,7 @@ def test_up_killed_outright_leaves_no_workers_and_the_next_up_adopts_its_redis(t
         redis_pid = json.loads(address.read_text())["pid"]
 
         def workers_and_scheduler():
-            pids = subprocess.run(["pgrep", "-P", str(first.pid)], capture_output=True, text=True).stdout.split()
-            pids = [int(pid) for pid in pids if b"celery" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+            pids = celery_children(first.pid)
             names = b" ".join(Path(f"/proc/{pid}/cmdline").read_bytes() for pid in pids)
             whole = all(word in names for word in (b"code@", b"registered@", b"http@", b"beat"))
             return pids if whole and len(pids) == 4 else None
@@ -160,16 +170,9 @@ def test_up_on_a_redis_of_ones_own_starts_the_workers_and_the_scheduler_and_leav
                           start_new_session=True)
     log.close()
     try:
-        def celery_children() -> list[int]:
-            found = subprocess.run(["pgrep", "-P", str(up.pid)], capture_output=True, text=True).stdout.split()
-            return [int(pid) for pid in found if b"celery" in Path(f"/proc/{pid}/cmdline").read_bytes()]
-
-        children = wait_for(lambda: len(pids := celery_children()) == 4 and pids, timeout=30,
+        children = wait_for(lambda: len(pids := celery_children(up.pid)) == 4 and pids, timeout=30,
                             message="three workers and the scheduler")
-        created = json.loads(taskman(env, "submit", "-", "--json", input_text=json.dumps(
-            {"name": "soon", "delay_seconds": 1, "function_code": "def f():\n    return 6 * 7",
-             "function_name": "f"})).stdout)
-        assert wait_done(env, created["id"])["result"] == 42
+        a_delayed_task_runs(env)
     finally:
         assert stop(up, signal.SIGINT) == 0
     assert not any(alive(pid) for pid in children)
