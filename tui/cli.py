@@ -517,8 +517,9 @@ def up(no_console) -> None:
     from tui.processes import Stack
 
     settings = Settings()
-    report = (lambda line: click.echo(f"taskman up: {line}", err=True)) if no_console else None
-    with Stack(settings, on_report=report) as stack:
+    # Until the console opens, what the stack says goes to the terminal (an `up` waiting up to 30 s for a stopping
+    # one to finish says so); then the console shows it.
+    with Stack(settings, on_report=lambda line: click.echo(f"taskman up: {line}", err=True)) as stack:
         if no_console:
             click.echo(f"taskman is up on {stack.display_url}; Ctrl-C stops it", err=True)
             threading.Thread(target=_say_isolation, args=(stack.settings,), daemon=True).start()
