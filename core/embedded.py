@@ -520,8 +520,6 @@ class Address:
     url: str | None = None
     pid: int | None = None
     """The server's pid, only while that process is a live ``redis-server`` (see :func:`server_alive`)."""
-    recorded_pid: int | None = None
-    """The server's pid as written, alive or not."""
     owner: int | None = None
     """The ``taskman up`` that runs the stack on it, only while that process is alive."""
     stopping: bool = False
@@ -535,7 +533,7 @@ def address_info(data_dir: Path, server_dir: Path | None = None) -> Address:
     url, pid, owner = data.get("url"), data.get("pid"), data.get("owner")
     pid = pid if isinstance(pid, int) else None
     return Address(url=url if isinstance(url, str) else None, pid=pid if server_alive(pid, server_dir) else None,
-                   recorded_pid=pid, owner=owner if isinstance(owner, int) and _pid_alive(owner) else None,
+                   owner=owner if isinstance(owner, int) and _pid_alive(owner) else None,
                    stopping=data.get("stopping") is True)
 
 

@@ -289,7 +289,7 @@ class Scheduler:
         """The tasks of ``task_ids`` that exist, in one round trip; if one no longer reads, the others one at a
         time. (found, ids that failed to read: their entries wait for their lease.)"""
         try:
-            return {task.id: task for task in self.store.read_tasks(task_ids)}, set()
+            return {task.id: task for task in self.store.get_tasks(task_ids)}, set()
         except REDIS_TROUBLE:
             raise
         except Exception:

@@ -259,8 +259,8 @@ class Service:
         the name. A task whose latest run is running says so (:meth:`with_running`)."""
         query = filters.from_options(state=state, kind=kind, mode=mode, last=last, name=name)
         _check_page(limit, offset)
-        if not query:  # read_tasks: the page's hashes in one reply, a third less of this process's time
-            return self.with_running(self.store.read_tasks(self.store.task_ids(offset, offset + limit - 1)))
+        if not query:
+            return self.with_running(self.store.get_tasks(self.store.task_ids(offset, offset + limit - 1)))
         return self.matching_tasks(query, limit=limit, offset=offset)
 
     def matching_tasks(self, query: filters.TaskFilter, *, limit: int, offset: int = 0, older_than: int = 0,

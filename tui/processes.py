@@ -270,7 +270,7 @@ class Stack:
         server of the folder is still exiting: nothing may start on its append-only file before it is gone."""
         if self.redis is not None:
             if not self.redis.running():
-                self._restart_redis()
+                self._restart_redis(data_dir)
             return self.redis.running()
         if self.adopted_redis_pid is not None:
             if server_alive(self.adopted_redis_pid, data_dir / "redis"):
@@ -319,8 +319,6 @@ class Stack:
         write_address(data_dir, self.redis.url, self.redis.pid, owner=os.getpid())
         self.settings = self.settings.replace(redis_url=self.redis.url)
         self.display_url = f"127.0.0.1:{self.redis.port} (embedded, data in {data_dir / 'redis'})"
-        if self._supervisor is not None:
-            self._report(f"the embedded Redis started on 127.0.0.1:{self.redis.port} (pid {self.redis.pid})")
 
     def _add_children(self, data_dir: Path) -> None:
         """Start the workers and the scheduler on the stack's Redis."""
@@ -399,17 +397,14 @@ class Stack:
                 self._spawn(child)
                 self._report(f"{child.name} restarted (restart {len(child.restarts)})")
 
-    def _restart_redis(self) -> None:
+    def _restart_redis(self, data_dir: Path) -> None:
         """The embedded Redis died: start it again on the same port, password and append-only file."""
-        old = self.redis
-        assert old is not None  # called when the embedded server (self.redis) has exited
         self._report("the embedded Redis exited; restarting it on its append-only file")
         try:
-            self.redis = RedisServer(old.directory, port=old.port, appendonly=True, password=old.password).start()
+            self._start_redis(data_dir)
         except Exception as exc:  # tried again on the next look
             self._report(f"the embedded Redis could not restart: {exc}")
             return
-        write_address(Path(self.settings.data_dir), self.redis.url, self.redis.pid, owner=os.getpid())
         self._report("the embedded Redis is back")
 
     def status(self) -> dict[str, dict]:
