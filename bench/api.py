@@ -30,13 +30,10 @@ and ``~/.cache/taskman-bench`` keeps), seeded with the same 200
 tasks and an operator token by its own code in another namespace of the same Redis, and served by its own
 ``taskman api``. The ratio printed is then mix against mix, one client, one run.
 
-How it stood when this was written (two cores shared with other test runs, load average 2-13, 10 s phases):
-the before-server answered the mix at 316-398 req/s with the raw client and at 138-231 req/s with the httpx
-threads (whence the 124), so the old figure mostly measured its client. In the same runs the server of this
-commit answered 297-477 req/s (0.94-1.51x the before-server) with 1.3-1.4x less CPU per request (about 2.0 ms
-against 2.7 ms), p99 74-156 ms: the absolute 496 req/s is within reach on a quiet machine, p99 <= 50 ms is
-not, and 4x the before-server measured fairly is out of reach of one process of this stack: a bare FastAPI
-endpoint on the same uvicorn (h11) costs 0.35 ms of CPU per request with one hop through the thread pool.
+How it stands (idle two-core VM, 10 s phases): the before-server answers the mix at 339 req/s, p99 87 ms;
+this one at 509-521 req/s, p99 38-40 ms, 1.9 ms of server CPU per request (1.5x the before-server's rate with
+1.6x less CPU). The 124 req/s the issue measured was mostly its threaded client: the before-server answered
+138-231 req/s to ``--client httpx`` and 316-398 to the raw client in the same runs.
 """
 
 from __future__ import annotations

@@ -5,19 +5,27 @@ No ``from __future__ import annotations`` here: FastAPI reads the parameter anno
 """
 
 import time
+from functools import partial
 
+import anyio.to_thread
 from fastapi import APIRouter, Request
 
 from api.deps import AppService
 from api.schemas import JSONResponse
 from core.errors import NoRedis
+from core.service import Service
 
 router = APIRouter(tags=["monitoring"])
 
 
 @router.get("/api/health", summary="Liveness: Redis, workers, scheduler (no token needed)",
             responses={503: {"description": "Redis unreachable"}})
-def health(request: Request, service: AppService) -> JSONResponse:
+async def health(request: Request, service: AppService) -> JSONResponse:
+    return await anyio.to_thread.run_sync(partial(check, request, service), limiter=request.app.state.health_threads)
+
+
+def check(request: Request, service: Service) -> JSONResponse:
+    """The health answer, read in one of the endpoint's own threads (``HEALTH_THREADS``)."""
     started = time.perf_counter()
     try:
         snap = service.metrics_snapshot()
