@@ -5,7 +5,6 @@ No ``from __future__ import annotations`` here: FastAPI reads the parameter anno
 """
 
 import time
-from functools import partial
 
 import anyio.to_thread
 from fastapi import APIRouter, Request
@@ -21,7 +20,7 @@ router = APIRouter(tags=["monitoring"])
 @router.get("/api/health", summary="Liveness: Redis, workers, scheduler (no token needed)",
             responses={503: {"description": "Redis unreachable"}})
 async def health(request: Request, service: AppService) -> JSONResponse:
-    return await anyio.to_thread.run_sync(partial(check, request, service), limiter=request.app.state.health_threads)
+    return await anyio.to_thread.run_sync(check, request, service, limiter=request.app.state.health_threads)
 
 
 def check(request: Request, service: Service) -> JSONResponse:
