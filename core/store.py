@@ -1380,13 +1380,15 @@ class Store:
         self.redis.hset(self.keys.registered, worker, json.dumps(detail))
 
     def registered(self) -> dict[str, dict]:
-        """Registered task name → the workers that reported it and the queues those workers serve that such a
-        task may be sent to: taskman's own ``code`` and ``http`` queues never carry one (``core.spec``), though
-        a worker serving them registers every task its app knows."""
+        """Registered task name → the workers that may run it and the queues they serve that such a task may be
+        sent to: taskman's own ``code`` and ``http`` queues never carry one (``core.spec``), so a worker serving
+        only those, though it registers every task its app knows, runs none and is not named."""
         names: dict[str, dict] = {}
         for worker, raw in sorted(cast(dict[str, str], self.redis.hgetall(self.keys.registered)).items()):
             detail = json.loads(raw)
             sendable = set(detail.get("queues", ())) - {CODE_QUEUE, HTTP_QUEUE}
+            if not sendable:
+                continue
             for name in detail.get("tasks", ()):
                 entry = names.setdefault(name, {"workers": [], "queues": []})
                 entry["workers"].append(worker)

@@ -190,9 +190,8 @@ def workers(processes, service):
                     "code@%h", "-l", "INFO", "--without-mingle", "--without-gossip")
     processes.start("worker-http", "worker", "-Q", "http", "-P", "threads", "-c", "8", "-n", "http@%h",
                     "-l", "INFO", "--without-mingle", "--without-gossip")
-    wait_for(lambda: {worker.split("@")[0] for detail in service.registered_tasks().values()
-                      for worker in detail["workers"]} >= {"code", "http"}, timeout=60,
-             message="workers to report ready")
+    wait_for(lambda: {worker.split("@")[0] for worker in service.store.worker_reports()} >= {"code", "http"},
+             timeout=60, message="workers to report ready")
     time.sleep(1.0)
     return processes
 

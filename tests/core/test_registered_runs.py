@@ -75,3 +75,18 @@ def test_a_message_naming_another_task_is_not_trusted_for_the_definition(service
     assert started is not None and run.id not in runner._registered, "its end reads the run's own task"
     runner.registered_finished(run.id, RunState.SUCCEEDED, result={"echo": "s3cr3t"}, fence=0)
     assert service.get_run(run.id).result == {"echo": "***"}
+
+
+def test_only_workers_that_serve_a_sendable_queue_are_named_for_a_registered_task(service):
+    from core.errors import InvalidSpec
+
+    store = service.store
+    store.record_registered(["ops.add", "taskman.echo"], "code@box", ["code"])
+    store.record_registered(["ops.add", "taskman.echo"], "http@box", ["http"])
+    with pytest.raises(InvalidSpec, match="ops.add"):  # no worker that could ever take its message
+        service.create({"name": "add", "task_name": "ops.add"})
+    store.record_registered(["ops.add", "taskman.echo"], "registered@box", ["registered", "reports"])
+    names = store.registered()
+    assert names["ops.add"] == {"workers": ["registered@box"], "queues": ["registered", "reports"]}
+    assert set(store.worker_reports()) == {"code@box", "http@box", "registered@box"}, "every report is kept"
+    assert service.create({"name": "add", "task_name": "ops.add"}).spec.task_name == "ops.add"

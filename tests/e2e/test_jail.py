@@ -74,7 +74,7 @@ def open_worker(taskman_env, tmp_path_factory):
               if key != "TASKMAN_TEST_UNRESTRICTED_CODE"}
     service = Service.from_settings(Settings(**values))
     worker = procs.start("worker-jail", *WORKER)
-    wait_for(lambda: service.registered_tasks(), timeout=60, message="the unrestricted worker to be ready")
+    wait_for(lambda: service.store.worker_reports(), timeout=60, message="the unrestricted worker to be ready")
     yield service, worker
     procs.stop_all()
 

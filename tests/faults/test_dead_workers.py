@@ -46,7 +46,7 @@ def pair(taskman_env, tmp_path):
     service = Service.from_settings(Settings(**values))
     procs.start("beat", "beat", "-l", "INFO", "--pidfile=")
     first = procs.start("worker-1", *worker_args("first"))
-    wait_for(lambda: service.registered_tasks(), timeout=60, message="the first worker")
+    wait_for(lambda: service.store.worker_reports(), timeout=60, message="the first worker")
     yield service, procs, first
     procs.stop_all()
 
@@ -158,7 +158,7 @@ def test_runs_a_killed_worker_had_prefetched_run_elsewhere_within_seconds(taskma
     try:
         procs.start("beat", "beat", "-l", "INFO", "--pidfile=")
         first = procs.start("worker-1", *registered_worker("first", 1))
-        wait_for(lambda: service.registered_tasks(), timeout=60, message="the first worker")
+        wait_for(lambda: service.store.worker_reports(), timeout=60, message="the first worker")
         long = service.create({"name": "long", "task_name": "taskman.sleep", "kwargs": {"seconds": 20},
                                "timeout": 60})
         wait_for(running_on(service, long.id, "first@"), timeout=30, message="the long run on the first worker")

@@ -30,7 +30,7 @@ def test_stopped_runs_stay_stopped_through_kills_and_restarts(taskman_env, tmp_p
         for round_ in range(2):
             worker = procs.start(f"worker-{round_}", *WORKER)
             beat = procs.start(f"beat-{round_}", "beat", "-l", "INFO", "--pidfile=")
-            wait_for(lambda: service.registered_tasks(), timeout=60, message="the worker")
+            wait_for(lambda: service.store.worker_reports(), timeout=60, message="the worker")
             time.sleep(3)  # past the delay: a live scheduler would have fired it by now
             procs.stop(worker, signal.SIGKILL)
             procs.stop(beat, signal.SIGKILL)

@@ -30,7 +30,7 @@ def test_sigterm_mid_run_lets_the_run_finish(taskman_env, tmp_path):
     service = Service.from_settings(Settings(**{k.removeprefix("TASKMAN_").lower(): v for k, v in env.items()}))
     try:
         worker = procs.start("worker", *WORKER)
-        wait_for(lambda: service.registered_tasks(), timeout=60, message="the worker")
+        wait_for(lambda: service.store.worker_reports(), timeout=60, message="the worker")
         task = service.create({"name": "slow", "function_code": SLOW, "function_name": "main", "timeout": 30})
         run = wait_for(lambda: (r := service.get(task.id).runs) and r[0].state is RunState.RUNNING and r[0],
                        timeout=30, message="the run to start")
