@@ -18,9 +18,10 @@ made cumulative when read):
 
 from __future__ import annotations
 
+import bisect
 import math
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,10 +44,9 @@ def bound(value: float) -> str:
 
 
 def bucket_for(value: float, buckets: tuple[float, ...]) -> str:
-    for upper in buckets:
-        if value <= upper:
-            return bound(upper)
-    return "+Inf"
+    """The bound of the first of ``buckets`` (ascending) that holds ``value``."""
+    index = bisect.bisect_left(buckets, value)
+    return bound(buckets[index]) if index < len(buckets) and not math.isnan(value) else "+Inf"
 
 
 def run_increments(kind: str, state: RunState, duration_ms: float | None) -> tuple[dict[str, int], dict[str, float]]:
@@ -69,9 +69,8 @@ def record_lags(store: Store, lags: Iterable[float]) -> None:
     if not lags:
         return
     counts: dict[str, int] = {"lag:count": len(lags)}
-    for lag in lags:
-        key = f"lag:le:{bucket_for(lag, LAG_BUCKETS)}"
-        counts[key] = counts.get(key, 0) + 1
+    for index, count in Counter(bisect.bisect_left(LAG_BUCKETS, lag) for lag in lags).items():
+        counts[f"lag:le:{bound(LAG_BUCKETS[index]) if index < len(LAG_BUCKETS) else '+Inf'}"] = count
     store.add_metrics(counts, {"lag:sum": sum(lags)}, {"lag:last": max(lags)})
 
 

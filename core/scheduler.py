@@ -7,22 +7,24 @@ computed by ``core.cron`` in the task's timezone. A cron task whose scheduler wa
 to catch up, not once per missed slot. Only the holder of the lock acts; another scheduler idles
 until the lock expires.
 
-**Look-ahead.** A burst of thousands of fires due in the same second cannot be recorded and sent in a
-few milliseconds, so the work is done before the due time: each tick also claims the tasks' entries due
+**Look-ahead.** A burst of thousands of fires due in the same second cannot be recorded and sent in a few
+milliseconds, so the work is done before the due time: each tick also claims the tasks' entries due
 within ``lookahead`` seconds (leased to their due time plus the look-ahead and the lock's TTL), reads
-their tasks, writes
-their runs and stages their Celery messages (``Store.stage``: nothing points at those runs yet), and
-holds them. At the due time the next tick (it sleeps until then) only *publishes* them: one ``PUBLISH``
-script per batch checks that each entry still holds its claim's lease and the lock is still held, pushes
-the messages onto the queues' lists, and moves the entries on, atomically; then ``COMMIT`` records the
-rest (history, the task's latest run, a one-shot's end, the event). Every guarantee of the plain fire
-holds: an edit, pause, stop or delete made while a fire was held changes or removes its entry, so the
-fire does not happen (and its staged run is undone); a scheduler that lost the lock publishes nothing
-and hands the entries back; one that dies holding fires leaves their entries to come back soon after
-they were due, and the batch's ``p:`` entry to commit what was published and undo what was not. A fire
-is published exactly when its entry moves on, in one script, which also writes its run's send guard: a
-message can still be lost after it was pushed (a worker killed between taking it off the list and kombu
-recording it), and the guard, kept until the run starts, sends it again then (``core.lifecycle``).
+their tasks, writes their runs and stages them (``Store.stage``: nothing points at those runs yet), and
+holds them with their Celery messages. At the due time the next tick (it sleeps until then) only
+*publishes* them: one transaction per batch of up to ``PUBLISH_BATCH`` pushes the messages onto the
+queues' lists and runs ``PUBLISH``, which checks that each entry still holds its claim's lease and the
+lock is still held, moves the entries on, and takes back the messages of fires that do not happen,
+atomically; then ``COMMIT`` records the rest (send guard, history, the task's latest run, a one-shot's
+end, the event). Every guarantee of the plain fire holds: an edit, pause, stop or delete made while a
+fire was held changes or removes its entry, so the fire does not happen (and its staged run is undone); a
+scheduler that lost the lock publishes nothing and hands the entries back; one that dies holding fires
+leaves their entries to come back soon after they were due, and the batch's ``p:`` entry to commit what
+was published and undo what was not. A fire is published exactly when its entry moves on, in one
+transaction. A message can still be lost after it was pushed (a worker killed between taking it off the
+list and kombu recording it): the run's send guard, written when it is recorded (or by its batch's ``p:``
+entry, should this scheduler die first) and kept until the run starts, sends it again then
+(``core.lifecycle``).
 
 Redis trouble is weather, not a crash: a tick that cannot reach Redis (refused, reset, timed out,
 loading, read-only) logs one line when the outage starts and one when it ends, backs off, and
@@ -49,7 +51,7 @@ from core.dispatch import Dispatcher
 from core.events import EventType
 from core.lifecycle import Launcher, new_run, run_event
 from core.models import Mode, Run, RunState, Task
-from core.store import Fire, Prepared, Store
+from core.store import Armed, Fire, Prepared, Store
 
 log = logging.getLogger("taskman.scheduler")
 
@@ -69,6 +71,10 @@ MAX_HELD = 50_000
 """Prepared fires held at most: beyond it a tick claims only what is due."""
 PUBLISH_BATCH = 1000
 """Prepared fires published by one ``PUBLISH`` script."""
+ARM_AT_LEAST = 100
+"""Prepared fires of one batch due together from which their transaction is opened ahead (``Store.arm``)."""
+MAX_ARMED = 16
+"""Transactions open ahead at most (a connection each)."""
 COMMIT_BATCH = 250
 """Published fires recorded by one ``COMMIT`` script (Redis serves nothing else while it runs)."""
 GUARD_BATCH = 500
@@ -114,6 +120,8 @@ class Scheduler:
         self.lookahead = lookahead
         self.held: list[Prepared] = []
         """Fires prepared ahead of their due time, in due order, waiting to be published."""
+        self.armed: list[Armed] = []
+        """Transactions opened ahead for some of the held fires (``Store.arm``), each used up when they are due."""
         self.unrecorded: list[list[Prepared]] = []
         """Published fires whose ``COMMIT`` is still to do (oldest first, each list of one batch)."""
         self.unrecorded_since = 0.0
@@ -339,7 +347,22 @@ class Scheduler:
             self.store.stage(batch, prepared, recover_at)
             self.held.extend(prepared)
             self.held.sort(key=lambda fire: fire.due_at)
+            self._arm(prepared)
         self.held_plain.sort(key=lambda entry: entry[1])
+
+    def _arm(self, prepared: list[Prepared]) -> None:
+        """Open the transactions of a batch's fires that fall due together, if there are many (``Store.arm``):
+        a burst's messages then reach Redis before its due instant, not at it."""
+        together: dict[float, list[Prepared]] = {}
+        for fire in prepared:
+            together.setdefault(fire.due_at, []).append(fire)
+        for fires in together.values():
+            if len(fires) >= ARM_AT_LEAST and len(self.armed) < MAX_ARMED:
+                self.armed.append(self.store.arm(fires))
+
+    def _disarm(self, armed: list[Armed]) -> None:
+        for transaction in armed:
+            self.store.disarm(transaction)
 
     @staticmethod
     def _next_due(task: Task, after: float) -> float | None:
@@ -360,29 +383,17 @@ class Scheduler:
                 lags.append(max(0.0, clock - due_at))
         if not self.held or self.held[0].due_at > clock:
             return
-        count = 0
-        while count < len(self.held) and self.held[count].due_at <= clock:
-            count += 1
-        due, self.held = self.held[:count], self.held[count:]
-        groups = _by_batch(due, PUBLISH_BATCH)
         published: list[list[Prepared]] = []
         collecting = gc.isenabled()
         gc.disable()  # a full collection of a burst's objects takes tens of milliseconds: not at the due instant
         try:
-            for group in groups:
-                at = self.clock() if now is None else now
-                for fire in group:  # a fire published past its next slot (the clock jumped) skips to after now
-                    if fire.next_due is not None and fire.next_due <= at:
-                        fire.next_due = self._next_due(fire.task, at)
-                flags = self.store.publish(group, at, token=self.token, guard_at=at + self.lease)
-                self.last_lag = max(0.0, at - group[-1].due_at)
-                lags.extend(max(0.0, at - fire.due_at) for fire, sent in zip(group, flags, strict=True) if sent)
-                published.append([fire for fire, sent in zip(group, flags, strict=True) if sent])
-        except BaseException:
-            # The group that raised may or may not have been published: tried again next tick (a fire already
-            # published is not published twice: its message is no longer staged), as are the groups after it.
-            self.held[:0] = [fire for group in groups[len(published):] for fire in group]
-            raise
+            while self.held and self.held[0].due_at <= clock:  # again for those that fell due meanwhile
+                count = 0
+                while count < len(self.held) and self.held[count].due_at <= clock:
+                    count += 1
+                due, self.held = self.held[:count], self.held[count:]
+                self._publish_groups(self._groups(due, clock), now, lags, published)
+                clock = self.clock() if now is None else now
         finally:
             if collecting:
                 gc.enable()
@@ -390,6 +401,46 @@ class Scheduler:
                 self.unrecorded_since = time.monotonic()
             self.unrecorded.extend(fires for fires in published if fires)
             self._record()
+
+    def _publish_groups(self, groups: list[tuple[list[Prepared], Armed | None]], now: float | None,
+                        lags: list[float], published: list[list[Prepared]]) -> None:
+        """Publish each group (``now``: the tick's given clock, else this scheduler's); what each published goes
+        to ``published``."""
+        done = 0
+        try:
+            for group, armed in groups:
+                at = self.clock() if now is None else now
+                for fire in group:  # a fire published past its next slot (the clock jumped) skips to after now
+                    if fire.next_due is not None and fire.next_due <= at:
+                        fire.next_due = self._next_due(fire.task, at)
+                flags = self.store.publish(group, at, token=self.token, armed=armed)
+                done += 1
+                self.last_lag = max(0.0, at - group[-1].due_at)
+                lags.extend(max(0.0, at - fire.due_at) for fire, sent in zip(group, flags, strict=True) if sent)
+                published.append([fire for fire, sent in zip(group, flags, strict=True) if sent])
+        except BaseException:
+            # The group that raised may or may not have been published: tried again next tick (a fire already
+            # published is not published twice: its message is no longer staged), as are the groups after it,
+            # without their transactions opened ahead (the one that raised is used up).
+            self.held[:0] = [fire for group, _ in groups[done:] for fire in group]
+            self._disarm([armed for _, armed in groups[done + 1:] if armed is not None])
+            raise
+
+    def _groups(self, due: list[Prepared], clock: float) -> list[tuple[list[Prepared], Armed | None]]:
+        """The due fires in groups to publish, in due order: each armed transaction that fell due with its
+        own fires, the rest by batch."""
+        ready = [armed for armed in self.armed if armed.fires[0].due_at <= clock]
+        self.armed = [armed for armed in self.armed if armed.fires[0].due_at > clock]
+        waiting = {id(fire) for fire in due}
+        stale = [armed for armed in ready if not all(id(fire) in waiting for fire in armed.fires)]
+        self._disarm(stale)  # (never expected: an armed fire is held until published or handed back)
+        ready = [armed for armed in ready if armed not in stale]
+        taken = {id(fire) for armed in ready for fire in armed.fires}
+        groups: list[tuple[list[Prepared], Armed | None]] = [(armed.fires, armed) for armed in ready]
+        groups += [(group, None) for group in _by_batch([fire for fire in due if id(fire) not in taken],
+                                                        PUBLISH_BATCH)]
+        groups.sort(key=lambda group: group[0][0].due_at)
+        return groups
 
     def _due_soon(self) -> bool:
         """Whether a held fire falls due before a batch could be prepared (``QUIET_BEFORE_DUE`` at least): leave
@@ -413,7 +464,7 @@ class Scheduler:
             else:
                 self.unrecorded.pop(0)
             try:
-                self.store.commit(chunk[0].batch, [(fire.run.id, fire.task.id) for fire in chunk])
+                self.store.commit(chunk[0].batch, [(fire.run.id, fire.task.id) for fire in chunk], self.lease)
             except REDIS_TROUBLE:
                 raise  # an outage, said once by the tick's caller; the batch's entry records these runs later
             except Exception:
@@ -423,6 +474,8 @@ class Scheduler:
 
     def _hand_back(self) -> None:
         """Give every held fire's entry back at its due time (the lock is lost, or this scheduler closes)."""
+        armed, self.armed = self.armed, []
+        self._disarm(armed)
         held, self.held = self.held, []
         plain, self.held_plain = self.held_plain, []
         for group in _by_batch(held, PUBLISH_BATCH):
@@ -432,7 +485,7 @@ class Scheduler:
 
     def _finish_batch(self, batch: str) -> None:
         """A batch's ``p:`` entry came up: commit what it published, undo what it never did."""
-        committed, undone = self.store.finish_batch(batch)
+        committed, undone = self.store.finish_batch(batch, self.lease)
         if committed or undone:
             log.warning("fires prepared by a scheduler that stopped short: %d published runs recorded, %d "
                         "unpublished runs undone (their entries fire anew)", committed, undone)

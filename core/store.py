@@ -16,8 +16,10 @@ Layout (every key under the namespace prefix ``{ns}:``, see ``Keys``):
                        ``r:{run_id}`` a queued run's send guard (a retry's backoff; otherwise kept until the
                        run starts, see ``CHECK_SENT``),
                        ``p:{batch}`` finishes or undoes a batch of prepared fires (see ``PUBLISH``).
-- ``fire:{batch}:staged`` hash: run id → its Celery message, for fires prepared ahead of their due time.
+- ``fire:{batch}:staged`` hash: run id → its queue, for fires prepared ahead of their due time and not
+                       published yet (their messages wait in the scheduler).
 - ``fire:{batch}:fired``  list of "run_id queued_at [next_due]" of fires published and not yet committed.
+- ``fire:{batch}:pushed:{nonce}`` a mark that lives within one transaction that pushes a batch's messages.
 - ``events``, ``logs`` capped streams that front ends tail with XREAD BLOCK.
 - ``scheduler:lock``   the scheduler's lock; its value is the owner's token.
 - ``registered``       hash of worker name → JSON of the task names it registered and the queues it serves.
@@ -130,6 +132,10 @@ class Keys:
     def fire_staged(self, batch: str) -> str:
         """A batch of prepared fires' messages, by run id, until each is published (``PUBLISH``)."""
         return self._key("fire", batch, "staged")
+
+    def fire_mark(self, batch: str) -> str:
+        """Set by a transaction that pushes a batch's messages, and read by its ``PUBLISH`` (a fresh one each)."""
+        return self._key("fire", batch, "pushed", uuid.uuid4().hex[:12])
 
     def fire_fired(self, batch: str) -> str:
         """A batch's published fires whose bookkeeping (``COMMIT``) is still to do."""
@@ -244,6 +250,21 @@ class Prepared:
     batch: str
     wire: tuple[float | None, tuple[str, ...]] | None = None
     """How ``PUBLISH`` reads it, for that ``next_due`` (``Store._wire``)."""
+    packed: bytes = b""
+    """Its message as one argument of a Redis command (``Store.stage``), so the due instant only joins them."""
+
+
+@dataclass(eq=False)
+class Armed:
+    """Prepared fires whose transaction was opened ahead of their due time on a connection of its own
+    (``Store.arm``): MULTI, its mark and the LPUSH of their messages wait in Redis, so the due instant sends
+    only ``PUBLISH`` and EXEC, not a megabyte of messages per 1,000 fires."""
+
+    fires: list[Prepared]
+    connection: Any
+    mark: str
+    owed: int
+    """Replies Redis owes for what was sent ahead (MULTI's, the mark's and each LPUSH's)."""
 
 
 # KEYS[1] run hash, KEYS[2] events stream
@@ -562,28 +583,39 @@ end
 return claimed
 """
 
-# KEYS[1] due set, KEYS[2] scheduler lock, KEYS[3] the batch's staged messages, KEYS[4] its fired runs,
-# KEYS[5..] the queues' lists (kombu's keys)
+# KEYS[1] due set, KEYS[2] scheduler lock, KEYS[3] the batch's staged runs, KEYS[4] its fired runs, KEYS[5] the
+# transaction's mark (``Store.publish``: set, first thing, by the transaction that pushes the fires' messages),
+# KEYS[6..] the queues' lists (kombu's keys)
 # ARGV[1] the publisher's lock token, ARGV[2] queued_at (now), ARGV[3] '1' to hand every fire back,
 # ARGV[4] a JSON array of six arrays, one value per fire in each: its due member, the score its claim leased
-# it to, its due time, its run id, its queue's index among KEYS[5..] (1-based), its next due score ('' = a
-# one-shot: the entry goes), ARGV[5] the score of each published run's send guard (now + the lease).
-# The due instant of prepared fires: for each fire whose entry still holds its claim's lease (an edit, a
-# pause, a delete or another claim all change it) and whose message is still staged, pushes the message
-# onto its queue (as kombu's Redis transport does, so a worker takes it as any Celery message), moves
-# the entry to its next due time (or removes it), writes the run's send guard (``r:<run>``: its message
-# may still be lost by a worker that dies taking it, see ``CHECK_SENT``; the run was staged with its
-# ``sent_fence`` and ``sent_queue``) and appends the run to the batch's fired list for ``COMMIT`` — all at
-# once, so a fire's message is sent exactly when its entry moves on. A publisher that
-# lost the lock (frozen past it) hands the entries back at their due time for the holder to fire. A fire
-# not published keeps its staged message, which the batch's ``p:`` entry undoes later (its run is then
-# deleted). Returns a string of one character per fire: 1 published, 0 not.
+# it to, its due time, its run id, its queue's index among KEYS[6..] (1-based), its next due score as a
+# string ('' = a one-shot: the entry goes), ARGV[5] a value no message is, to mark those to take back.
+# The due instant of prepared fires. Their messages are pushed first, in the transaction this script ends
+# (per queue, in the fires' order, with one LPUSH), so that their bytes never pass through it; it keeps those
+# whose fires happen and takes back the rest before anyone can read the lists. Only if the transaction's mark
+# is there were they pushed: a script that ran without them takes nothing back. A fire happens if its entry
+# still holds its claim's lease (an edit, a pause, a delete or another claim all change it) and its run is
+# still staged (not published already: a group tried again after a lost answer). For each, the entry moves
+# to its next due time (or goes), the run leaves the staged hash and joins the batch's fired list for
+# ``COMMIT`` (which gives it its send guard) — all at once with its message, so a fire's message is sent
+# exactly when its entry moves on. A publisher that lost the lock (frozen past it) takes every message back
+# and hands the entries back at their due time for the holder to fire. A fire not published stays staged,
+# which the batch's ``p:`` entry undoes later (its run is then deleted). Returns a string of one character
+# per fire: 1 published, 0 not.
 PUBLISH = """
 local fires = cjson.decode(ARGV[4])
 local members, leases, dues, runs, queues, nexts = fires[1], fires[2], fires[3], fires[4], fires[5], fires[6]
 local n = #members
+local pushed, place = {}, {}
+if redis.call('DEL', KEYS[5]) == 1 then
+  for i = 1, n do
+    pushed[queues[i]] = (pushed[queues[i]] or 0) + 1
+    place[i] = pushed[queues[i]]
+  end
+end
 local published = {}
 if ARGV[3] == '1' or redis.call('GET', KEYS[2]) ~= ARGV[1] then
+  for q, count in pairs(pushed) do redis.call('LTRIM', KEYS[5 + q], count, -1) end
   for i = 1, n do
     local score = redis.call('ZSCORE', KEYS[1], members[i])
     if score and tonumber(score) == leases[i] then redis.call('ZADD', KEYS[1], dues[i], members[i]) end
@@ -592,43 +624,52 @@ if ARGV[3] == '1' or redis.call('GET', KEYS[2]) ~= ARGV[1] then
   return table.concat(published)
 end
 local scores = redis.call('ZMSCORE', KEYS[1], unpack(members))
-local bodies = redis.call('HMGET', KEYS[3], unpack(runs))
-local pushes, moves, drops, fired, sent, guards = {}, {}, {}, {}, {}, {}
+local staged = redis.call('HMGET', KEYS[3], unpack(runs))
+local moves, drops, fired, sent, taken = {}, {}, {}, {}, {}
 for i = 1, n do
-  if scores[i] and bodies[i] and tonumber(scores[i]) == leases[i] then
-    local list = pushes[queues[i]]
-    if not list then
-      list = {}
-      pushes[queues[i]] = list
-    end
-    list[#list + 1] = bodies[i]
+  if scores[i] and staged[i] and tonumber(scores[i]) == leases[i] then
     if nexts[i] == '' then
       drops[#drops + 1] = members[i]
       fired[#fired + 1] = runs[i] .. ' ' .. ARGV[2]
     else
-      local next_due = string.format('%.17g', nexts[i])
-      moves[#moves + 1] = next_due
+      moves[#moves + 1] = nexts[i]
       moves[#moves + 1] = members[i]
-      fired[#fired + 1] = runs[i] .. ' ' .. ARGV[2] .. ' ' .. next_due
+      fired[#fired + 1] = runs[i] .. ' ' .. ARGV[2] .. ' ' .. nexts[i]
     end
     sent[#sent + 1] = runs[i]
-    guards[#guards + 1] = ARGV[5]
-    guards[#guards + 1] = 'r:' .. runs[i]
     published[i] = '1'
   else
     published[i] = '0'
+    if place[i] then
+      local back = taken[queues[i]]
+      if not back then
+        back = {}
+        taken[queues[i]] = back
+      end
+      back[#back + 1] = place[i]
+    end
   end
 end
-for q, list in pairs(pushes) do redis.call('LPUSH', KEYS[4 + q], unpack(list)) end
+for q, back in pairs(taken) do
+  local count = pushed[q]
+  if #back == count then
+    redis.call('LTRIM', KEYS[5 + q], count, -1)
+  else
+    for _, at in ipairs(back) do redis.call('LSET', KEYS[5 + q], count - at, ARGV[5]) end
+    redis.call('LREM', KEYS[5 + q], #back, ARGV[5])
+  end
+end
 if #moves > 0 then redis.call('ZADD', KEYS[1], unpack(moves)) end
 if #drops > 0 then redis.call('ZREM', KEYS[1], unpack(drops)) end
 if #sent > 0 then
-  redis.call('ZADD', KEYS[1], unpack(guards))
   redis.call('RPUSH', KEYS[4], unpack(fired))
   redis.call('HDEL', KEYS[3], unpack(sent))
 end
 return table.concat(published)
 """
+
+UNPUBLISHED = "taskman: a message taken back"
+"""What ``PUBLISH`` overwrites a message it takes back with before removing it (no message is this)."""
 
 # KEYS[1] due set; ARGV[1] due member, ARGV[2] the score a claim leased it to, ARGV[3] its due time
 # Gives a claimed entry back at its due time if it still holds that claim's lease.
@@ -644,9 +685,13 @@ return 0
 # KEYS[1] the batch's fired list, KEYS[2] its staged messages, KEYS[3] due set, KEYS[4] events stream,
 # then per run three keys: its hash, its task's hash, its task's runs set
 # ARGV[1] the batch's due member (p:), ARGV[2] events maxlen, ARGV[3] history size kept per task,
-# ARGV[4..] the run ids expected at the head of the fired list, in order
+# ARGV[4] seconds from a run's queue time to its send guard, ARGV[5..] the run ids expected at the head of
+# the fired list, in order
 # The bookkeeping of published fires, after their messages left: each run at the head of the fired list
-# (while it is the one expected) gets its queue time, joins its task's history, becomes the task's latest
+# (while it is the one expected) gets its queue time, its send guard (``r:<run>``, due a lease after it was
+# queued, unless a worker has started it already or it has one: its message may still be lost by a worker
+# that dies taking it, see ``CHECK_SENT``; it was staged with its ``sent_fence`` and ``sent_queue``), joins
+# its task's history, becomes the task's latest
 # run (unless a later one is already: a retry of it, say) with the state and start it has now (a worker
 # may have started or finished it meanwhile), and its event; a one-shot task becomes done (unless an edit
 # gave it a new due time), a cron task shows its next due time (unless an edit or a pause moved it). A run
@@ -654,16 +699,19 @@ return 0
 # entry goes.
 # Returns how many runs left the list.
 COMMIT = """
-local head = redis.call('LRANGE', KEYS[1], 0, #ARGV - 4)
+local head = redis.call('LRANGE', KEYS[1], 0, #ARGV - 5)
 local done = 0
 for i = 1, #head do
   local run_id, queued_at, next_due = string.match(head[i], '^(%S+) (%S+) ?(.*)$')
-  if run_id ~= ARGV[3 + i] then break end
+  if run_id ~= ARGV[4 + i] then break end
   done = i
   local run, task, runs = KEYS[2 + i * 3], KEYS[3 + i * 3], KEYS[4 + i * 3]
   local f = redis.call('HMGET', run, 'task_id', 'scheduled_for', 'trigger', 'state', 'duration_ms', 'started_at')
   if f[1] and redis.call('EXISTS', task) == 1 then
     redis.call('HSET', run, 'queued_at', queued_at)
+    if f[4] == 'queued' then
+      redis.call('ZADD', KEYS[3], 'NX', tonumber(queued_at) + tonumber(ARGV[4]), 'r:' .. run_id)
+    end
     local last = redis.call('HGET', task, 'last_run_id')
     local newer = last and last ~= '' and last ~= run_id and
                   tonumber(redis.call('ZSCORE', runs, last) or '0') > tonumber(queued_at)
@@ -1205,26 +1253,101 @@ class Store:
             fields |= {"sent_fence": "0", "sent_queue": fire.queue}  # so it is, if published (``PUBLISH``)
             pipe.hset(self.keys.run(fire.run.id), mapping=fields)
             self._wire(fire)
-        pipe.hset(self.keys.fire_staged(batch), mapping={fire.run.id: fire.message for fire in fires})
+            fire.packed = resp_argument(fire.message)
+        pipe.hset(self.keys.fire_staged(batch), mapping={fire.run.id: fire.queue for fire in fires})
         pipe.zadd(self.keys.due, {due_member_for_batch(batch): recover_at})
         pipe.execute()
 
     def publish(self, fires: list[Prepared], now: float, *, token: str, hand_back: bool = False,
-                guard_at: float | None = None) -> list[bool]:
-        """Publish prepared fires of one batch that are due (see ``PUBLISH``): whether each was published, each
-        with its send guard due at ``guard_at`` (``now`` if not given). With ``hand_back`` (or if ``token`` no
-        longer holds the lock) their entries go back to their due times."""
+                armed: Armed | None = None) -> list[bool]:
+        """Publish prepared fires of one batch that are due (see ``PUBLISH``): whether each was published. With
+        ``hand_back`` (or if ``token`` no longer holds the lock) their entries go back to their due times.
+        ``armed``: their transaction, opened ahead (``arm``) for exactly these fires; it is used up either way."""
         if not fires:
             return []
         batch = fires[0].batch
         assert all(fire.batch == batch for fire in fires), "one batch per call"
+        assert armed is None or (armed.fires == fires and not hand_back), "an armed transaction publishes its fires"
         columns = zip(*(self._wire(fire) for fire in fires), strict=True)
         wire = "[" + ",".join("[" + ",".join(column) + "]" for column in columns) + "]"
+        mark = self.keys.fire_mark(batch) if armed is None else armed.mark
         keys = [self.keys.due, self.keys.scheduler_lock, self.keys.fire_staged(batch), self.keys.fire_fired(batch),
-                *(self.keys.celery_queue(queue) for queue in self._queues)]
-        answer = self._publish(keys=keys, args=[token, repr(now), "1" if hand_back else "0", wire,
-                                                repr(now if guard_at is None else guard_at)])
+                mark, *(self.keys.celery_queue(queue) for queue in self._queues)]
+        args = [token, repr(now), "1" if hand_back else "0", wire, UNPUBLISHED]
+        if hand_back:
+            answer = self._publish(keys=keys, args=args)
+        else:
+            answer = self._push_and_publish(fires, mark, keys, args, armed)
         return [flag == "1" for flag in answer]
+
+    def arm(self, fires: list[Prepared]) -> Armed:
+        """Open the transaction that will publish ``fires`` (one batch, due together) on a connection of its own:
+        MULTI, the mark, an LPUSH per queue of their messages; nothing runs until ``publish`` sends the rest.
+        Should the connection break meanwhile, Redis drops it all and ``publish`` raises."""
+        mark = self.keys.fire_mark(fires[0].batch)
+        pool = self.redis.connection_pool
+        connection = pool.get_connection()
+        try:
+            parts, owed = self._pushes(fires, mark)
+            connection.send_packed_command([b"".join(parts)], check_health=False)
+        except BaseException:
+            connection.disconnect()
+            pool.release(connection)
+            raise
+        return Armed(fires, connection, mark, owed)
+
+    def disarm(self, armed: Armed) -> None:
+        """Drop a transaction opened ahead: closing its connection makes Redis forget it."""
+        armed.connection.disconnect()
+        self.redis.connection_pool.release(armed.connection)
+
+    def _pushes(self, fires: list[Prepared], mark: str) -> tuple[list[bytes], int]:
+        """MULTI, the mark and an LPUSH per queue of the fires' messages, in their order, as Redis commands (joined
+        from each message packed ahead, ``Store.stage``: redis-py takes a millisecond per 1,000 to pack them);
+        and how many replies they earn."""
+        pushes: dict[str, list[bytes]] = {}
+        for fire in fires:
+            pushes.setdefault(fire.queue, []).append(fire.packed or resp_argument(fire.message))
+        key = mark.encode()
+        parts = [b"*1\r\n$5\r\nMULTI\r\n*5\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$1\r\n1\r\n$2\r\nPX\r\n$6\r\n600000\r\n"
+                 % (len(key), key)]  # (it lasts ten minutes should its script never run)
+        for queue, messages in pushes.items():
+            key = self.keys.celery_queue(queue).encode()
+            parts.append(b"*%d\r\n$5\r\nLPUSH\r\n$%d\r\n%s\r\n" % (len(messages) + 2, len(key), key))
+            parts.extend(messages)
+        return parts, 2 + len(pushes)
+
+    def _push_and_publish(self, fires: list[Prepared], mark: str, keys: list[str], args: list[str],
+                          armed: Armed | None) -> str:
+        """One transaction: MULTI, the mark, an LPUSH per queue of the fires' messages (sent ahead if ``armed``),
+        then ``PUBLISH``, which keeps the messages of the fires that happen and takes back the rest, and EXEC.
+        ``PUBLISH`` goes as EVAL, so a script cache flushed meanwhile cannot leave the pushes alone."""
+        pool = self.redis.connection_pool
+        if armed is None:
+            connection = pool.get_connection()
+            parts, owed = self._pushes(fires, mark)
+        else:
+            connection, parts, owed = armed.connection, [], armed.owed
+        try:
+            parts.extend(connection.pack_command("EVAL", PUBLISH, len(keys), *keys, *args))
+            parts.append(b"*1\r\n$4\r\nEXEC\r\n")
+            connection.send_packed_command([b"".join(parts)], check_health=False)  # one send: not a part at a time
+            for _ in range(owed + 1):  # MULTI's OK, then each command's QUEUED
+                connection.read_response()
+            answers = connection.read_response()
+        except BaseException:
+            connection.disconnect()  # what it still has to read belongs to no one; an open MULTI is dropped
+            raise
+        finally:
+            pool.release(connection)
+        flags = answers[-1]
+        if isinstance(flags, Exception):  # the pushes stand without their bookkeeping: take them back
+            pipe = self.redis.pipeline(transaction=True)
+            for fire in fires:
+                pipe.lrem(self.keys.celery_queue(fire.queue), 1, fire.message)
+            pipe.execute()
+            raise flags
+        return cast(str, flags)
 
     def _wire(self, fire: Prepared) -> tuple[str, ...]:
         """A prepared fire's six values as ``PUBLISH`` reads them, in JSON (made once: a burst's due instant only
@@ -1232,7 +1355,7 @@ class Store:
         if fire.wire is None or fire.wire[0] != fire.next_due:
             index = self._queues.setdefault(fire.queue, len(self._queues) + 1)
             values = (fire.member, fire.leased_to, fire.due_at, fire.run.id, index,
-                      "" if fire.next_due is None else fire.next_due)
+                      "" if fire.next_due is None else repr(fire.next_due))
             fire.wire = (fire.next_due, tuple(json.dumps(value) for value in values))
         return fire.wire[1]
 
@@ -1240,16 +1363,18 @@ class Store:
         """Give a claimed entry back at ``due_at`` if it still holds the lease to ``leased_to``."""
         return bool(self._hand_back(keys=[self.keys.due], args=[member, repr(leased_to), repr(due_at)]))
 
-    def commit(self, batch: str, runs: list[tuple[str, str]]) -> int:
-        """Record published fires of ``batch`` (``COMMIT``); ``runs``: (run id, task id) pairs, in the order
-        they were published. How many were (those before the first that is not next in the fired list)."""
+    def commit(self, batch: str, runs: list[tuple[str, str]], lease: float) -> int:
+        """Record published fires of ``batch`` (``COMMIT``), each with its send guard due ``lease`` seconds after
+        it was queued; ``runs``: (run id, task id) pairs, in the order they were published. How many were
+        (those before the first that is not next in the fired list)."""
         keys = [self.keys.fire_fired(batch), self.keys.fire_staged(batch), self.keys.due, self.keys.events]
         for run_id, task_id in runs:
             keys += [self.keys.run(run_id), self.keys.task(task_id), self.keys.task_runs(task_id)]
         return int(self._commit(keys=keys, args=[due_member_for_batch(batch), str(self.events_maxlen),
-                                                 str(self.history_per_task), *(run_id for run_id, _ in runs)]))
+                                                 str(self.history_per_task), repr(lease),
+                                                 *(run_id for run_id, _ in runs)]))
 
-    def finish_batch(self, batch: str, chunk: int = 250) -> tuple[int, int]:
+    def finish_batch(self, batch: str, lease: float, chunk: int = 250) -> tuple[int, int]:
         """Whatever a batch of prepared fires left (its ``p:`` entry came up: its scheduler died or lost the
         lock): commit its published fires, undo the ones never published. (committed, undone)."""
         entries = cast(list[str], self.redis.lrange(self.keys.fire_fired(batch), 0, -1))
@@ -1263,7 +1388,8 @@ class Store:
                 pipe.hget(self.keys.run(run_id), "task_id")
             owners = pipe.execute()
             committed += self.commit(batch, [(run_id, task_id or "-") for run_id, task_id in zip(ids, owners,
-                                                                                                  strict=True)])
+                                                                                                  strict=True)],
+                                     lease)
         for start in range(0, max(1, len(staged)), chunk):
             ids = staged[start:start + chunk]
             undone += int(self._discard(
@@ -1688,6 +1814,12 @@ class Batch:
             values.extend(pushed)
         return int(self.store._batch(keys=[self.store.keys.audit],
                                      args=[str(self.store.audit_retention), json.dumps(self.commands), *values]))
+
+
+def resp_argument(text: str) -> bytes:
+    """``text`` as one argument of a command in Redis's protocol."""
+    data = text.encode()
+    return b"$%d\r\n%s\r\n" % (len(data), data)
 
 
 def connect(url: str) -> redis.Redis:

@@ -18,7 +18,7 @@ import pytest
 
 from core.models import RunState, TaskState
 from core.scheduler import Scheduler
-from core.store import due_member_for_task
+from core.store import due_member_for_run, due_member_for_task
 from tests.core.test_scheduler import Clock
 
 
@@ -246,3 +246,163 @@ def test_a_burst_too_big_to_prepare_within_the_look_ahead_is_claimed_earlier(ser
         if not sched.held:
             break
     assert len(queued(service)) == 600 and leftovers(service) == []
+
+
+def test_messages_of_fires_that_do_not_happen_are_taken_back_before_anyone_reads_them(service):
+    """The due instant pushes every held fire's message and takes back, in the same transaction, those whose
+    fires do not happen: a worker blocked on the queue never sees one, and older messages keep their place."""
+    store = service.store
+    echoes = service.create_many([{"name": f"echo {i}", "task_name": "taskman.echo", "delay_seconds": 30}
+                                  for i in range(6)])
+    codes = service.create_many([{"name": f"code {i}", "function_code": "def main():\n    return 1\n",
+                                  "function_name": "main", "delay_seconds": 30} for i in range(3)])
+    code_queue, echo_queue = store.keys.celery_queue("code"), store.keys.celery_queue("registered")
+    store.redis.lpush(code_queue, "older 1", "older 2")  # sent before: they stay, in their order
+    due = max(task.next_run_at for task in echoes + codes)
+    clock = Clock(due - 1.0)
+    sched = Scheduler(store, service.dispatcher, clock=clock, lookahead=2.0)
+    sched.tick()
+    order = {fire.task.id: fire.run.id for fire in sched.held}
+    held = [fire.run.id for fire in sched.held]  # the order their messages are pushed in
+    assert len(order) == 9 and queued(service) == []
+    for task in (echoes[1], echoes[3], codes[0]):
+        service.pause(task.id)
+    service.delete(echoes[5].id)
+
+    taken: list[str] = []
+    worker = store.redis.connection_pool.make_connection()  # a worker blocked on the queue meanwhile
+
+    def listen() -> None:
+        worker.send_command("BRPOP", echo_queue, 5)
+        taken.append(worker.read_response()[1])
+
+    import threading
+
+    listener = threading.Thread(target=listen)
+    listener.start()
+    try:
+        until = time.monotonic() + 5
+        while not any(client.get("cmd") == "brpop" for client in store.redis.client_list()):
+            assert time.monotonic() < until, "the listener blocks"
+            time.sleep(0.01)
+        clock.now = due
+        sched.tick()
+        listener.join(10)
+    finally:
+        worker.disconnect()
+    happened = [fire_run for task, fire_run in order.items()
+                if task not in {echoes[1].id, echoes[3].id, echoes[5].id, codes[0].id}]
+    echo_runs = [run_id for run_id in held if run_id in happened and run_id in {order[task.id] for task in echoes}]
+    assert len(taken) == 1 and json.loads(taken[0])["headers"]["id"] == echo_runs[0], \
+        "the blocked worker gets the first fire that happened, not a message taken back"
+    rest = [message["headers"]["id"] for message in reversed(queued(service))]
+    assert rest == echo_runs[1:] and len(echo_runs) == 3
+    in_code = store.redis.lrange(code_queue, 0, -1)
+    assert in_code[2:] == ["older 2", "older 1"]
+    assert [json.loads(raw)["headers"]["id"] for raw in reversed(in_code[:2])] == \
+        [run_id for run_id in held if run_id in (order[codes[1].id], order[codes[2].id])]
+    for task in echoes[:5] + codes:  # (the last echo is deleted)
+        assert [run.id for run in service.runs(task.id)] == ([order[task.id]] if order[task.id] in happened else [])
+    clock.now = due + sched.lease + sched.lock_ttl + 5  # the batch's p: entry undoes the runs that never went
+    sched.tick()
+    assert all(store.get_run(order[task.id]) is None for task in (echoes[1], echoes[3], echoes[5], codes[0]))
+    assert leftovers(service) == []
+
+
+def test_a_group_published_again_after_its_answer_was_lost_sends_nothing_twice(service):
+    tasks = service.create_many([{"name": f"echo {i}", "task_name": "taskman.echo", "delay_seconds": 30}
+                                 for i in range(3)])
+    due = max(task.next_run_at for task in tasks)
+    clock = Clock(due - 1.0)
+    sched = Scheduler(service.store, service.dispatcher, clock=clock, lookahead=2.0)
+    sched.tick()
+    group = list(sched.held)
+    assert service.store.publish(group, due, token=sched.token) == [True] * 3
+    assert service.store.publish(group, due, token=sched.token) == [False] * 3, "its runs are no longer staged"
+    assert len(queued(service)) == 3 and len({message["headers"]["id"] for message in queued(service)}) == 3
+
+
+def test_a_published_run_gets_its_send_guard_when_recorded_unless_a_worker_started_it_first(service):
+    tasks = service.create_many([{"name": f"echo {i}", "task_name": "taskman.echo", "delay_seconds": 30}
+                                 for i in range(2)])
+    due = max(task.next_run_at for task in tasks)
+    clock = Clock(due - 1.0)
+    sched = Scheduler(service.store, service.dispatcher, clock=clock, lookahead=2.0)
+    sched.tick()
+    waiting, started = (fire.run.id for fire in sched.held)
+    commit = service.store.commit
+    service.store.commit = lambda *args, **kwargs: 0  # not recorded yet ...
+    clock.now = due
+    try:
+        sched.tick()
+    finally:
+        del service.store.commit
+    assert commit is not None
+    assert service.store.due_score(due_member_for_run(waiting)) is None, "... so no guard yet"
+    service.store.redis.hset(service.store.keys.run(started), "state", "running")  # a worker took it meanwhile
+    clock.now = due + sched.lease + sched.lock_ttl + 5  # the batch's p: entry records them
+    sched.tick()
+    assert service.store.due_score(due_member_for_run(waiting)) == pytest.approx(due + sched.lease)
+    assert service.store.due_score(due_member_for_run(started)) is None, "a started run needs no guard"
+
+
+def armed_burst(service, count: int = 150):
+    """``count`` delayed echoes due together (one ``create_many``: one due time), and a scheduler that has
+    prepared them a second before, with their transaction opened ahead."""
+    tasks = service.create_many([{"name": f"armed {i}", "task_name": "taskman.echo", "delay_seconds": 30}
+                                 for i in range(count)])
+    due = tasks[0].next_run_at
+    assert {task.next_run_at for task in tasks} == {due}
+    clock = Clock(due - 1.0)
+    sched = Scheduler(service.store, service.dispatcher, clock=clock, lookahead=2.0)
+    sched.tick()
+    assert len(sched.held) == count and len(sched.armed) == 1
+    return tasks, due, clock, sched
+
+
+def open_transactions(service) -> list[dict]:
+    return [client for client in service.store.redis.client_list() if client.get("multi", "-1") != "-1"]
+
+
+def test_a_burst_due_together_has_its_messages_in_redis_ahead_and_runs_them_at_the_due_instant(service):
+    tasks, due, clock, sched = armed_burst(service)
+    assert queued(service) == [] and len(open_transactions(service)) == 1, "sent ahead, not run"
+    service.pause(tasks[7].id)  # made while armed: its message is taken back
+    expected = [fire.run.id for fire in sched.held if fire.task.id != tasks[7].id]
+    clock.now = due
+    sched.tick()
+    assert not sched.armed and open_transactions(service) == []
+    assert [message["headers"]["id"] for message in reversed(queued(service))] == expected
+    assert all(len(service.runs(task.id)) == (0 if task is tasks[7] else 1) for task in tasks)
+    clock.now = due + 600
+    sched.tick()
+    assert len(queued(service)) == 149 and leftovers(service) == []
+
+
+def test_a_transaction_opened_ahead_whose_connection_broke_is_published_the_plain_way(service):
+    tasks, due, clock, sched = armed_burst(service)
+    [transaction] = open_transactions(service)
+    service.store.redis.client_kill_filter(_id=transaction["id"])
+    clock.now = due
+    sched.tick()  # the armed publish raises (the connection is gone): an outage of a moment, the fires kept
+    assert sched.outage_since is not None
+    assert not sched.armed and len(sched.held) == 150 and queued(service) == []
+    sched.tick()
+    assert len(queued(service)) == 150 and all(len(service.runs(task.id)) == 1 for task in tasks)
+    assert leftovers(service) == []
+
+
+def test_a_scheduler_frozen_past_its_lock_with_a_transaction_open_publishes_nothing(service):
+    tasks, due, clock, frozen = armed_burst(service)
+    frozen.lock_ttl = 0.3
+    service.store.redis.pexpire(service.store.keys.scheduler_lock, 300)
+    time.sleep(0.5)  # frozen past its lock
+    standby = Scheduler(service.store, service.dispatcher, clock=clock, lock_ttl=0.3)
+    standby.tick()
+    assert standby.is_leader
+    clock.now = due
+    frozen.tick()
+    assert queued(service) == [] and not frozen.armed and not frozen.held and open_transactions(service) == []
+    assert all(service.store.due_score(due_member_for_task(task.id)) == due for task in tasks), "handed back"
+    standby.tick()
+    assert len(queued(service)) == 150 and all(len(service.runs(task.id)) == 1 for task in tasks)
