@@ -293,3 +293,25 @@ def test_events_stream_tells_each_state_change_of_a_run(stack):
     assert [event["type"] for event in mine] == ["run.started", "run.succeeded"]
     assert all(event["task_id"] == task.id for event in mine)
     assert any(event["type"] == "task.created" and event["task_id"] == task.id for event in events)
+
+
+def test_a_burst_due_together_runs_each_fire_once_through_the_real_scheduler_and_workers(stack):
+    """120 delayed tasks due at the same instant: the scheduler prepares them ahead and opens their transaction
+    before they are due; one paused meanwhile does not run, every other runs once."""
+    tasks = stack.create_many([{"name": f"together {i}", "task_name": "taskman.echo", "kwargs": {"i": i},
+                                "delay_seconds": 3} for i in range(120)])
+    due = tasks[0].next_run_at
+    assert {task.next_run_at for task in tasks} == {due}
+    time.sleep(max(0.0, due - 1.0 - time.time()))
+    stack.pause(tasks[5].id)
+    ran = [task for task in tasks if task is not tasks[5]]
+    wait_for(lambda: all(stack.get(task.id, runs=1).last_run_state == "succeeded" for task in ran), timeout=30,
+             message="every fire to run")
+    time.sleep(1.0)  # anything sent twice would have run by now
+    for i, task in enumerate(tasks):
+        if task is tasks[5]:
+            assert stack.runs(task.id) == [], "paused while held: it does not fire"
+            continue
+        [run] = stack.runs(task.id)
+        assert run.state is RunState.SUCCEEDED and run.scheduled_for == due
+        assert run.result == {"args": [], "kwargs": {"i": i}}
