@@ -309,13 +309,22 @@ def test_messages_of_fires_that_do_not_happen_are_taken_back_before_anyone_reads
     assert leftovers(service) == []
 
 
-def test_a_group_published_again_after_its_answer_was_lost_sends_nothing_twice(service):
+def prepared_echoes(service, count: int):
+    """``count`` delayed echoes due together (one ``create_many``: one due time), and a scheduler that has
+    prepared them a second before."""
     tasks = service.create_many([{"name": f"echo {i}", "task_name": "taskman.echo", "delay_seconds": 30}
-                                 for i in range(3)])
-    due = max(task.next_run_at for task in tasks)
+                                 for i in range(count)])
+    due = tasks[0].next_run_at
+    assert {task.next_run_at for task in tasks} == {due}
     clock = Clock(due - 1.0)
     sched = Scheduler(service.store, service.dispatcher, clock=clock, lookahead=2.0)
     sched.tick()
+    assert len(sched.held) == count
+    return tasks, due, clock, sched
+
+
+def test_a_group_published_again_after_its_answer_was_lost_sends_nothing_twice(service):
+    _, due, _, sched = prepared_echoes(service, 3)
     group = list(sched.held)
     assert service.store.publish(group, due, token=sched.token) == [True] * 3
     assert service.store.publish(group, due, token=sched.token) == [False] * 3, "its runs are no longer staged"
@@ -323,12 +332,7 @@ def test_a_group_published_again_after_its_answer_was_lost_sends_nothing_twice(s
 
 
 def test_a_published_run_gets_its_send_guard_when_recorded_unless_a_worker_started_it_first(service):
-    tasks = service.create_many([{"name": f"echo {i}", "task_name": "taskman.echo", "delay_seconds": 30}
-                                 for i in range(2)])
-    due = max(task.next_run_at for task in tasks)
-    clock = Clock(due - 1.0)
-    sched = Scheduler(service.store, service.dispatcher, clock=clock, lookahead=2.0)
-    sched.tick()
+    _, due, clock, sched = prepared_echoes(service, 2)
     waiting, started = (fire.run.id for fire in sched.held)
     commit = service.store.commit
     service.store.commit = lambda *args, **kwargs: 0  # not recorded yet ...
@@ -347,16 +351,9 @@ def test_a_published_run_gets_its_send_guard_when_recorded_unless_a_worker_start
 
 
 def armed_burst(service, count: int = 150):
-    """``count`` delayed echoes due together (one ``create_many``: one due time), and a scheduler that has
-    prepared them a second before, with their transaction opened ahead."""
-    tasks = service.create_many([{"name": f"armed {i}", "task_name": "taskman.echo", "delay_seconds": 30}
-                                 for i in range(count)])
-    due = tasks[0].next_run_at
-    assert {task.next_run_at for task in tasks} == {due}
-    clock = Clock(due - 1.0)
-    sched = Scheduler(service.store, service.dispatcher, clock=clock, lookahead=2.0)
-    sched.tick()
-    assert len(sched.held) == count and len(sched.armed) == 1
+    """:func:`prepared_echoes`, enough of them that their transaction was opened ahead."""
+    tasks, due, clock, sched = prepared_echoes(service, count)
+    assert len(sched.armed) == 1
     return tasks, due, clock, sched
 
 
