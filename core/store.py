@@ -1265,15 +1265,20 @@ class Store:
         ``armed``: their transaction, opened ahead (``arm``) for exactly these fires; it is used up either way."""
         if not fires:
             return []
-        batch = fires[0].batch
-        assert all(fire.batch == batch for fire in fires), "one batch per call"
-        assert armed is None or (armed.fires == fires and not hand_back), "an armed transaction publishes its fires"
-        columns = zip(*(self._wire(fire) for fire in fires), strict=True)
-        wire = "[" + ",".join("[" + ",".join(column) + "]" for column in columns) + "]"
-        mark = self.keys.fire_mark(batch) if armed is None else armed.mark
-        keys = [self.keys.due, self.keys.scheduler_lock, self.keys.fire_staged(batch), self.keys.fire_fired(batch),
-                mark, *(self.keys.celery_queue(queue) for queue in self._queues)]
-        args = [token, repr(now), "1" if hand_back else "0", wire, UNPUBLISHED]
+        try:
+            batch = fires[0].batch
+            assert all(fire.batch == batch for fire in fires), "one batch per call"
+            assert armed is None or (armed.fires == fires and not hand_back), "an armed transaction publishes its fires"
+            columns = zip(*(self._wire(fire) for fire in fires), strict=True)
+            wire = "[" + ",".join("[" + ",".join(column) + "]" for column in columns) + "]"
+            mark = self.keys.fire_mark(batch) if armed is None else armed.mark
+            keys = [self.keys.due, self.keys.scheduler_lock, self.keys.fire_staged(batch),
+                    self.keys.fire_fired(batch), mark, *(self.keys.celery_queue(queue) for queue in self._queues)]
+            args = [token, repr(now), "1" if hand_back else "0", wire, UNPUBLISHED]
+        except BaseException:
+            if armed is not None:
+                self.disarm(armed)
+            raise
         if hand_back:
             answer = self._publish(keys=keys, args=args)
         else:
@@ -1324,8 +1329,8 @@ class Store:
         ``PUBLISH`` goes as EVAL, so a script cache flushed meanwhile cannot leave the pushes alone."""
         pool = self.redis.connection_pool
         if armed is None:
-            connection = pool.get_connection()
             parts, owed = self._pushes(fires, mark)
+            connection = pool.get_connection()
         else:
             connection, parts, owed = armed.connection, [], armed.owed
         try:
