@@ -19,8 +19,8 @@ Starts a private redis-server on 127.0.0.1 (a free port, never 6379; no persiste
    100,000 delayed tasks, and a scheduler ticking in real time in this process (it prepares the fires
    within its look-ahead before they are due and publishes them at the due time). Lateness per run as the
    scheduler records it (``run.queued_at - run.scheduled_for``: when its tick began to publish it, which
-   is also its lag metric) and as the broker sees it (when the ``PUBLISH`` script that pushed its message
-   returned, or the dispatcher's send), p50/p99/max, and how long until all 5,000 messages are in the
+   is also its lag metric) and as the broker sees it (when the transaction that pushed its message and ran
+   ``PUBLISH`` returned, or the dispatcher's send), p50/p99/max, and how long until all 5,000 messages are in the
    queue. A burst of 50 measured the same way just before is the baseline (after a burst of 5, not
    counted, has built the Celery app and the broker connection). ``--bursts N`` measures the big burst N
    times and reports the one with the median p99 (every p99 printed). ``--profile-burst FILE`` writes a
@@ -202,8 +202,8 @@ class TimedDispatcher:
 
 
 def timed_publish(store, sent: dict[str, float]) -> None:
-    """Note when each run the scheduler's ``PUBLISH`` script pushed onto its queue was there (the look-ahead
-    path sends no message through the dispatcher)."""
+    """Note when each run whose message the scheduler's publishing transaction pushed onto its queue was there
+    (the look-ahead path sends no message through the dispatcher)."""
     publish = store.publish
 
     def timed(fires, now, **kwargs):
