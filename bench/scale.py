@@ -15,7 +15,8 @@ Starts a private redis-server on 127.0.0.1 (a free port, never 6379; no persiste
    to before anything was created, so every tick stays idle (real time would turn the next ``*/5``
    boundary into a 25,000-fire burst); the Redis work of a tick does not depend on the clock.
 3. **A burst**: 5,000 delayed tasks (registered ``taskman.echo``, so their messages wait in the
-   ``registered`` queue no worker here serves) made due in the same second, in the namespace holding the
+   ``registered`` queue no worker here serves) made due at the same instant (as 5,000 cron schedules with
+   one expression are: their entries are set to it after they are created), in the namespace holding the
    100,000 delayed tasks, and a scheduler ticking in real time in this process (it prepares the fires
    within its look-ahead before they are due and publishes them at the due time). Lateness per run as the
    scheduler records it (``run.queued_at - run.scheduled_for``: when its tick began to publish it, which
@@ -221,6 +222,7 @@ def burst(service, count: int, lead: float, timeout: float, profile: Path | None
     """``count`` delayed runs due together about ``lead`` s from now; a scheduler ticking in real time here.
     With ``profile``, the ticks from the due time on run under cProfile, written there."""
     from core.scheduler import Scheduler
+    from core.store import due_member_for_task
 
     store, settings = service.store, service.settings
     queue = store.keys.celery_queue("registered")
@@ -233,6 +235,12 @@ def burst(service, count: int, lead: float, timeout: float, profile: Path | None
         tasks += service.create_many([{"name": f"burst{count}-{start + i}", "task_name": "taskman.echo",
                                        "delay_seconds": delay} for i in range(size)])
     created_with = due_at - time.time()
+    # Each batch's delay is counted from its own creation: make every entry due at the same instant, as a
+    # burst of cron schedules with the same expression is.
+    pipe = store.redis.pipeline(transaction=False)
+    for task in tasks:
+        pipe.zadd(store.keys.due, {due_member_for_task(task.id): due_at}, xx=True)
+    pipe.execute()
     dispatcher = TimedDispatcher(service.dispatcher)
     timed_publish(store, dispatcher.sent)
     sched = Scheduler(store, dispatcher, interval=settings.scheduler_interval,  # type: ignore[arg-type]

@@ -35,6 +35,7 @@ the run starts), so a run whose message was never sent, or was lost after it was
 
 from __future__ import annotations
 
+import bisect
 import gc
 import logging
 import time
@@ -388,9 +389,7 @@ class Scheduler:
         gc.disable()  # a full collection of a burst's objects takes tens of milliseconds: not at the due instant
         try:
             while self.held and self.held[0].due_at <= clock:  # again for those that fell due meanwhile
-                count = 0
-                while count < len(self.held) and self.held[count].due_at <= clock:
-                    count += 1
+                count = bisect.bisect_right(self.held, clock, key=_due_at)
                 due, self.held = self.held[:count], self.held[count:]
                 self._publish_groups(self._groups(due, clock), now, lags, published)
                 clock = self.clock() if now is None else now
@@ -404,41 +403,41 @@ class Scheduler:
 
     def _publish_groups(self, groups: list[tuple[list[Prepared], Armed | None]], now: float | None,
                         lags: list[float], published: list[list[Prepared]]) -> None:
-        """Publish each group (``now``: the tick's given clock, else this scheduler's); what each published goes
-        to ``published``."""
-        done = 0
+        """Publish each group (``now``: the tick's given clock, else this scheduler's), one right after the other;
+        then note what each published in ``published`` and their lateness in ``lags``."""
+        done: list[tuple[list[Prepared], list[bool], float]] = []
         try:
             for group, armed in groups:
                 at = self.clock() if now is None else now
                 for fire in group:  # a fire published past its next slot (the clock jumped) skips to after now
                     if fire.next_due is not None and fire.next_due <= at:
                         fire.next_due = self._next_due(fire.task, at)
-                flags = self.store.publish(group, at, token=self.token, armed=armed)
-                done += 1
-                self.last_lag = max(0.0, at - group[-1].due_at)
-                lags.extend(max(0.0, at - fire.due_at) for fire, sent in zip(group, flags, strict=True) if sent)
-                published.append([fire for fire, sent in zip(group, flags, strict=True) if sent])
+                done.append((group, self.store.publish(group, at, token=self.token, armed=armed), at))
         except BaseException:
             # The group that raised may or may not have been published: tried again next tick (a fire already
             # published is not published twice: its message is no longer staged), as are the groups after it,
             # without their transactions opened ahead (the one that raised is used up).
-            self.held[:0] = [fire for group, _ in groups[done:] for fire in group]
-            self._disarm([armed for _, armed in groups[done + 1:] if armed is not None])
+            back = [fire for group, _ in groups[len(done):] for fire in group]
+            self._disarm([armed for _, armed in groups[len(done) + 1:] if armed is not None])
+            for fire in back:
+                fire.armed = False
+            self.held[:0] = back
             raise
+        finally:
+            for group, flags, at in done:
+                self.last_lag = max(0.0, at - group[-1].due_at)
+                lags.extend(max(0.0, at - fire.due_at) for fire, sent in zip(group, flags, strict=True) if sent)
+                published.append([fire for fire, sent in zip(group, flags, strict=True) if sent])
 
     def _groups(self, due: list[Prepared], clock: float) -> list[tuple[list[Prepared], Armed | None]]:
         """The due fires in groups to publish, in due order: each armed transaction that fell due with its
         own fires, the rest by batch."""
         ready = [armed for armed in self.armed if armed.fires[0].due_at <= clock]
+        if not ready:
+            return [(group, None) for group in _by_batch(due, PUBLISH_BATCH)]
         self.armed = [armed for armed in self.armed if armed.fires[0].due_at > clock]
-        waiting = {id(fire) for fire in due}
-        stale = [armed for armed in ready if not all(id(fire) in waiting for fire in armed.fires)]
-        self._disarm(stale)  # (never expected: an armed fire is held until published or handed back)
-        ready = [armed for armed in ready if armed not in stale]
-        taken = {id(fire) for armed in ready for fire in armed.fires}
         groups: list[tuple[list[Prepared], Armed | None]] = [(armed.fires, armed) for armed in ready]
-        groups += [(group, None) for group in _by_batch([fire for fire in due if id(fire) not in taken],
-                                                        PUBLISH_BATCH)]
+        groups += [(group, None) for group in _by_batch([fire for fire in due if not fire.armed], PUBLISH_BATCH)]
         groups.sort(key=lambda group: group[0][0].due_at)
         return groups
 
@@ -675,6 +674,10 @@ class Scheduler:
         if self.is_leader:
             self.store.release_lock(self.token)
             self.is_leader = False
+
+
+def _due_at(fire: Prepared) -> float:
+    return fire.due_at
 
 
 def _by_batch(fires: list[Prepared], size: int) -> list[list[Prepared]]:

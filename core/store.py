@@ -252,6 +252,8 @@ class Prepared:
     """How ``PUBLISH`` reads it, for that ``next_due`` (``Store._wire``)."""
     packed: bytes = b""
     """Its message as one argument of a Redis command (``Store.stage``), so the due instant only joins them."""
+    armed: bool = False
+    """Whether its transaction is open ahead (``Store.arm``): it is published with it, never apart."""
 
 
 @dataclass(eq=False)
@@ -265,6 +267,9 @@ class Armed:
     mark: str
     owed: int
     """Replies Redis owes for what was sent ahead (MULTI's, the mark's and each LPUSH's)."""
+    wire: str
+    """The fires as ``PUBLISH`` reads them, joined ahead too (``Store.publish`` joins them again should a
+    fire's next due time change meanwhile)."""
 
 
 # KEYS[1] run hash, KEYS[2] events stream
@@ -1269,8 +1274,10 @@ class Store:
             batch = fires[0].batch
             assert all(fire.batch == batch for fire in fires), "one batch per call"
             assert armed is None or (armed.fires == fires and not hand_back), "an armed transaction publishes its fires"
-            columns = zip(*(self._wire(fire) for fire in fires), strict=True)
-            wire = "[" + ",".join("[" + ",".join(column) + "]" for column in columns) + "]"
+            if armed is not None and all(fire.wire is not None and fire.wire[0] == fire.next_due for fire in fires):
+                wire = armed.wire
+            else:
+                wire = self._joined_wire(fires)
             mark = self.keys.fire_mark(batch) if armed is None else armed.mark
             keys = [self.keys.due, self.keys.scheduler_lock, self.keys.fire_staged(batch),
                     self.keys.fire_fired(batch), mark, *(self.keys.celery_queue(queue) for queue in self._queues)]
@@ -1284,6 +1291,11 @@ class Store:
         else:
             answer = self._push_and_publish(fires, mark, keys, args, armed)
         return [flag == "1" for flag in answer]
+
+    def _joined_wire(self, fires: list[Prepared]) -> str:
+        """``PUBLISH``'s ARGV[4] for ``fires``: six JSON arrays, one value per fire in each."""
+        columns = zip(*(self._wire(fire) for fire in fires), strict=True)
+        return "[" + ",".join("[" + ",".join(column) + "]" for column in columns) + "]"
 
     def arm(self, fires: list[Prepared]) -> Armed:
         """Open the transaction that will publish ``fires`` (one batch, due together) on a connection of its own:
@@ -1299,10 +1311,15 @@ class Store:
             connection.disconnect()
             pool.release(connection)
             raise
-        return Armed(fires, connection, mark, owed)
+        for fire in fires:
+            fire.armed = True
+        return Armed(fires, connection, mark, owed, self._joined_wire(fires))
 
     def disarm(self, armed: Armed) -> None:
-        """Drop a transaction opened ahead: closing its connection makes Redis forget it."""
+        """Drop a transaction opened ahead: closing its connection makes Redis forget it; its fires are then
+        published the plain way."""
+        for fire in armed.fires:
+            fire.armed = False
         armed.connection.disconnect()
         self.redis.connection_pool.release(armed.connection)
 
@@ -1342,6 +1359,8 @@ class Store:
             answers = connection.read_response()
         except BaseException:
             connection.disconnect()  # what it still has to read belongs to no one; an open MULTI is dropped
+            for fire in fires:
+                fire.armed = False  # tried again, it goes the plain way
             raise
         finally:
             pool.release(connection)
