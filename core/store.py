@@ -594,7 +594,8 @@ return claimed
 # ARGV[1] the publisher's lock token, ARGV[2] queued_at (now), ARGV[3] '1' to hand every fire back,
 # ARGV[4] a JSON array of six arrays, one value per fire in each: its due member, the score its claim leased
 # it to, its due time, its run id, its queue's index among KEYS[6..] (1-based), its next due score as a
-# string ('' = a one-shot: the entry goes), ARGV[5] a value no message is, to mark those to take back.
+# string ('' = a one-shot: the entry goes); but for the last five, one value instead of an array if it is
+# every fire's (a burst's fires share most); ARGV[5] a value no message is, to mark those to take back.
 # The due instant of prepared fires. Their messages are pushed first, in the transaction this script ends
 # (per queue, in the fires' order, with one LPUSH), so that their bytes never pass through it; it keeps those
 # whose fires happen and takes back the rest before anyone can read the lists. Only if the transaction's mark
@@ -609,8 +610,15 @@ return claimed
 # per fire: 1 published, 0 not.
 PUBLISH = """
 local fires = cjson.decode(ARGV[4])
+local n = #fires[1]
+for c = 2, 6 do
+  if type(fires[c]) ~= 'table' then
+    local same = fires[c]
+    fires[c] = {}
+    for i = 1, n do fires[c][i] = same end
+  end
+end
 local members, leases, dues, runs, queues, nexts = fires[1], fires[2], fires[3], fires[4], fires[5], fires[6]
-local n = #members
 local pushed, place = {}, {}
 if redis.call('DEL', KEYS[5]) == 1 then
   for i = 1, n do
@@ -1293,9 +1301,11 @@ class Store:
         return [flag == "1" for flag in answer]
 
     def _joined_wire(self, fires: list[Prepared]) -> str:
-        """``PUBLISH``'s ARGV[4] for ``fires``: six JSON arrays, one value per fire in each."""
-        columns = zip(*(self._wire(fire) for fire in fires), strict=True)
-        return "[" + ",".join("[" + ",".join(column) + "]" for column in columns) + "]"
+        """``PUBLISH``'s ARGV[4] for ``fires``: six JSON arrays, one value per fire in each (after the first,
+        the one value itself if every fire has it)."""
+        columns = list(zip(*(self._wire(fire) for fire in fires), strict=True))
+        return "[" + ",".join(column[0] if index and len(set(column)) == 1 else "[" + ",".join(column) + "]"
+                              for index, column in enumerate(columns)) + "]"
 
     def arm(self, fires: list[Prepared]) -> Armed:
         """Open the transaction that will publish ``fires`` (one batch, due together) on a connection of its own:
