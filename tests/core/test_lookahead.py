@@ -403,3 +403,11 @@ def test_a_scheduler_frozen_past_its_lock_with_a_transaction_open_publishes_noth
     assert all(service.store.due_score(due_member_for_task(task.id)) == due for task in tasks), "handed back"
     standby.tick()
     assert len(queued(service)) == 150 and all(len(service.runs(task.id)) == 1 for task in tasks)
+
+
+def test_a_scheduler_closed_with_a_transaction_open_drops_it_and_hands_its_fires_back(service):
+    tasks, due, _, sched = armed_burst(service)
+    sched.close()
+    assert open_transactions(service) == [] and not sched.armed and not sched.held
+    assert queued(service) == [], "nothing was published"
+    assert all(service.store.due_score(due_member_for_task(task.id)) == due for task in tasks)
