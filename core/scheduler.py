@@ -416,9 +416,9 @@ class Scheduler:
         except BaseException:
             # The group that raised may or may not have been published: tried again next tick (a fire already
             # published is not published twice: its message is no longer staged), as are the groups after it,
-            # without their transactions opened ahead (the one that raised is used up).
+            # without their transactions opened ahead (dropped here unless ``publish`` had used one up already).
             back = [fire for group, _ in groups[len(done):] for fire in group]
-            self._disarm([armed for _, armed in groups[len(done) + 1:] if armed is not None])
+            self._disarm([armed for _, armed in groups[len(done):] if armed is not None])
             for fire in back:
                 fire.armed = False
             self.held[:0] = back

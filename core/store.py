@@ -270,6 +270,9 @@ class Armed:
     wire: str
     """The fires as ``PUBLISH`` reads them, joined ahead too (``Store.publish`` joins them again should a
     fire's next due time change meanwhile)."""
+    used: bool = False
+    """Whether ``Store.publish`` or ``Store.disarm`` has taken it (it is used once; ``disarm`` then does
+    nothing)."""
 
 
 # KEYS[1] run hash, KEYS[2] events stream
@@ -681,6 +684,14 @@ end
 return table.concat(published)
 """
 
+# KEYS[1] a publish's mark (``Store.fire_mark``), KEYS[2..] per message its queue; ARGV[1..] the messages
+# Takes back a failed publish's pushes if its script never began (the mark stands): 1 if it took them back.
+TAKE_BACK = """
+if redis.call('DEL', KEYS[1]) == 0 then return 0 end
+for i = 2, #KEYS do redis.call('LREM', KEYS[i], 1, ARGV[i - 1]) end
+return 1
+"""
+
 UNPUBLISHED = "taskman: a message taken back"
 """What ``PUBLISH`` overwrites a message it takes back with before removing it (no message is this)."""
 
@@ -1027,6 +1038,7 @@ class Store:
         self._commit = client.register_script(COMMIT)
         self._discard = client.register_script(DISCARD)
         self._hand_back = client.register_script(HAND_BACK)
+        self._take_back = client.register_script(TAKE_BACK)
         self._batch = client.register_script(BATCH)
         self._read_hashes = client.register_script(READ_HASHES)
         self._queues: dict[str, int] = {}
@@ -1281,7 +1293,8 @@ class Store:
         try:
             batch = fires[0].batch
             assert all(fire.batch == batch for fire in fires), "one batch per call"
-            assert armed is None or (armed.fires == fires and not hand_back), "an armed transaction publishes its fires"
+            assert armed is None or (armed.fires == fires and not hand_back and not armed.used), \
+                "an armed transaction publishes its fires, once"
             if armed is not None and all(fire.wire is not None and fire.wire[0] == fire.next_due for fire in fires):
                 wire = armed.wire
             else:
@@ -1297,6 +1310,8 @@ class Store:
         if hand_back:
             answer = self._publish(keys=keys, args=args)
         else:
+            if armed is not None:
+                armed.used = True
             answer = self._push_and_publish(fires, mark, keys, args, armed)
         return [flag == "1" for flag in answer]
 
@@ -1316,6 +1331,7 @@ class Store:
         connection = pool.get_connection()
         try:
             parts, owed = self._pushes(fires, mark)
+            armed = Armed(fires, connection, mark, owed, self._joined_wire(fires))
             connection.send_packed_command([b"".join(parts)], check_health=False)
         except BaseException:
             connection.disconnect()
@@ -1323,11 +1339,14 @@ class Store:
             raise
         for fire in fires:
             fire.armed = True
-        return Armed(fires, connection, mark, owed, self._joined_wire(fires))
+        return armed
 
     def disarm(self, armed: Armed) -> None:
-        """Drop a transaction opened ahead: closing its connection makes Redis forget it; its fires are then
-        published the plain way."""
+        """Drop a transaction opened ahead, unless already used: closing its connection makes Redis forget it;
+        its fires are then published the plain way."""
+        if armed.used:
+            return
+        armed.used = True
         for fire in armed.fires:
             fire.armed = False
         armed.connection.disconnect()
@@ -1361,6 +1380,10 @@ class Store:
         else:
             connection, parts, owed = armed.connection, [], armed.owed
         try:
+            if armed is not None and connection._sock is None:
+                # closed meanwhile (its pool was reset): sent now, redis-py would reconnect and run the script
+                # and EXEC outside any transaction, the pushes never made
+                raise redis.ConnectionError("the transaction opened ahead was closed before its fires fell due")
             parts.extend(connection.pack_command("EVAL", PUBLISH, len(keys), *keys, *args))
             parts.append(b"*1\r\n$4\r\nEXEC\r\n")
             connection.send_packed_command([b"".join(parts)], check_health=False)  # one send: not a part at a time
@@ -1375,11 +1398,13 @@ class Store:
         finally:
             pool.release(connection)
         flags = answers[-1]
-        if isinstance(flags, Exception):  # the pushes stand without their bookkeeping: take them back
-            pipe = self.redis.pipeline(transaction=True)
-            for fire in fires:
-                pipe.lrem(self.keys.celery_queue(fire.queue), 1, fire.message)
-            pipe.execute()
+        if isinstance(flags, Exception):
+            # The script failed. If before it began (its mark stands), the pushes stand without their bookkeeping:
+            # take them back. Otherwise (a fault in the script itself) leave what it did: its batch's entry
+            # recovers the fires it left.
+            queues = [self.keys.celery_queue(fire.queue) for fire in fires]
+            if not self._take_back(keys=[mark, *queues], args=[fire.message for fire in fires]):
+                flags.add_note(f"PUBLISH failed partway through batch {fires[0].batch}; its entry recovers the rest")
             raise flags
         return cast(str, flags)
 

@@ -15,6 +15,7 @@ import time
 import uuid
 
 import pytest
+import redis
 
 from core.models import RunState, TaskState
 from core.scheduler import Scheduler
@@ -411,3 +412,52 @@ def test_a_scheduler_closed_with_a_transaction_open_drops_it_and_hands_its_fires
     assert open_transactions(service) == [] and not sched.armed and not sched.held
     assert queued(service) == [], "nothing was published"
     assert all(service.store.due_score(due_member_for_task(task.id)) == due for task in tasks)
+
+
+def test_a_group_that_fails_before_it_is_published_drops_its_transaction_and_goes_again_next_tick(service):
+    tasks, due, clock, sched = armed_burst(service)
+    publish = service.store.publish
+
+    def fails_first(*args, **kwargs):
+        del service.store.publish
+        raise RuntimeError("failed before publishing")
+
+    service.store.publish = fails_first
+    clock.now = due
+    with pytest.raises(RuntimeError, match="before publishing"):
+        sched.tick()
+    assert service.store.publish == publish
+    assert open_transactions(service) == [] and not sched.armed, "its transaction is not left open"
+    assert len(sched.held) == 150 and queued(service) == []
+    sched.tick()
+    assert len(queued(service)) == 150 and all(len(service.runs(task.id)) == 1 for task in tasks)
+    assert leftovers(service) == []
+
+
+def test_a_transaction_opened_ahead_closed_on_this_side_sends_nothing_outside_it(service):
+    tasks, due, clock, sched = armed_burst(service)
+    sched.armed[0].connection.disconnect()  # as a reset of its pool does; redis-py would reconnect on a send
+    clock.now = due
+    sched.tick()
+    assert sched.outage_since is not None, "an outage of a moment"
+    assert queued(service) == [] and len(sched.held) == 150
+    assert all(service.store.due_score(due_member_for_task(task.id)) != due for task in tasks), "still claimed"
+    sched.tick()
+    assert len(queued(service)) == 150 and all(len(service.runs(task.id)) == 1 for task in tasks)
+    assert leftovers(service) == []
+
+
+def test_a_publish_whose_script_fails_takes_its_pushes_back_and_goes_again_next_tick(service):
+    tasks, due, clock, sched = prepared_echoes(service, 3)
+    service.store._joined_wire = lambda fires: "not JSON"  # PUBLISH fails before it begins
+    clock.now = due
+    try:
+        with pytest.raises(redis.ResponseError, match="invalid token"):
+            sched.tick()
+    finally:
+        del service.store._joined_wire
+    assert queued(service) == [], "the pushes were taken back"
+    assert len(sched.held) == 3 and all(service.runs(task.id) == [] for task in tasks)
+    sched.tick()
+    assert len(queued(service)) == 3 and all(len(service.runs(task.id)) == 1 for task in tasks)
+    assert leftovers(service) == []
