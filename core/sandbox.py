@@ -94,11 +94,6 @@ try:  # pragma: no cover - depends on the platform
 except ImportError:  # pragma: no cover
     resource = None  # type: ignore[assignment]
 
-try:
-    from billiard.exceptions import SoftTimeLimitExceeded as _SoftTimeLimitExceeded
-except ImportError:  # pragma: no cover - billiard comes with Celery
-    _SoftTimeLimitExceeded = None
-
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -1073,7 +1068,8 @@ def _is_time_limit(exc: BaseException, user_classes: set[type] | frozenset[type]
     mro = type(exc).__mro__
     if any(kind in user_classes or kind.__module__ == USER_MODULE for kind in mro):
         return False
-    if _SoftTimeLimitExceeded is not None and isinstance(exc, _SoftTimeLimitExceeded):
+    soft = sys.modules.get("billiard.exceptions")  # not imported here: a jailed run has no Celery (nor needs it)
+    if soft is not None and isinstance(exc, soft.SoftTimeLimitExceeded):
         return True
     return any(kind.__name__ in _TIME_LIMIT_NAMES for kind in mro)
 
