@@ -18,13 +18,13 @@ from celery import Task, signals
 from celery.exceptions import Ignore
 
 from core import builtins, http
-from core.config import Settings
+from core.config import WORKER_LIFE_VARIABLE, Settings
 from core.dispatch import CODE_QUEUE, CODE_TASK, FENCE_HEADER, HTTP_TASK, OWN_TASKS, TASK_HEADER, make_celery
 from core.embedded import resolve_redis_url
 from core.jail import Jail
 from core.models import RunState
 from core.runner import Runner, format_exception
-from core.store import Store
+from core.store import LIFE_ID, Store
 
 
 class GuardedTask(Task):
@@ -65,10 +65,16 @@ def runner() -> Runner:
     return _runners[pid]
 
 
-LIFE = uuid.uuid4().hex[:12]
+def _this_life() -> str:
+    given = os.environ.get(WORKER_LIFE_VARIABLE, "")
+    return given if LIFE_ID.fullmatch(given) else uuid.uuid4().hex[:12]
+
+
+LIFE = _this_life()
 """This start of the worker (its pool processes, forked from it, share it): runs record ``node#life`` and the
 heartbeat beats for it, so a worker restarted under the same node name does not vouch for its predecessor's
-runs, which the dead-worker watch then hands over after the grace."""
+runs, which the dead-worker watch then hands over after the grace -- or at once if the supervisor that gave
+this id (``taskman up``) saw the worker exit."""
 
 
 def _life(node: str | None) -> str:

@@ -39,6 +39,9 @@ def default_data_dir() -> Path:
 
 
 ENV_PREFIX = "TASKMAN_"
+WORKER_LIFE_VARIABLE = "TASKMAN_WORKER_LIFE"
+"""Not a setting: the id ``taskman up`` gives one start of a worker it supervises (``worker.LIFE``), so that
+it can say which one it saw exit (``Store.end_life``)."""
 
 
 def _from_environment(names: Any) -> dict[str, tuple[str, str]]:

@@ -587,7 +587,8 @@ class Scheduler:
                 log.exception("could not send run %s of task %s; it is sent again after the lease", run.id, task.id)
 
     def hand_over_silent_workers_runs(self, now: float) -> int:
-        """Requeue, under a new fence, every running run whose worker has sent no heartbeat for the grace.
+        """Requeue, under a new fence, every running run whose worker has sent no heartbeat for the grace, or
+        whose worker its supervisor saw exit (``Store.end_life``: ``taskman up`` killed what was left of it).
 
         ``now`` is Redis's clock, as are the heartbeats and run starts it is compared with (so a jump of
         this host's clock hands nothing over). A run names the life of the worker that runs it (one per
@@ -598,15 +599,19 @@ class Scheduler:
         worker's late finish refused, so a run is never carried on by two workers at once.
         """
         beats = self.store.signs_of_life()  # a run records its worker's life (node#id)
+        ended = self.store.ended_lives()
         handed = 0
         running = self.store.running_runs()
         owners = self.store.run_owners([run_id for run_id, _ in running])
         for (run_id, started_at), (state, node, fence) in zip(running, owners, strict=True):
             last_sign = beats.get(node, started_at) if node else started_at
-            if state == RunState.RUNNING.value and now - max(last_sign, started_at) < self.dead_worker_grace:
+            exited = node.rpartition("#")[2] in ended
+            if (state == RunState.RUNNING.value and not exited
+                    and now - max(last_sign, started_at) < self.dead_worker_grace):
                 continue
+            what = "exited" if exited else f"silent for {now - last_sign:.0f} s"
             event = {"type": EventType.RUN_REQUEUED, "run_id": run_id, "ts": now, "state": "queued",
-                     "reason": f"worker {node or '?'} silent for {now - last_sign:.0f} s"}
+                     "reason": f"worker {node or '?'} {what}"}
             new_fence = self.store.requeue(run_id, fence, event, send_guard_at=self.clock() + self.lease)
             if new_fence is None:
                 continue
@@ -616,9 +621,8 @@ class Scheduler:
                 continue  # the send guard's turn stops it (task deleted) or finds it gone
             self.launcher.send(task, run, fence=new_fence)
             self.store.add_logs([{"ts": repr(now), "task": run.task_id, "run": run_id, "level": "warning",
-                                  "msg": f"run {run_id}: worker {node or '?'} silent for {now - last_sign:.0f} s; "
-                                         "handed to another worker"}])
-            log.warning("run %s: worker %s silent for %.0f s; handed to another worker", run_id, node, now - last_sign)
+                                  "msg": f"run {run_id}: worker {node or '?'} {what}; handed to another worker"}])
+            log.warning("run %s: worker %s %s; handed to another worker", run_id, node, what)
             handed += 1
         return handed
 

@@ -361,6 +361,11 @@ class Service:
 
         return overview(self.store, self.settings.heartbeat_ttl)
 
+    def worker_exited(self, life_id: str) -> int:
+        """A supervisor saw the start of a worker it named ``life_id`` exit and killed what was left of it: that
+        worker's runs go to another worker now, not after ``dead_worker_grace`` (``Store.end_life``)."""
+        return self.store.end_life(life_id)
+
     def data_loss(self) -> dict | None:
         """When the scheduler found that Redis had come back without its data (``at``), or None."""
         return self.store.data_loss()

@@ -38,6 +38,8 @@ Layout (every key under the namespace prefix ``{ns}:``, see ``Keys``):
 - ``workers:held``     hash: ``node#id`` of a worker's life → the ids of the messages it holds (reserved or
                        running), space-separated, as of its last heartbeat (``CHECK_SENT`` tells a message
                        a live worker holds from one a dead worker prefetched).
+- ``workers:ended``    sorted set: the id of each start of a worker its supervisor saw exit (``taskman up``),
+                       scored by when; kept a day. Its runs are handed over at once, not after the grace.
 - ``running``          sorted set: id of each running run scored by when it started (the dead-worker watch).
 - ``epoch``            a random id written once into a Redis; if it vanishes or changes, Redis lost its data.
 - ``data-lost``        JSON {at, was, now}: when the scheduler found the epoch gone or changed.
@@ -55,6 +57,7 @@ each), so two actors (a worker finishing, an operator stopping) can never interl
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterable
@@ -190,6 +193,10 @@ class Keys:
     @property
     def worker_held(self) -> str:
         return self._key("workers", "held")
+
+    @property
+    def worker_ended(self) -> str:
+        return self._key("workers", "ended")
 
     @property
     def running(self) -> str:
@@ -691,6 +698,9 @@ if redis.call('DEL', KEYS[1]) == 0 then return 0 end
 for i = 2, #KEYS do redis.call('LREM', KEYS[i], 1, ARGV[i - 1]) end
 return 1
 """
+
+LIFE_ID = re.compile(r"[0-9a-f]{12,32}")
+"""One start of a worker (``worker.LIFE``): what a run's ``node`` field carries after the ``#``."""
 
 UNPUBLISHED = "taskman: a message taken back"
 """What ``PUBLISH`` overwrites a message it takes back with before removing it (no message is this)."""
@@ -1686,6 +1696,27 @@ class Store:
         """Redis's clock, in seconds since the epoch: one clock for every host's heartbeats and run starts."""
         seconds, micros = cast(tuple[int, int], self.redis.time())
         return seconds + micros / 1e6
+
+    def end_life(self, life_id: str) -> int:
+        """A worker's supervisor saw that start of it (``node#life_id``) exit, its processes killed: it is dead now,
+        not after the dead-worker grace. Its id is noted as ended (the dead-worker watch hands its running runs
+        over: ``ended_lives``) and its lives leave the lives set (so the messages it had prefetched are sent
+        again: ``hasten_held``, ``CHECK_SENT``). How many lives (one per node name) it had."""
+        if not LIFE_ID.fullmatch(life_id):
+            raise ValueError(f"not a worker life id: {life_id!r}")
+        now = self.server_time()
+        lives = [member for member, _ in self.redis.zscan_iter(self.keys.worker_lives, match=f"*#{life_id}")]
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.zadd(self.keys.worker_ended, {life_id: now})
+        pipe.zremrangebyscore(self.keys.worker_ended, "-inf", now - 86_400)
+        if lives:
+            pipe.zrem(self.keys.worker_lives, *lives)
+        pipe.execute()
+        return len(lives)
+
+    def ended_lives(self) -> set[str]:
+        """The ids of the worker starts their supervisors saw exit in the last day (``end_life``)."""
+        return set(self.redis.zrange(self.keys.worker_ended, 0, -1))
 
     def worker_gone(self, worker: str, life: str = "") -> None:
         pipe = self.redis.pipeline(transaction=False)

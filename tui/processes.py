@@ -16,11 +16,12 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from core.config import Settings
+from core.config import WORKER_LIFE_VARIABLE, Settings
 from core.embedded import (
     Address,
     RedisServer,
@@ -139,6 +140,10 @@ class Supervised:
     command: list[str]
     log_path: Path
     process: subprocess.Popen | None = None
+    worker: bool = False
+    """A Celery worker: each start gets an id (``WORKER_LIFE_VARIABLE``), said to have ended once it exits."""
+    life: str | None = None
+    """The id of the worker's current start."""
     restarts: list[float] = field(default_factory=list)
     last_exit: int | None = None
     restart_at: float | None = None
@@ -328,14 +333,18 @@ class Stack:
         logs = private_dir(data_dir / "logs")  # tracebacks of runs end up in these
         workers = [(f"worker-{name}", command) for name, command in worker_commands([], None, "INFO", self.settings)]
         for name, command in [*workers, ("beat", celery_command("beat", "-l", "INFO", "--pidfile="))]:
-            child = Supervised(name, command, logs / f"{name}.log")
+            child = Supervised(name, command, logs / f"{name}.log", worker=name != "beat")
             self._spawn(child)
             self.supervised.append(child)
 
     def _spawn(self, child: Supervised) -> None:
         log = private_file(child.log_path)
+        env = self._env
+        if child.worker:
+            child.life = uuid.uuid4().hex
+            env = {**env, WORKER_LIFE_VARIABLE: child.life}
         try:
-            child.process = subprocess.Popen(child.command, env=self._env, stdout=log, stderr=subprocess.STDOUT,
+            child.process = subprocess.Popen(child.command, env=env, stdout=log, stderr=subprocess.STDOUT,
                                              stdin=subprocess.DEVNULL, start_new_session=True,
                                              preexec_fn=functools.partial(_die_with_parent, os.getpid()))
         finally:
@@ -383,6 +392,7 @@ class Stack:
                 continue
             if child.restart_at is None:
                 child.last_exit = child.process.returncode if child.process is not None else None
+                self._bury(child)
                 delay = RESTART_BACKOFF[min(len([at for at in child.restarts if now - at < FLAPPING_WINDOW]),
                                             len(RESTART_BACKOFF) - 1)]
                 child.restart_at = now + delay
@@ -396,6 +406,30 @@ class Stack:
                 child.restarts.append(now)
                 self._spawn(child)
                 self._report(f"{child.name} restarted (restart {len(child.restarts)})")
+
+    def _bury(self, child: Supervised) -> None:
+        """A worker exited: kill what is left of it (its pool processes; their jails die with them), then say in
+        Redis that this start of it has ended, so its runs go to another worker now rather than after the
+        dead-worker grace. In a thread of its own: a frozen Redis must not hold up the supervision."""
+        if child.process is None or child.life is None:
+            return
+        try:
+            os.killpg(child.process.pid, signal.SIGKILL)  # its own process group (start_new_session)
+        except (ProcessLookupError, PermissionError):
+            pass
+        life, child.life = child.life, None
+        settings = self.settings
+
+        def say() -> None:
+            from core.service import Service
+
+            try:
+                Service.from_settings(settings).worker_exited(life)
+            except Exception as exc:
+                self._report(f"{child.name}: could not record its exit ({type(exc).__name__}: {exc}); its runs go "
+                             f"to another worker after the dead-worker grace ({settings.dead_worker_grace:g} s)")
+
+        threading.Thread(target=say, name=f"taskman-up-{child.name}-exited", daemon=True).start()
 
     def _restart_redis(self, data_dir: Path) -> None:
         """The embedded Redis died: start it again on the same port, password and append-only file."""

@@ -41,6 +41,7 @@ def test_key_strings_are_pinned():
     assert keys.workers == "taskman:workers"
     assert keys.worker_stats == "taskman:workers:stats"
     assert keys.worker_held == "taskman:workers:held"
+    assert keys.worker_ended == "taskman:workers:ended"
     assert keys.running == "taskman:running"
     assert keys.epoch == "taskman:epoch"
     assert keys.data_lost == "taskman:data-lost"

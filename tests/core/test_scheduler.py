@@ -234,3 +234,27 @@ def test_a_definition_that_no_longer_reads_holds_back_only_its_own_entry(service
     assert [len(service.store.recent_runs(task.id)) for task in tasks] == [1, 0, 1, 1, 1]
     assert service.store.due_score(due_member_for_task(bad.id)) == clock.now + sched.lease, \
         "its entry comes back after the lease"
+
+
+def test_a_run_whose_worker_its_supervisor_saw_exit_is_handed_over_at_once(service):
+    """``taskman up`` saw a worker's start exit (``Service.worker_exited``): its runs go to another worker at the
+    watch's next look, though it beat a moment ago; a run of another start under the same node name stays."""
+    dead_id, live_id = uuid.uuid4().hex, uuid.uuid4().hex
+    runs = {}
+    for life_id in (dead_id, live_id):
+        task = service.create({"name": f"echo {life_id[:4]}", "task_name": "taskman.echo"})
+        run = runs[life_id] = task.runs[0]
+        assert service.store.transition(run.id, (RunState.QUEUED,), RunState.RUNNING, running="add",
+                                        fields={"started_at": time.time(), "node": f"w@box#{life_id}"}) == "queued"
+        service.store.heartbeat("w@box", life=f"w@box#{life_id}", holds=[run.id])
+    sched = scheduler(service, Clock(time.time()), dead_worker_grace=120)
+    assert sched.hand_over_silent_workers_runs(service.store.server_time()) == 0, "both beat a moment ago"
+    with pytest.raises(ValueError, match="not a worker life id"):
+        service.worker_exited("*")  # (a pattern would match every start)
+    assert service.worker_exited(dead_id) == 1
+    assert sched.hand_over_silent_workers_runs(service.store.server_time()) == 1
+    handed, kept = (service.store.get_run(runs[life_id].id) for life_id in (dead_id, live_id))
+    assert handed.state is RunState.QUEUED and kept.state is RunState.RUNNING
+    assert [service.store.redis.hget(service.store.keys.run(run.id), "fence") for run in (handed, kept)] == ["1", None]
+    lines = [entry["msg"] for _, entry in service.store.stream_tail("logs", 100) if entry.get("run") == handed.id]
+    assert lines == [f"run {handed.id}: worker w@box#{dead_id} exited; handed to another worker"]

@@ -164,18 +164,24 @@ def test_a_message_a_live_worker_may_hold_is_not_sent_again(stack, holder):
     assert done.state is RunState.SUCCEEDED and fence(stack, run.id) == 0 and starts(stack, run.id) == 1
 
 
-@pytest.mark.parametrize("holder", ["no worker", "a dead worker", "a dead worker, a backlog behind"])
+@pytest.mark.parametrize("holder", ["no worker", "a dead worker", "a dead worker, a backlog behind",
+                                    "a worker its supervisor saw exit"])
 def test_a_message_prefetched_by_a_worker_that_died_is_sent_again_and_runs_once(stack, holder):
     """Reserved (prefetched) and never started, by a worker that is gone: kombu would give it back only after
     its visibility timeout (an hour). The guard sends the run again under a new fence and drops the stale
     reservation, so kombu never redelivers it. A dead worker's heartbeat listed what it held: those runs are
-    looked for even while other messages wait in the queue (a plain guard then waits, sparing the search)."""
+    looked for even while other messages wait in the queue (a plain guard then waits, sparing the search). A
+    worker whose supervisor (``taskman up``) saw it exit is dead at once, its last beat however recent."""
     task, run = sent_run(stack, "submitted")
     store = stack.service.store
     tag, _ = reserve(stack, run.id, delivered_ago=60.0)
+    life = "gone@box#0123456789ab"
     if holder.startswith("a dead worker"):  # it listed the run, then fell silent longer than the grace (30 s)
-        store.heartbeat("gone@box", life="gone@box#1", holds=[run.id])
-        store.redis.zadd(store.keys.worker_lives, {"gone@box#1": store.server_time() - 120})
+        store.heartbeat("gone@box", life=life, holds=[run.id])
+        store.redis.zadd(store.keys.worker_lives, {life: store.server_time() - 120})
+    if holder == "a worker its supervisor saw exit":  # it listed the run a moment ago, then died
+        store.heartbeat("gone@box", life=life, holds=[run.id])
+        assert stack.service.worker_exited("0123456789ab") == 1
     if holder.endswith("a backlog behind"):
         sent_run(stack, "submitted")
     found_at = time.monotonic()
@@ -186,7 +192,7 @@ def test_a_message_prefetched_by_a_worker_that_died_is_sent_again_and_runs_once(
     done = ended(stack, run.id)
     took = time.monotonic() - found_at
     assert done.state is RunState.SUCCEEDED and starts(stack, run.id) == 1 and len(stack.service.runs(task.id)) == 1
-    assert not store.redis.hexists(store.keys.worker_held, "gone@box#1"), "what a dead worker held is forgotten"
+    assert not store.redis.hexists(store.keys.worker_held, life), "what a dead worker held is forgotten"
     lines = [entry["msg"] for _, entry in store.stream_tail("logs", 500) if entry.get("run") == run.id]
     assert any("was taken by a worker that fell silent before starting it" in line for line in lines), lines
     FIGURES[f"prefetched message of {holder} recovered"] = f"{took:.1f} s (lease {LEASE:.0f} s)"

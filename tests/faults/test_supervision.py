@@ -66,3 +66,37 @@ def test_up_restarts_what_dies_and_says_so(tmp_path):
     assert "the embedded Redis is back" in text
     assert "worker-code restarted" in text
     assert not alive(beat)
+
+
+def test_up_hands_the_runs_of_a_worker_that_died_to_another_at_once_not_after_the_grace(tmp_path):
+    """``up`` saw its code worker die: it kills what is left of it and says so in Redis, so the run goes to the
+    new worker within seconds, though the dead-worker grace (120 s here) would have waited two minutes."""
+    env = _process_env({"TASKMAN_DATA_DIR": str(tmp_path / "data"), "TASKMAN_NAMESPACE": "bury",
+                        "TASKMAN_SCHEDULER_INTERVAL": "0.05", "TASKMAN_DEAD_WORKER_GRACE": "120"})
+    log = open(tmp_path / "up.log", "wb")
+    up = subprocess.Popen([*TASKMAN, "up", "--no-console"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                          start_new_session=True)
+    log.close()
+    try:
+        wait_for((tmp_path / "data" / "redis.json").exists, timeout=30, message="the address file")
+        created = json.loads(wait_for(lambda: (r := taskman(env, "submit", "-", "--json", input_text=json.dumps(
+            {"name": "spin", "function_code": "def f():\n    n = 0\n    while True:\n        n += 1",
+             "function_name": "f", "timeout": 8, "max_retries": 0}))).returncode == 0 and r,
+            timeout=30, message="a submit to succeed").stdout)
+
+        def runs():
+            return json.loads(taskman(env, "show", created["id"], "--json").stdout)["runs"]
+
+        wait_for(lambda: runs() and runs()[0]["state"] == "running", timeout=60, message="the run to start")
+        worker = children_of(up.pid, "-Q\x00code\x00")[0]
+        os.kill(worker, signal.SIGKILL)
+        wait_for(lambda: subprocess.run(["pgrep", "-g", str(worker)], capture_output=True).returncode == 1,
+                 timeout=10, message="the dead worker's pool processes to be killed")
+        lines = wait_for(lambda: [line for line in taskman(env, "logs", created["id"], "--json").stdout.splitlines()
+                                  if "exited; handed to another worker" in line], timeout=30,
+                         message="the run to be handed over")
+        run = wait_done(env, created["id"], timeout=60)
+    finally:
+        assert stop(up, signal.SIGINT) == 0
+    assert len(lines) == 1
+    assert run["state"] == "timed_out", run  # its second start ran to its timeout on the new worker
