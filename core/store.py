@@ -1716,7 +1716,7 @@ class Store:
 
     def ended_lives(self) -> set[str]:
         """The ids of the worker starts their supervisors saw exit in the last day (``end_life``)."""
-        return set(self.redis.zrange(self.keys.worker_ended, 0, -1))
+        return set(cast(list[str], self.redis.zrange(self.keys.worker_ended, 0, -1)))
 
     def worker_gone(self, worker: str, life: str = "") -> None:
         pipe = self.redis.pipeline(transaction=False)
