@@ -191,11 +191,14 @@ class Scheduler:
         if time.monotonic() >= self.next_watch:
             self.next_watch = time.monotonic() + min(2.0, self.dead_worker_grace / 4)
             self._check_epoch()
-            self.hand_over_silent_workers_runs(self.store.server_time())
+            # What a dead worker had taken ahead first, then its running runs: a running run has no send guard for
+            # hasten_held to bring forward, and it then forgets what that worker held, so a run just handed over
+            # (its message sent again) is not looked for again at once and sent a third time.
             moment = time.monotonic()
             self.held_by_dead = {run_id: at for run_id, at in self.held_by_dead.items() if moment - at < self.lease}
             self.held_by_dead.update(dict.fromkeys(self.store.hasten_held(self.dead_worker_grace, self.clock()),
                                                    moment))
+            self.hand_over_silent_workers_runs(self.store.server_time())
         self._record()
         try:
             metrics.record_lags(self.store, lags)

@@ -258,3 +258,22 @@ def test_a_run_whose_worker_its_supervisor_saw_exit_is_handed_over_at_once(servi
     assert [service.store.redis.hget(service.store.keys.run(run.id), "fence") for run in (handed, kept)] == ["1", None]
     lines = [entry["msg"] for _, entry in service.store.stream_tail("logs", 100) if entry.get("run") == handed.id]
     assert lines == [f"run {handed.id}: worker w@box#{dead_id} exited; handed to another worker"]
+
+
+def test_a_run_handed_over_keeps_its_send_guard_a_lease_away_though_its_dead_worker_listed_it(service):
+    """The dead worker's heartbeat listed the running run among what it held. The watch forgets that before it
+    hands the run over, so the new message's guard stays a lease away: the run is not looked for again at once
+    and sent a third time (each send a new fence, the earlier message refused)."""
+    life_id = uuid.uuid4().hex
+    task = service.create({"name": "echo", "task_name": "taskman.echo"})
+    run = task.runs[0]
+    service.store.transition(run.id, (RunState.QUEUED,), RunState.RUNNING, running="add",
+                             fields={"started_at": time.time(), "node": f"w@box#{life_id}"})
+    service.store.heartbeat("w@box", life=f"w@box#{life_id}", holds=[run.id])
+    service.worker_exited(life_id)
+    clock = Clock(time.time())
+    sched = scheduler(service, clock, dead_worker_grace=120)
+    sched.tick()
+    assert service.store.get_run(run.id).state is RunState.QUEUED, "handed over"
+    assert service.store.due_score(due_member_for_run(run.id)) == pytest.approx(clock.now + sched.lease, abs=1)
+    assert service.store.redis.hget(service.store.keys.run(run.id), "fence") == "1"

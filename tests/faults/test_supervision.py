@@ -101,7 +101,9 @@ def test_up_hands_the_runs_of_a_worker_that_died_to_another_at_once_not_after_th
                           message="the run to be handed over")
         starts = wait_for(lambda: (found := said("started on")) and len(found) == 2 and found, timeout=30,
                           message="the run to start on the restarted worker")
+        resent = said("fell silent before starting it")
     finally:
         assert stop(up, signal.SIGINT) == 0
     assert len(handed) == 1
     assert starts[0].split(" started on ")[1] != starts[1].split(" started on ")[1], starts
+    assert resent == [], "handed over once: its message not sent a third time"
