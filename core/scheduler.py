@@ -52,7 +52,7 @@ from core.dispatch import Dispatcher
 from core.events import EventType
 from core.lifecycle import Launcher, new_run, run_event
 from core.models import Mode, Run, RunState, Task
-from core.store import Armed, Fire, Prepared, Store
+from core.store import Armed, Fire, Prepared, Store, lock_token
 
 log = logging.getLogger("taskman.scheduler")
 
@@ -109,7 +109,7 @@ class Scheduler:
         self.interval = interval
         self.lock_ttl = lock_ttl
         self.lease = lease
-        self.token = uuid.uuid4().hex
+        self.token = lock_token()
         self.is_leader = False
         self.last_lag: float = 0.0
         self.outage_since: float | None = None

@@ -366,6 +366,13 @@ class Service:
         worker's runs go to another worker now, not after ``dead_worker_grace`` (``Store.end_life``)."""
         return self.store.end_life(life_id)
 
+    def scheduler_exited(self, pid: int) -> bool:
+        """A supervisor on this host saw the scheduler process ``pid`` exit: if it held the lock, the lock is freed,
+        so the next scheduler leads at once rather than after ``scheduler_lock_ttl`` (``Store.free_lock_of``)."""
+        import socket
+
+        return self.store.free_lock_of(pid, socket.gethostname())
+
     def data_loss(self) -> dict | None:
         """When the scheduler found that Redis had come back without its data (``at``), or None."""
         return self.store.data_loss()

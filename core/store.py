@@ -57,7 +57,9 @@ each), so two actors (a worker finishing, an operator stopping) can never interl
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
 import time
 import uuid
 from collections.abc import Iterable
@@ -698,6 +700,12 @@ if redis.call('DEL', KEYS[1]) == 0 then return 0 end
 for i = 2, #KEYS do redis.call('LREM', KEYS[i], 1, ARGV[i - 1]) end
 return 1
 """
+
+def lock_token() -> str:
+    """A scheduler's lock token: unique (a random id) and naming its process (``id.pid@host``), so a supervisor
+    that saw that process exit can free the lock (``Store.free_lock_of``)."""
+    return f"{uuid.uuid4().hex}.{os.getpid()}@{socket.gethostname()}"
+
 
 LIFE_ID = re.compile(r"[0-9a-f]{12,32}")
 """One start of a worker (``worker.LIFE``): what a run's ``node`` field carries after the ``#``."""
@@ -1536,6 +1544,14 @@ class Store:
 
     def release_lock(self, token: str) -> None:
         self._unlock(keys=[self.keys.scheduler_lock], args=[token])
+
+    def free_lock_of(self, pid: int, host: str) -> bool:
+        """Free the scheduler lock if process ``pid`` on ``host`` holds it (``lock_token``): its supervisor saw it
+        exit, so the next scheduler leads at once rather than after the lock's TTL. Whether it did."""
+        token = cast(str | None, self.redis.get(self.keys.scheduler_lock))
+        if token is None or token.partition(".")[2] != f"{pid}@{host}":
+            return False
+        return bool(self._unlock(keys=[self.keys.scheduler_lock], args=[token]))
 
     # -- streams -------------------------------------------------------------------------------
 

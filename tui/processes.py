@@ -408,13 +408,15 @@ class Stack:
                 self._report(f"{child.name} restarted (restart {len(child.restarts)})")
 
     def _bury(self, child: Supervised) -> None:
-        """A worker exited: kill what is left of it (its pool processes; their jails die with them), then say in
-        Redis that this start of it has ended, so its runs go to another worker now rather than after the
-        dead-worker grace. In a thread of its own: a frozen Redis must not hold up the supervision."""
-        if child.process is None or child.life is None:
+        """A child exited: kill what is left of it (a worker's pool processes; their jails die with them), then
+        say so in Redis. A worker's runs then go to another worker now rather than after the dead-worker grace;
+        the scheduler's lock, if it held it, is freed for the next one now rather than after its TTL. In a thread
+        of its own: a frozen Redis must not hold up the supervision."""
+        if child.process is None:
             return
+        pid = child.process.pid
         try:
-            os.killpg(child.process.pid, signal.SIGKILL)  # its own process group (start_new_session)
+            os.killpg(pid, signal.SIGKILL)  # its own process group (start_new_session)
         except (ProcessLookupError, PermissionError):
             pass
         life, child.life = child.life, None
@@ -424,10 +426,16 @@ class Stack:
             from core.service import Service
 
             try:
-                Service.from_settings(settings).worker_exited(life)
+                service = Service.from_settings(settings)
+                if not child.worker:
+                    service.scheduler_exited(pid)
+                elif life is not None:
+                    service.worker_exited(life)
             except Exception as exc:
-                self._report(f"{child.name}: could not record its exit ({type(exc).__name__}: {exc}); its runs go "
-                             f"to another worker after the dead-worker grace ({settings.dead_worker_grace:g} s)")
+                wait = (f"its runs go to another worker after the dead-worker grace ({settings.dead_worker_grace:g} s)"
+                        if child.worker else
+                        f"the next scheduler leads once its lock runs out ({settings.scheduler_lock_ttl:g} s)")
+                self._report(f"{child.name}: could not record its exit ({type(exc).__name__}: {exc}); {wait}")
 
         threading.Thread(target=say, name=f"taskman-up-{child.name}-exited", daemon=True).start()
 

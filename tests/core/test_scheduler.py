@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import socket
 import time
 import uuid
 
@@ -277,3 +279,20 @@ def test_a_run_handed_over_keeps_its_send_guard_a_lease_away_though_its_dead_wor
     assert service.store.get_run(run.id).state is RunState.QUEUED, "handed over"
     assert service.store.due_score(due_member_for_run(run.id)) == pytest.approx(clock.now + sched.lease, abs=1)
     assert service.store.redis.hget(service.store.keys.run(run.id), "fence") == "1"
+
+
+def test_the_lock_of_a_scheduler_that_exited_is_freed_when_its_supervisor_says_so(service):
+    """``taskman up`` saw its scheduler process exit: the lock it held is freed at once, for the restarted one;
+    a pid that does not hold the lock frees nothing."""
+    clock = Clock(time.time())
+    gone, heir = scheduler(service, clock, lock_ttl=60), scheduler(service, clock, lock_ttl=60)
+    gone.tick()
+    heir.tick()
+    assert gone.is_leader and not heir.is_leader
+    assert gone.token.endswith(f".{os.getpid()}@{socket.gethostname()}"), gone.token
+    assert not service.scheduler_exited(os.getpid() + 100_000), "another process: the lock stays"
+    heir.tick()
+    assert not heir.is_leader
+    assert service.scheduler_exited(os.getpid())
+    heir.tick()
+    assert heir.is_leader

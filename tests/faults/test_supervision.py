@@ -107,3 +107,31 @@ def test_up_hands_the_runs_of_a_worker_that_died_to_another_at_once_not_after_th
     assert len(handed) == 1
     assert starts[0].split(" started on ")[1] != starts[1].split(" started on ")[1], starts
     assert resent == [], "handed over once: its message not sent a third time"
+
+
+def test_up_frees_the_lock_of_a_scheduler_that_died_so_its_restart_leads_at_once(tmp_path):
+    """The scheduler's lock lives 60 s here: a killed scheduler's restart would wait that long to lead. ``up`` saw
+    it exit and freed the lock, so a delayed run due after the restart fires within seconds."""
+    env = _process_env({"TASKMAN_DATA_DIR": str(tmp_path / "data"), "TASKMAN_NAMESPACE": "beat",
+                        "TASKMAN_SCHEDULER_INTERVAL": "0.05", "TASKMAN_SCHEDULER_LOCK_TTL": "60"})
+    log_path = tmp_path / "up.log"
+    log = open(log_path, "wb")
+    up = subprocess.Popen([*TASKMAN, "up", "--no-console"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                          start_new_session=True)
+    log.close()
+    try:
+        wait_for((tmp_path / "data" / "redis.json").exists, timeout=30, message="the address file")
+        created = json.loads(wait_for(lambda: (r := taskman(env, "submit", "-", "--json", input_text=json.dumps(
+            {"name": "before", "delay_seconds": 1, "function_code": "def f():\n    return 1",
+             "function_name": "f"}))).returncode == 0 and r, timeout=30, message="a submit to succeed").stdout)
+        wait_done(env, created["id"], timeout=60)  # the first scheduler leads
+        beat = children_of(up.pid, "beat")[0]
+        os.kill(beat, signal.SIGKILL)
+        wait_for(lambda: [pid for pid in children_of(up.pid, "beat") if pid != beat], timeout=30,
+                 message="a new scheduler")
+        after = json.loads(taskman(env, "submit", "-", "--json", input_text=json.dumps(
+            {"name": "after", "delay_seconds": 1, "function_code": "def f():\n    return 2",
+             "function_name": "f"})).stdout)
+        assert wait_done(env, after["id"], timeout=40)["result"] == 2  # within 40 s: the old lock did not wait out
+    finally:
+        assert stop(up, signal.SIGINT) == 0
