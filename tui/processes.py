@@ -96,6 +96,7 @@ def run_workers(queues: tuple[str, ...], concurrency: int | None, loglevel: str,
     settings = Settings()
     resolve_redis_url(settings)
     commands = [command for _, command in worker_commands(queues, concurrency, loglevel, settings, prefetch)]
+    os.environ.pop(WORKER_LIFE_VARIABLE, None)  # each start names itself: no supervisor of ours says it exited
     if len(commands) == 1:
         os.execv(commands[0][0], commands[0])
     return _supervise(commands)
