@@ -10,6 +10,8 @@ import sys
 import uuid
 from pathlib import Path
 
+from core.config import Settings
+from core.service import Service
 from tests.conftest import ROOT, _process_env, wait_for
 
 TASKMAN = [sys.executable, "-m", "tui.cli"]
@@ -63,7 +65,9 @@ def a_delayed_task_runs(env) -> None:
 
 
 def test_taskman_worker_serves_code_and_http_with_their_own_pools(taskman_env, http_server, tmp_path):
-    env = _process_env({**taskman_env, "TASKMAN_NAMESPACE": f"w{uuid.uuid4().hex[:6]}"})
+    namespace = f"w{uuid.uuid4().hex[:6]}"
+    inherited = "0123456789abcdef"  # a start's name that only `taskman up` gives: not taken over from the shell
+    env = _process_env({**taskman_env, "TASKMAN_NAMESPACE": namespace, "TASKMAN_WORKER_LIFE": inherited})
     log = open(tmp_path / "worker.log", "wb")
     worker = subprocess.Popen([*TASKMAN, "worker", "-l", "INFO"], cwd=ROOT, env=env, stdout=log,
                               stderr=subprocess.STDOUT, start_new_session=True)
@@ -74,6 +78,9 @@ def test_taskman_worker_serves_code_and_http_with_their_own_pools(taskman_env, h
             {"name": "a", "api_url": f"{http_server.base_url}/get"})).stdout)
         assert wait_done(env, code["id"])["result"] == "code"
         assert wait_done(env, api["id"])["result"]["status_code"] == 200
+        store = Service.from_settings(Settings(redis_url=taskman_env["TASKMAN_REDIS_URL"], namespace=namespace)).store
+        nodes = [store.run_owner(wait_done(env, task["id"])["id"])[1] for task in (code, api)]
+        assert all("#" in node and not node.endswith(inherited) for node in nodes), nodes
 
         def ahead() -> dict[str, int] | None:
             shown = json.loads(taskman(env, "workers", "--json").stdout)["workers"]
