@@ -39,7 +39,8 @@ Layout (every key under the namespace prefix ``{ns}:``, see ``Keys``):
                        running), space-separated, as of its last heartbeat (``CHECK_SENT`` tells a message
                        a live worker holds from one a dead worker prefetched).
 - ``workers:ended``    sorted set: the id of each start of a worker its supervisor saw exit (``taskman up``),
-                       scored by when; kept a day. Its runs are handed over at once, not after the grace.
+                       scored by when; kept an hour (the watch looks every 2 s; a worker that keeps dying adds
+                       one a minute). Its runs are handed over at once, not after the grace.
 - ``running``          sorted set: id of each running run scored by when it started (the dead-worker watch).
 - ``epoch``            a random id written once into a Redis; if it vanishes or changes, Redis lost its data.
 - ``data-lost``        JSON {at, was, now}: when the scheduler found the epoch gone or changed.
@@ -709,6 +710,8 @@ def lock_token() -> str:
 
 LIFE_ID = re.compile(r"[0-9a-f]{12,32}")
 """One start of a worker (``worker.LIFE``): what a run's ``node`` field carries after the ``#``."""
+ENDED_KEPT = 3600.0
+"""Seconds a worker start its supervisor saw exit stays noted as ended (after that, the grace applies)."""
 
 UNPUBLISHED = "taskman: a message taken back"
 """What ``PUBLISH`` overwrites a message it takes back with before removing it (no message is this)."""
@@ -1724,14 +1727,14 @@ class Store:
         lives = [member for member, _ in self.redis.zscan_iter(self.keys.worker_lives, match=f"*#{life_id}")]
         pipe = self.redis.pipeline(transaction=True)
         pipe.zadd(self.keys.worker_ended, {life_id: now})
-        pipe.zremrangebyscore(self.keys.worker_ended, "-inf", now - 86_400)
+        pipe.zremrangebyscore(self.keys.worker_ended, "-inf", now - ENDED_KEPT)
         if lives:
             pipe.zrem(self.keys.worker_lives, *lives)
         pipe.execute()
         return len(lives)
 
     def ended_lives(self) -> set[str]:
-        """The ids of the worker starts their supervisors saw exit in the last day (``end_life``)."""
+        """The ids of the worker starts their supervisors saw exit in the last hour (``end_life``)."""
         return set(cast(list[str], self.redis.zrange(self.keys.worker_ended, 0, -1)))
 
     def worker_gone(self, worker: str, life: str = "") -> None:
