@@ -6,10 +6,12 @@ import json
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 from tests.conftest import ROOT, _process_env, wait_for
 from tests.e2e.test_processes import TASKMAN, alive, stop, taskman, wait_done
+from tests.faults.conftest import FIGURES
 
 
 def children_of(pid: int, word: str) -> list[int]:
@@ -90,6 +92,7 @@ def test_up_hands_the_runs_of_a_worker_that_died_to_another_at_once_not_after_th
         wait_for(lambda: runs() and runs()[0]["state"] == "running", timeout=60, message="the run to start")
         worker = children_of(up.pid, "-Q\x00code\x00")[0]
         os.kill(worker, signal.SIGKILL)
+        killed_at = time.monotonic()
         wait_for(lambda: subprocess.run(["pgrep", "-g", str(worker)], capture_output=True).returncode == 1,
                  timeout=10, message="the dead worker's pool processes to be killed")
 
@@ -101,12 +104,15 @@ def test_up_hands_the_runs_of_a_worker_that_died_to_another_at_once_not_after_th
                           message="the run to be handed over")
         starts = wait_for(lambda: (found := said("started on")) and len(found) == 2 and found, timeout=30,
                           message="the run to start on the restarted worker")
+        took = time.monotonic() - killed_at
         resent = said("fell silent before starting it")
     finally:
         assert stop(up, signal.SIGINT) == 0
     assert len(handed) == 1
     assert starts[0].split(" started on ")[1] != starts[1].split(" started on ")[1], starts
     assert resent == [], "handed over once: its message not sent a third time"
+    FIGURES["worker SIGKILL mid-run under taskman up -> run started again"] = (
+        f"{took:.1f} s after the kill, on the restarted worker (grace 120 s)")
 
 
 def test_up_frees_the_lock_of_a_scheduler_that_died_so_its_restart_leads_at_once(tmp_path):
