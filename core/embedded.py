@@ -43,6 +43,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from core.errors import NoRedis
+from core.redis_trouble import RedisCannotSave
 
 ADDRESS_FILE = "redis.json"
 LOG_FILE = "redis.log"
@@ -468,6 +469,8 @@ def read_address(data_dir: Path) -> str | None:
     client = _client(url, 0.5)
     try:
         return url if client.ping() else None
+    except RedisCannotSave:
+        return url  # it answers (even PING refused): what follows says why it takes no writes
     except (redis.exceptions.RedisError, OSError, ValueError):
         return None
     finally:

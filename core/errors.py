@@ -72,13 +72,19 @@ class NoRedis(TaskmanError):
     title = "Redis unavailable"
     status = 503
 
-    def __init__(self, message: str, cause: str | None = None) -> None:
+    def __init__(self, message: str, cause: str | None = None, *, answering: bool = False) -> None:
         super().__init__(message)
         self.cause = cause
+        self.answering = answering
+        """Redis answers, but refuses writes until an operator acts (its disk or its memory is full)."""
 
     @classmethod
-    def unreachable(cls, error: BaseException) -> NoRedis:
-        """The error front ends get for redis-py's ``error`` (a refused connection, a timeout, ...)."""
+    def unreachable(cls, error: BaseException, *, answering: bool = False) -> NoRedis:
+        """The error front ends get for redis-py's ``error`` (a refused connection, a timeout, a Redis that
+        cannot save to its disk: ``answering``, ...)."""
+        if answering:
+            return cls(f"{error} (nothing was changed; Redis takes writes again by itself once it can)", str(error),
+                       answering=True)
         return cls(f"cannot reach Redis: {error}", str(error))
 
 

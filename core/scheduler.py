@@ -47,7 +47,7 @@ from typing import cast
 import redis
 from kombu.exceptions import OperationalError
 
-from core import cron, metrics
+from core import cron, metrics, redis_trouble
 from core.dispatch import Dispatcher
 from core.events import EventType
 from core.lifecycle import Launcher, new_run, run_event
@@ -58,8 +58,9 @@ log = logging.getLogger("taskman.scheduler")
 
 REDIS_TROUBLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.BusyLoadingError,
                  redis.exceptions.ReadOnlyError, redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError,
-                 OperationalError, ConnectionError, TimeoutError, OSError)
-"""Errors that mean Redis is unreachable or not ready (not a bug in taskman): wait and try again."""
+                 *redis_trouble.FULL, OperationalError, ConnectionError, TimeoutError, OSError)
+"""Errors that mean Redis is unreachable or not ready (not a bug in taskman): wait and try again. A Redis that
+cannot save to its disk is one (``core.redis_trouble.RedisCannotSave``, a ``ConnectionError``), as is a full one."""
 MAX_BACKOFF = 5.0
 FIRE_BATCH = 100
 """Tasks' due entries fired together (one pipeline of scripts, one batch of messages): big enough that a

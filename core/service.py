@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
 
-from core import audit, auth, builtins, cron, events, filters, metrics, redact
+from core import audit, auth, builtins, cron, events, filters, metrics, redact, redis_trouble
 from core.config import Settings
 from core.dispatch import Dispatcher
 from core.embedded import resolve_redis_url
@@ -64,10 +64,11 @@ def _audited(overrides: dict[str, Any]) -> dict[str, Any]:
 
 
 UNREACHABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.ReadOnlyError,
-               redis.exceptions.ClusterDownError, redis.exceptions.TryAgainError)
+               redis.exceptions.ClusterDownError, redis.exceptions.TryAgainError, *redis_trouble.FULL)
 """redis-py's ways of saying Redis cannot serve now: the connection refused, dropped or timed out, a password
-refused, the server still loading its data (``BusyLoadingError`` is a ``ConnectionError``), a replica that
-takes no writes, a cluster that is down."""
+refused, the server still loading its data (``BusyLoadingError`` is a ``ConnectionError``) or unable to save to
+its disk (``RedisCannotSave``, one too), a replica that takes no writes, a cluster that is down, a Redis at its
+``maxmemory``."""
 
 
 @contextmanager
@@ -76,7 +77,8 @@ def reaching_redis() -> Iterator[None]:
     try:
         yield
     except UNREACHABLE as exc:
-        raise NoRedis.unreachable(exc) from exc
+        answering = isinstance(exc, (redis_trouble.RedisCannotSave, *redis_trouble.FULL))
+        raise NoRedis.unreachable(exc, answering=answering) from exc
 
 
 _Class = TypeVar("_Class", bound=type)

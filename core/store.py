@@ -69,6 +69,7 @@ from typing import Any, cast
 
 import redis
 
+from core import redis_trouble  # noqa: F401  -- MISCONF becomes a ConnectionError for every client of the store
 from core.models import CODE_QUEUE, HTTP_QUEUE, Run, RunState, Task, TaskState
 
 # The client is made with ``decode_responses=True`` (``connect``), so every reply is ``str``; redis-py's

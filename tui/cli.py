@@ -80,7 +80,7 @@ def handles_errors(func):
         try:
             return func(*args, **kwargs)
         except NoRedis as exc:
-            if exc.cause is None:  # none configured or none could be started: the message says what to do
+            if exc.cause is None or exc.answering:  # none configured, or one that refuses writes: the message says
                 click.echo(f"error: {visible(exc.message)}", err=True)
             else:
                 click.echo(f"error: cannot reach Redis ({visible(exc.cause)}). Check TASKMAN_REDIS_URL, "
