@@ -559,11 +559,12 @@ def server_alive(pid: int | None, directory: Path | None = None) -> bool:
 
 
 def redis_answers(url: str, timeout: float = 0.5) -> bool:
-    """Whether the server at ``url`` answers (PING, or the LOADING error of one reading its append-only file)."""
+    """Whether the server at ``url`` answers (PING, or the LOADING error of one reading its append-only file, or
+    the MISCONF of one that cannot save to its disk)."""
     client = _client(url, timeout)
     try:
         return bool(client.ping())
-    except redis.exceptions.BusyLoadingError:
+    except (redis.exceptions.BusyLoadingError, RedisCannotSave):
         return True
     except (redis.exceptions.RedisError, OSError, ValueError):
         return False

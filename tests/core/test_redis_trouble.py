@@ -19,7 +19,7 @@ import uuid
 import pytest
 import redis
 
-from core.embedded import RedisServer, write_address
+from core.embedded import RedisServer, redis_answers, write_address
 from core.errors import NoRedis
 from core.redis_trouble import RedisCannotSave
 from core.scheduler import Scheduler
@@ -81,6 +81,7 @@ def test_a_redis_that_cannot_save_refuses_writes_as_an_outage_and_everything_goe
     done = taskman(env, "submit", "-", input_text=json.dumps({"name": "cli", "task_name": "taskman.echo"}))
     assert done.returncode == 1 and done.stderr.startswith("error: Redis cannot save to its disk"), done.stderr
     assert "No Redis is configured" not in done.stderr
+    assert redis_answers(own_redis.url), "an `up` looking at it finds it there (it neither replaces nor stops it)"
     client.config_set("stop-writes-on-bgsave-error", "no")  # as a save that succeeds does
     sched.tick()
     assert sched.outage_since is None
