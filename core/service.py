@@ -620,8 +620,8 @@ class Service:
 
     def status(self) -> dict[str, Any]:
         """What a status line shows, in one round trip (the console polls it): workers alive, their isolation
-        reports (as :meth:`isolation`), due entries, queued messages, whether a scheduler acts, and when Redis
-        was found to have lost its data (as :meth:`data_loss`)."""
+        reports (as :meth:`isolation`), due entries, queued messages, whether a scheduler acts, when Redis
+        was found to have lost its data (as :meth:`data_loss`), and why it refuses writes if it does."""
         queues = set(metrics.BASE_QUEUES) | self._known_queues
         read = self.store.status_reads(sorted(queues))
         alive_after = time.time() - max(self.settings.heartbeat_ttl, 3 * 2.0)
@@ -630,6 +630,7 @@ class Service:
             self._known_queues.update(report.get("queues") or ())
         return {"workers": len(alive), "due": read["due"], "queued": sum(read["queues"].values()),
                 "scheduler": read["scheduler"], "data_lost": read["data_lost"],
+                "refuses_writes": read["refuses_writes"],
                 "isolation": {worker: report["isolation"] for worker, report in read["reports"].items()
                               if report.get("isolation") and worker in alive}}
 

@@ -69,7 +69,7 @@ from typing import Any, cast
 
 import redis
 
-from core import redis_trouble  # noqa: F401  -- MISCONF becomes a ConnectionError for every client of the store
+from core import redis_trouble  # (importing it makes MISCONF a ConnectionError for every client of the store)
 from core.models import CODE_QUEUE, HTTP_QUEUE, Run, RunState, Task, TaskState
 
 # The client is made with ``decode_responses=True`` (``connect``), so every reply is ``str``; redis-py's
@@ -1841,7 +1841,8 @@ class Store:
 
     def status_reads(self, queues: Iterable[str]) -> dict[str, Any]:
         """In one round trip, what a status line shows: worker reports, heartbeats, due-set size, whether a
-        scheduler holds the lock, the data-loss record, and the length of each of ``queues`` (taken as the
+        scheduler holds the lock, the data-loss record, why Redis refuses writes if it does (``INFO``: its disk
+        or its memory full, ``core.redis_trouble.refusal``), and the length of each of ``queues`` (taken as the
         base queues; queues only some worker reported are read on the next call, once they are known)."""
         queues = list(queues)
         pipe = self.redis.pipeline(transaction=False)
@@ -1850,12 +1851,15 @@ class Store:
         pipe.zcard(self.keys.due)
         pipe.exists(self.keys.scheduler_lock)
         pipe.get(self.keys.data_lost)
+        pipe.info("persistence")
+        pipe.info("memory")
         for queue in queues:
             pipe.llen(self.keys.celery_queue(queue))
-        registered, beats, due, scheduler, lost, *lengths = pipe.execute()
+        registered, beats, due, scheduler, lost, persistence, memory, *lengths = pipe.execute()
         return {"reports": {worker: json.loads(raw) for worker, raw in sorted(registered.items())},
                 "beats": dict(beats), "due": due, "scheduler": bool(scheduler),
-                "data_lost": json.loads(lost) if lost else None, "queues": dict(zip(queues, lengths, strict=True))}
+                "data_lost": json.loads(lost) if lost else None, "queues": dict(zip(queues, lengths, strict=True)),
+                "refuses_writes": redis_trouble.refusal(persistence, memory)}
 
     def pipeline(self) -> redis.client.Pipeline:
         return self.redis.pipeline(transaction=True)

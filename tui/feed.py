@@ -21,5 +21,7 @@ def status(service: Service) -> dict:
     lost = read["data_lost"]
     if lost and time.time() - lost["at"] < 86400:
         walls = f"REDIS LOST ITS DATA {time.strftime('%m-%d %H:%M', time.localtime(lost['at']))}   {walls}".strip()
+    if read["refuses_writes"]:
+        walls = f"REDIS REFUSES WRITES: {read['refuses_writes']}   {walls}".strip()
     return {"ok": True, "due": read["due"], "workers": read["workers"], "queued": read["queued"],
             "scheduler": read["scheduler"], "walls": walls}

@@ -25,6 +25,7 @@ from core.redis_trouble import RedisCannotSave
 from core.scheduler import Scheduler
 from tests.conftest import _process_env
 from tests.e2e.test_processes import taskman
+from tui import feed
 
 
 @pytest.fixture
@@ -82,6 +83,9 @@ def test_a_redis_that_cannot_save_refuses_writes_as_an_outage_and_everything_goe
     assert done.returncode == 1 and done.stderr.startswith("error: Redis cannot save to its disk"), done.stderr
     assert "No Redis is configured" not in done.stderr
     assert redis_answers(own_redis.url), "an `up` looking at it finds it there (it neither replaces nor stops it)"
+    assert service.status()["refuses_writes"] == "its last snapshot failed (is its disk full?)"
+    assert feed.status(service)["walls"].startswith("REDIS REFUSES WRITES: its last snapshot failed"), \
+        "the console's status line says it, in red"
     client.config_set("stop-writes-on-bgsave-error", "no")  # as a save that succeeds does
     sched.tick()
     assert sched.outage_since is None
@@ -95,6 +99,7 @@ def test_a_full_redis_refuses_writes_as_an_outage_and_everything_goes_on_after(s
     sched.tick()
     due = service.create({"name": "due", "task_name": "taskman.echo", "delay_seconds": 0.2})
     time.sleep(0.3)
+    assert service.status()["refuses_writes"] is None
     client.config_set("maxmemory-policy", "noeviction")
     client.config_set("maxmemory", str(int(client.info("memory")["used_memory"]) // 2))  # over it already
     with pytest.raises(redis.exceptions.OutOfMemoryError):
@@ -102,10 +107,12 @@ def test_a_full_redis_refuses_writes_as_an_outage_and_everything_goes_on_after(s
     with pytest.raises(NoRedis) as refused:
         service.create({"name": "while full", "task_name": "taskman.echo"})
     assert refused.value.answering and "maxmemory" in refused.value.message
+    assert service.status()["refuses_writes"] == "it is at its maxmemory"
     sched.tick()  # its fire is a write: waited out, said once
     assert sched.outage_since is not None and service.runs(due.id) == []
     client.config_set("maxmemory", "0")
     sched.tick()
     assert sched.outage_since is None
     assert len(service.runs(due.id)) == 1, "fired once Redis took writes again"
+    assert service.status()["refuses_writes"] is None
     assert service.create({"name": "after", "task_name": "taskman.echo"}).name == "after"

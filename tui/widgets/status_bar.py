@@ -51,7 +51,7 @@ class StatusBar(CarriesOn, Horizontal):
         where = f"{dot} {redis}" if compact else f"redis {dot} {redis}"
         self.query_one("#facts", Static).update(
             plain(f"{where}{gap}workers {workers}{gap}queued {queued}{gap}due {due}{beat}{extra}"))
-        self.set_class(walls.startswith(("walls", "REDIS LOST")), "weak")
+        self.set_class(walls.startswith(("walls", "REDIS LOST", "REDIS REFUSES")), "weak")
         self.query_one("#rate", Sparkline).data = per_minute or [0.0]
         self.query_one("#rate-text", Static).update(
             f" {per_minute[-1] if per_minute else 0:.0f} runs/min{gap}failed/h {failed_hour}")
