@@ -1861,6 +1861,15 @@ class Store:
                 "data_lost": json.loads(lost) if lost else None, "queues": dict(zip(queues, lengths, strict=True)),
                 "refuses_writes": redis_trouble.refusal(persistence, memory)}
 
+    def write_refusal(self) -> str | None:
+        """Why Redis refuses writes now (its disk or its memory full: ``core.redis_trouble.refusal``), or None;
+        one round trip of reads, which such a Redis still answers."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.info("persistence")
+        pipe.info("memory")
+        persistence, memory = pipe.execute()
+        return redis_trouble.refusal(persistence, memory)
+
     def pipeline(self) -> redis.client.Pipeline:
         return self.redis.pipeline(transaction=True)
 

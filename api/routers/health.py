@@ -1,5 +1,7 @@
 """Liveness for load balancers and people: Redis, workers alive, the scheduler, the code runs' walls.
-The one endpoint without a token; it answers 503 (not an error body) while Redis is unreachable.
+The one endpoint without a token; it answers 503 (not an error body) while Redis is unreachable, and 200 with
+``"status": "degraded"`` while Redis answers but refuses writes (its disk or its memory full): reads still work
+there, and every API process shares that Redis, so taking them out of a load balancer would help nobody.
 
 No ``from __future__ import annotations`` here: FastAPI reads the parameter annotations at runtime.
 """
@@ -30,11 +32,14 @@ def check(request: Request, service: Service) -> JSONResponse:
         snap = service.metrics_snapshot()
         reports = service.isolation()
         lost = service.data_loss()
+        refusal = service.refuses_writes()
     except NoRedis as exc:
         return JSONResponse({"status": "unavailable", "redis": f"unreachable: {exc.cause or exc.message}"},
                             status_code=503)
     jailed, isolation = service.isolation_summary(reports)
-    return JSONResponse({"status": "ok", "redis": "ok", "workers": snap.workers, "scheduler": snap.scheduler,
+    return JSONResponse({"status": "degraded" if refusal else "ok",
+                         "redis": f"refuses writes: {refusal}" if refusal else "ok",
+                         "workers": snap.workers, "scheduler": snap.scheduler,
                          "queued": snap.queued, "due": snap.due, "log_streams": request.app.state.slots.open,
                          "isolation": {"ok": jailed, "summary": isolation,
                                        "workers": {worker: {"missing": report.get("missing", []),

@@ -16,6 +16,7 @@ import shutil
 import time
 import uuid
 
+import httpx
 import pytest
 import redis
 
@@ -24,6 +25,7 @@ from core.errors import NoRedis
 from core.redis_trouble import RedisCannotSave
 from core.scheduler import Scheduler
 from tests.conftest import _process_env
+from tests.e2e.apiserver import ApiServer, process_env
 from tests.e2e.test_processes import taskman
 from tui import feed
 
@@ -46,6 +48,15 @@ def service(settings, own_redis):
     return Service.from_settings(settings.replace(redis_url=own_redis.url, namespace=f"rt{uuid.uuid4().hex[:6]}"))
 
 
+@pytest.fixture
+def api(service, own_redis, tmp_path):
+    """``taskman api`` on the test's own Redis, started while Redis still takes writes."""
+    env = process_env({"TASKMAN_REDIS_URL": own_redis.url, "TASKMAN_NAMESPACE": service.settings.namespace})
+    server = ApiServer(env, tmp_path / "api.log").start()
+    yield server
+    server.stop()
+
+
 def cannot_save(client: redis.Redis, folder) -> None:
     """Make the server fail a save (its folder is gone), so it refuses writes (stop-writes-on-bgsave-error, which
     holds where saves are configured)."""
@@ -58,7 +69,7 @@ def cannot_save(client: redis.Redis, folder) -> None:
         time.sleep(0.05)
 
 
-def test_a_redis_that_cannot_save_refuses_writes_as_an_outage_and_everything_goes_on_after(service, own_redis,
+def test_a_redis_that_cannot_save_refuses_writes_as_an_outage_and_everything_goes_on_after(service, own_redis, api,
                                                                                            tmp_path):
     client = service.store.redis
     sched = Scheduler(service.store, service.dispatcher, lock_ttl=2)
@@ -86,6 +97,10 @@ def test_a_redis_that_cannot_save_refuses_writes_as_an_outage_and_everything_goe
     assert service.status()["refuses_writes"] == "its last snapshot failed (is its disk full?)"
     assert feed.status(service)["walls"].startswith("REDIS REFUSES WRITES: its last snapshot failed"), \
         "the console's status line says it, in red"
+    health = httpx.get(f"{api.url}/api/health", timeout=10)
+    assert health.status_code == 200, health.text  # reads still work: no reason to pull the API out of rotation
+    assert health.json()["status"] == "degraded"
+    assert health.json()["redis"] == "refuses writes: its last snapshot failed (is its disk full?)"
     client.config_set("stop-writes-on-bgsave-error", "no")  # as a save that succeeds does
     sched.tick()
     assert sched.outage_since is None
