@@ -108,6 +108,8 @@ class Snapshot:
     tasks: int = 0
     workers: int = 0
     scheduler: bool = False
+    refuses_writes: str | None = None
+    """Why Redis refuses writes (its disk or its memory full), or None."""
 
     @property
     def queued(self) -> int:
@@ -148,7 +150,7 @@ def snapshot(store: Store, heartbeat_ttl: float = 10.0) -> Snapshot:
     read = store.gauges(sorted(queues), now - heartbeat_ttl)
     counters: dict[str, str] = read["counters"]
     snap = Snapshot(at=now, queues=read["queues"], unacked=read["unacked"], due=read["due"], tasks=read["tasks"],
-                    workers=read["workers"], scheduler=read["scheduler"])
+                    workers=read["workers"], scheduler=read["scheduler"], refuses_writes=read["refuses_writes"])
     kinds = {kind.value for kind in Kind}
     for name, value in counters.items():
         parts = name.split(":")
@@ -207,6 +209,9 @@ def render(snap: Snapshot) -> bytes:
             yield GaugeMetricFamily("taskman_workers_alive", "Workers whose heartbeat is recent.", value=snap.workers)
             yield GaugeMetricFamily("taskman_scheduler_leader", "1 while a scheduler holds the lock.",
                                     value=1 if snap.scheduler else 0)
+            yield GaugeMetricFamily("taskman_redis_refuses_writes",
+                                    "1 while Redis answers but refuses writes (its disk or its memory full).",
+                                    value=1 if snap.refuses_writes else 0)
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Collector())

@@ -679,10 +679,6 @@ class Service:
         """Check that Redis answers (``NoRedis`` if not)."""
         self.store.redis.ping()
 
-    def refuses_writes(self) -> str | None:
-        """Why Redis refuses writes now (its disk or its memory full), or None if it takes them."""
-        return self.store.write_refusal()
-
     def redis_label(self) -> str:
         """Where this service's Redis is, for people: ``host:port``, or the socket's path."""
         kwargs = self.store.redis.connection_pool.connection_kwargs

@@ -1823,7 +1823,8 @@ class Store:
             target.execute()
 
     def gauges(self, queues: Iterable[str], alive_since: float) -> dict[str, Any]:
-        """In one round trip: the metrics hash, due-set size, task count, queue lengths, workers alive."""
+        """In one round trip: the metrics hash, due-set size, task count, queue lengths, workers alive, and why
+        Redis refuses writes if it does (``core.redis_trouble.refusal``)."""
         queues = list(queues)
         pipe = self.redis.pipeline(transaction=False)
         pipe.hgetall(self.keys.metrics)
@@ -1832,12 +1833,15 @@ class Store:
         pipe.zcount(self.keys.workers, alive_since, "+inf")
         pipe.hlen(self.keys.celery_unacked)
         pipe.exists(self.keys.scheduler_lock)
+        pipe.info("persistence")
+        pipe.info("memory")
         for queue in queues:
             pipe.llen(self.keys.celery_queue(queue))
         answers = pipe.execute()
         return {"counters": answers[0], "due": answers[1], "tasks": answers[2], "workers": answers[3],
                 "unacked": answers[4], "scheduler": bool(answers[5]),
-                "queues": dict(zip(queues, answers[6:], strict=True))}
+                "refuses_writes": redis_trouble.refusal(answers[6], answers[7]),
+                "queues": dict(zip(queues, answers[8:], strict=True))}
 
     def status_reads(self, queues: Iterable[str]) -> dict[str, Any]:
         """In one round trip, what a status line shows: worker reports, heartbeats, due-set size, whether a
@@ -1860,15 +1864,6 @@ class Store:
                 "beats": dict(beats), "due": due, "scheduler": bool(scheduler),
                 "data_lost": json.loads(lost) if lost else None, "queues": dict(zip(queues, lengths, strict=True)),
                 "refuses_writes": redis_trouble.refusal(persistence, memory)}
-
-    def write_refusal(self) -> str | None:
-        """Why Redis refuses writes now (its disk or its memory full: ``core.redis_trouble.refusal``), or None;
-        one round trip of reads, which such a Redis still answers."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.info("persistence")
-        pipe.info("memory")
-        persistence, memory = pipe.execute()
-        return redis_trouble.refusal(persistence, memory)
 
     def pipeline(self) -> redis.client.Pipeline:
         return self.redis.pipeline(transaction=True)

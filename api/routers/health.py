@@ -32,11 +32,11 @@ def check(request: Request, service: Service) -> JSONResponse:
         snap = service.metrics_snapshot()
         reports = service.isolation()
         lost = service.data_loss()
-        refusal = service.refuses_writes()
     except NoRedis as exc:
         return JSONResponse({"status": "unavailable", "redis": f"unreachable: {exc.cause or exc.message}"},
                             status_code=503)
     jailed, isolation = service.isolation_summary(reports)
+    refusal = snap.refuses_writes
     return JSONResponse({"status": "degraded" if refusal else "ok",
                          "redis": f"refuses writes: {refusal}" if refusal else "ok",
                          "workers": snap.workers, "scheduler": snap.scheduler,

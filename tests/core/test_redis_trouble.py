@@ -20,6 +20,7 @@ import httpx
 import pytest
 import redis
 
+from core import metrics
 from core.embedded import RedisServer, redis_answers, write_address
 from core.errors import NoRedis
 from core.redis_trouble import RedisCannotSave
@@ -97,6 +98,7 @@ def test_a_redis_that_cannot_save_refuses_writes_as_an_outage_and_everything_goe
     assert service.status()["refuses_writes"] == "its last snapshot failed (is its disk full?)"
     assert feed.status(service)["walls"].startswith("REDIS REFUSES WRITES: its last snapshot failed"), \
         "the console's status line says it, in red"
+    assert "taskman_redis_refuses_writes 1.0" in metrics.render(service.metrics_snapshot()).decode()
     health = httpx.get(f"{api.url}/api/health", timeout=10)
     assert health.status_code == 200, health.text  # reads still work: no reason to pull the API out of rotation
     assert health.json()["status"] == "degraded"
@@ -131,3 +133,4 @@ def test_a_full_redis_refuses_writes_as_an_outage_and_everything_goes_on_after(s
     assert len(service.runs(due.id)) == 1, "fired once Redis took writes again"
     assert service.status()["refuses_writes"] is None
     assert service.create({"name": "after", "task_name": "taskman.echo"}).name == "after"
+    assert "taskman_redis_refuses_writes 0.0" in metrics.render(service.metrics_snapshot()).decode()
