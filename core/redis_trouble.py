@@ -33,15 +33,19 @@ def _register() -> None:
 
 _register()
 
-def refusal(persistence: dict, memory: dict) -> str | None:
-    """Why Redis refuses writes now, from its ``INFO persistence`` and ``INFO memory``; None if it takes them.
+INFO_SECTIONS = ("persistence", "memory")
+"""The ``INFO`` sections :func:`refusal` reads (one command: ``INFO persistence memory``)."""
+
+
+def refusal(info: dict) -> str | None:
+    """Why Redis refuses writes now, from its ``INFO`` of :data:`INFO_SECTIONS`; None if it takes them.
     (A failed snapshot stops writes only where ``stop-writes-on-bgsave-error`` is on, as it is by default.)"""
-    if persistence.get("aof_last_write_status") == "err":
+    if info.get("aof_last_write_status") == "err":
         return "it cannot write its append-only file (is its disk full?)"
-    if persistence.get("rdb_last_bgsave_status") == "err":
+    if info.get("rdb_last_bgsave_status") == "err":
         return "its last snapshot failed (is its disk full?)"
-    limit = int(memory.get("maxmemory") or 0)
-    if limit and int(memory.get("used_memory") or 0) >= limit:
+    limit = int(info.get("maxmemory") or 0)
+    if limit and int(info.get("used_memory") or 0) >= limit:
         return "it is at its maxmemory"
     return None
 
@@ -49,3 +53,6 @@ def refusal(persistence: dict, memory: dict) -> str | None:
 FULL = (redis.exceptions.OutOfMemoryError,)
 """Redis at its ``maxmemory`` (taskman wants ``noeviction``: it must not drop keys) refuses writes that would
 grow it; reads and pops go on. An operator frees memory or raises the limit; meanwhile writers wait."""
+
+REFUSING = (RedisCannotSave, *FULL)
+"""A Redis that answers but refuses writes until an operator acts (its disk or its memory full)."""

@@ -77,8 +77,7 @@ def reaching_redis() -> Iterator[None]:
     try:
         yield
     except UNREACHABLE as exc:
-        answering = isinstance(exc, (redis_trouble.RedisCannotSave, *redis_trouble.FULL))
-        raise NoRedis.unreachable(exc, answering=answering) from exc
+        raise NoRedis.unreachable(exc, answering=isinstance(exc, redis_trouble.REFUSING)) from exc
 
 
 _Class = TypeVar("_Class", bound=type)
@@ -371,9 +370,7 @@ class Service:
     def scheduler_exited(self, pid: int) -> bool:
         """A supervisor on this host saw the scheduler process ``pid`` exit: if it held the lock, the lock is freed,
         so the next scheduler leads at once rather than after ``scheduler_lock_ttl`` (``Store.free_lock_of``)."""
-        import socket
-
-        return self.store.free_lock_of(pid, socket.gethostname())
+        return self.store.free_lock_of(pid)
 
     def data_loss(self) -> dict | None:
         """When the scheduler found that Redis had come back without its data (``at``), or None."""

@@ -1549,11 +1549,11 @@ class Store:
     def release_lock(self, token: str) -> None:
         self._unlock(keys=[self.keys.scheduler_lock], args=[token])
 
-    def free_lock_of(self, pid: int, host: str) -> bool:
-        """Free the scheduler lock if process ``pid`` on ``host`` holds it (``lock_token``): its supervisor saw it
-        exit, so the next scheduler leads at once rather than after the lock's TTL. Whether it did."""
+    def free_lock_of(self, pid: int) -> bool:
+        """Free the scheduler lock if process ``pid`` of this host holds it (``lock_token``): its supervisor saw
+        it exit, so the next scheduler leads at once rather than after the lock's TTL. Whether it did."""
         token = cast(str | None, self.redis.get(self.keys.scheduler_lock))
-        if token is None or token.partition(".")[2] != f"{pid}@{host}":
+        if token is None or token.partition(".")[2] != f"{pid}@{socket.gethostname()}":
             return False
         return bool(self._unlock(keys=[self.keys.scheduler_lock], args=[token]))
 
@@ -1833,15 +1833,14 @@ class Store:
         pipe.zcount(self.keys.workers, alive_since, "+inf")
         pipe.hlen(self.keys.celery_unacked)
         pipe.exists(self.keys.scheduler_lock)
-        pipe.info("persistence")
-        pipe.info("memory")
+        pipe.info(*redis_trouble.INFO_SECTIONS)
         for queue in queues:
             pipe.llen(self.keys.celery_queue(queue))
         answers = pipe.execute()
         return {"counters": answers[0], "due": answers[1], "tasks": answers[2], "workers": answers[3],
                 "unacked": answers[4], "scheduler": bool(answers[5]),
-                "refuses_writes": redis_trouble.refusal(answers[6], answers[7]),
-                "queues": dict(zip(queues, answers[8:], strict=True))}
+                "refuses_writes": redis_trouble.refusal(answers[6]),
+                "queues": dict(zip(queues, answers[7:], strict=True))}
 
     def status_reads(self, queues: Iterable[str]) -> dict[str, Any]:
         """In one round trip, what a status line shows: worker reports, heartbeats, due-set size, whether a
@@ -1855,15 +1854,14 @@ class Store:
         pipe.zcard(self.keys.due)
         pipe.exists(self.keys.scheduler_lock)
         pipe.get(self.keys.data_lost)
-        pipe.info("persistence")
-        pipe.info("memory")
+        pipe.info(*redis_trouble.INFO_SECTIONS)
         for queue in queues:
             pipe.llen(self.keys.celery_queue(queue))
-        registered, beats, due, scheduler, lost, persistence, memory, *lengths = pipe.execute()
+        registered, beats, due, scheduler, lost, info, *lengths = pipe.execute()
         return {"reports": {worker: json.loads(raw) for worker, raw in sorted(registered.items())},
                 "beats": dict(beats), "due": due, "scheduler": bool(scheduler),
                 "data_lost": json.loads(lost) if lost else None, "queues": dict(zip(queues, lengths, strict=True)),
-                "refuses_writes": redis_trouble.refusal(persistence, memory)}
+                "refuses_writes": redis_trouble.refusal(info)}
 
     def pipeline(self) -> redis.client.Pipeline:
         return self.redis.pipeline(transaction=True)

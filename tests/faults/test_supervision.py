@@ -7,6 +7,8 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tests.conftest import ROOT, _process_env, wait_for
@@ -32,17 +34,35 @@ def redis_pid_in(address: Path) -> int | None:
         return None
 
 
-def test_up_restarts_what_dies_and_says_so(tmp_path):
-    env = _process_env({"TASKMAN_DATA_DIR": str(tmp_path / "data"), "TASKMAN_NAMESPACE": "sup",
-                        "TASKMAN_SCHEDULER_INTERVAL": "0.05", "TASKMAN_SCHEDULER_LOCK_TTL": "2"})
+@contextmanager
+def running_up(tmp_path: Path, namespace: str, **settings: str) -> Iterator[tuple[subprocess.Popen, dict, Path]]:
+    """``taskman up --no-console`` on a data folder of its own (``settings``: more ``TASKMAN_<NAME>`` values), once
+    its Redis's address is written: (the process, its environment, its log); stopped by SIGINT at the end."""
+    env = _process_env({"TASKMAN_DATA_DIR": str(tmp_path / "data"), "TASKMAN_NAMESPACE": namespace,
+                        "TASKMAN_SCHEDULER_INTERVAL": "0.05",
+                        **{f"TASKMAN_{name.upper()}": value for name, value in settings.items()}})
     log_path = tmp_path / "up.log"
     log = open(log_path, "wb")
     up = subprocess.Popen([*TASKMAN, "up", "--no-console"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                           start_new_session=True)
     log.close()
     try:
+        wait_for((tmp_path / "data" / "redis.json").exists, timeout=30, message="the address file")
+        yield up, env, log_path
+    finally:
+        assert stop(up, signal.SIGINT) == 0
+
+
+def submit_once_it_answers(env: dict, spec: dict) -> dict:
+    """``taskman submit`` of ``spec``, tried until the stack answers (its Redis may be starting or restarting)."""
+    done = wait_for(lambda: (r := taskman(env, "submit", "-", "--json", input_text=json.dumps(spec))).returncode == 0
+                    and r, timeout=30, message="a submit to succeed")
+    return json.loads(done.stdout)
+
+
+def test_up_restarts_what_dies_and_says_so(tmp_path):
+    with running_up(tmp_path, "sup", scheduler_lock_ttl="2") as (up, env, log_path):
         address = tmp_path / "data" / "redis.json"
-        wait_for(address.exists, timeout=30, message="the address file")
         beat = wait_for(lambda: children_of(up.pid, "beat"), timeout=30, message="the scheduler")[0]
         os.kill(beat, signal.SIGKILL)
         wait_for(lambda: [pid for pid in children_of(up.pid, "beat") if pid != beat], timeout=30,
@@ -51,17 +71,14 @@ def test_up_restarts_what_dies_and_says_so(tmp_path):
         os.kill(redis_pid, signal.SIGKILL)
         wait_for(lambda: redis_pid_in(address) not in (None, redis_pid), timeout=30,
                  message="the embedded Redis to be restarted")
-        created = json.loads(wait_for(lambda: (r := taskman(env, "submit", "-", "--json", input_text=json.dumps(
-            {"name": "after", "delay_seconds": 1, "function_code": "def f():\n    return 'healed'",
-             "function_name": "f"}))).returncode == 0 and r, timeout=30, message="a submit to succeed").stdout)
+        created = submit_once_it_answers(env, {"name": "after", "delay_seconds": 1, "function_name": "f",
+                                               "function_code": "def f():\n    return 'healed'"})
         assert wait_done(env, created["id"], timeout=90)["result"] == "healed"
         worker = children_of(up.pid, "-Q\x00code\x00")[0]
         os.kill(worker, signal.SIGKILL)
         wait_for(lambda: [pid for pid in children_of(up.pid, "-Q\x00code\x00") if pid != worker], timeout=30,
                  message="a new code worker")
         wait_for(lambda: "code runs jailed" in log_path.read_text(), timeout=40, message="the walls line")
-    finally:
-        assert stop(up, signal.SIGINT) == 0
     text = log_path.read_text()
     assert "taskman up: code runs jailed: every wall up" in text
     assert "beat exited" in text and "beat restarted (restart 1)" in text
@@ -73,18 +90,9 @@ def test_up_restarts_what_dies_and_says_so(tmp_path):
 def test_up_hands_the_runs_of_a_worker_that_died_to_another_at_once_not_after_the_grace(tmp_path):
     """``up`` saw its code worker die: it kills what is left of it and says so in Redis, so the run goes to the
     new worker within seconds, though the dead-worker grace (120 s here) would have waited two minutes."""
-    env = _process_env({"TASKMAN_DATA_DIR": str(tmp_path / "data"), "TASKMAN_NAMESPACE": "bury",
-                        "TASKMAN_SCHEDULER_INTERVAL": "0.05", "TASKMAN_DEAD_WORKER_GRACE": "120"})
-    log = open(tmp_path / "up.log", "wb")
-    up = subprocess.Popen([*TASKMAN, "up", "--no-console"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                          start_new_session=True)
-    log.close()
-    try:
-        wait_for((tmp_path / "data" / "redis.json").exists, timeout=30, message="the address file")
-        created = json.loads(wait_for(lambda: (r := taskman(env, "submit", "-", "--json", input_text=json.dumps(
-            {"name": "spin", "function_code": "def f():\n    n = 0\n    while True:\n        n += 1",
-             "function_name": "f", "timeout": 8, "max_retries": 0}))).returncode == 0 and r,
-            timeout=30, message="a submit to succeed").stdout)
+    with running_up(tmp_path, "bury", dead_worker_grace="120") as (up, env, _):
+        created = submit_once_it_answers(env, {"name": "spin", "function_name": "f", "timeout": 8, "max_retries": 0,
+                                               "function_code": "def f():\n    n = 0\n    while True:\n        n += 1"})
 
         def runs():
             return json.loads(taskman(env, "show", created["id"], "--json").stdout)["runs"]
@@ -106,8 +114,6 @@ def test_up_hands_the_runs_of_a_worker_that_died_to_another_at_once_not_after_th
                           message="the run to start on the restarted worker")
         took = time.monotonic() - killed_at
         resent = said("fell silent before starting it")
-    finally:
-        assert stop(up, signal.SIGINT) == 0
     assert len(handed) == 1
     assert starts[0].split(" started on ")[1] != starts[1].split(" started on ")[1], starts
     assert resent == [], "handed over once: its message not sent a third time"
@@ -118,18 +124,9 @@ def test_up_hands_the_runs_of_a_worker_that_died_to_another_at_once_not_after_th
 def test_up_frees_the_lock_of_a_scheduler_that_died_so_its_restart_leads_at_once(tmp_path):
     """The scheduler's lock lives 60 s here: a killed scheduler's restart would wait that long to lead. ``up`` saw
     it exit and freed the lock, so a delayed run due after the restart fires within seconds."""
-    env = _process_env({"TASKMAN_DATA_DIR": str(tmp_path / "data"), "TASKMAN_NAMESPACE": "beat",
-                        "TASKMAN_SCHEDULER_INTERVAL": "0.05", "TASKMAN_SCHEDULER_LOCK_TTL": "60"})
-    log_path = tmp_path / "up.log"
-    log = open(log_path, "wb")
-    up = subprocess.Popen([*TASKMAN, "up", "--no-console"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                          start_new_session=True)
-    log.close()
-    try:
-        wait_for((tmp_path / "data" / "redis.json").exists, timeout=30, message="the address file")
-        created = json.loads(wait_for(lambda: (r := taskman(env, "submit", "-", "--json", input_text=json.dumps(
-            {"name": "before", "delay_seconds": 1, "function_code": "def f():\n    return 1",
-             "function_name": "f"}))).returncode == 0 and r, timeout=30, message="a submit to succeed").stdout)
+    with running_up(tmp_path, "beat", scheduler_lock_ttl="60") as (up, env, _):
+        created = submit_once_it_answers(env, {"name": "before", "delay_seconds": 1, "function_name": "f",
+                                               "function_code": "def f():\n    return 1"})
         wait_done(env, created["id"], timeout=60)  # the first scheduler leads
         beat = children_of(up.pid, "beat")[0]
         os.kill(beat, signal.SIGKILL)
@@ -139,5 +136,3 @@ def test_up_frees_the_lock_of_a_scheduler_that_died_so_its_restart_leads_at_once
             {"name": "after", "delay_seconds": 1, "function_code": "def f():\n    return 2",
              "function_name": "f"})).stdout)
         assert wait_done(env, after["id"], timeout=40)["result"] == 2  # within 40 s: the old lock did not wait out
-    finally:
-        assert stop(up, signal.SIGINT) == 0
